@@ -1,0 +1,269 @@
+"""Declaring a workflow: states (step names), transitions, conditions and steps.
+
+A :class:`WorkflowDefinition` is validated when it is built and raises one
+:class:`~fsmflow.errors.DefinitionError` listing every problem, because ``transitions``
+silently accepts most mistakes (unknown states, duplicates, name clashes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import keyword
+from collections.abc import Callable, Iterator
+from typing import Any, Final, TypeAlias
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+from .conditions import Condition
+from .context import WorkflowContext
+from .errors import DefinitionError, InvalidIdentifierError
+
+StepResult: TypeAlias = tuple[WorkflowContext, str | None] | WorkflowContext
+# Sync or async: returns a StepResult or an awaitable of one.
+StepFunction: TypeAlias = Callable[[WorkflowContext], Any]
+
+MAX_IDENTIFIER_LENGTH: Final = 200
+
+# Names the runner (a transitions model) already uses. transitions adds a method per
+# trigger, ``may_<trigger>`` and ``is_<state>`` to the model; a clash would overwrite one.
+RESERVED_NAMES: Final = frozenset(
+    {
+        "state",
+        "context",
+        "steps",
+        "definition",
+        "machine",
+        "instance_id",
+        "workflow_name",
+        "seq",
+        "store",
+        "run_workflow",
+        "trigger",
+        "may_trigger",
+        "workflow_state",
+        "close",
+        "allow_definition_change",
+        "retry_failed",
+        "options",
+    }
+)
+
+
+def check_identifier(value: object, what: str) -> str:
+    """Validate a workflow name or instance id; raise :class:`InvalidIdentifierError`."""
+    if not isinstance(value, str):
+        raise InvalidIdentifierError(f"{what} must be a str, not {type(value).__name__}")
+    if not value:
+        raise InvalidIdentifierError(f"{what} must not be empty")
+    if len(value) > MAX_IDENTIFIER_LENGTH:
+        raise InvalidIdentifierError(
+            f"{what} is {len(value)} characters long; the limit is {MAX_IDENTIFIER_LENGTH}"
+        )
+    if "\x00" in value:
+        raise InvalidIdentifierError(f"{what} contains a NUL character, which PostgreSQL rejects")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidIdentifierError(f"{what} contains a lone surrogate") from None
+    return value
+
+
+class RetryPolicy(BaseModel):
+    """How often a failing step is attempted, and how long it may run.
+
+    ``max_attempts=1`` (the default) means no retry. Between attempts fsmflow sleeps
+    ``min(initial_backoff * factor**(n-1), max_backoff)`` seconds, times a random factor in
+    ``[1 - jitter, 1 + jitter]``. Only exceptions that are instances of ``retry_on`` are
+    retried. ``timeout`` (seconds) bounds one attempt; a timeout counts as a failed attempt.
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    max_attempts: int = Field(default=1, ge=1)
+    initial_backoff: float = Field(default=1.0, ge=0)
+    backoff_factor: float = Field(default=2.0, ge=1)
+    max_backoff: float = Field(default=60.0, ge=0)
+    jitter: float = Field(default=0.1, ge=0, le=1)
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    timeout: float | None = Field(default=None, gt=0)
+
+    def delay(self, attempt: int) -> float:
+        """Backoff before attempt ``attempt + 1`` (without jitter)."""
+        return min(self.initial_backoff * self.backoff_factor ** (attempt - 1), self.max_backoff)
+
+
+class WorkflowStep(BaseModel):
+    """A named step: ``execute(context) -> (context, next_trigger | None)``, sync or async.
+
+    Sync functions run in a worker thread, so they never block the event loop. A step is
+    run again from its start if the process dies while it runs: make it idempotent or
+    tolerant of a rerun. ``retry`` overrides the workflow's default :class:`RetryPolicy`.
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    name: str
+    execute: StepFunction
+    retry: RetryPolicy | None = None
+
+
+class Transition(BaseModel):
+    """An edge: ``trigger`` moves from ``source`` (one state or a list) to ``dest``.
+
+    ``dest=None`` completes the instance. ``conditions`` must all hold for the transition
+    to be taken. ``after`` (sync or async, receives the context) runs once the transition
+    is recorded; like a step, it may run again if the process dies right after the record.
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    trigger: str
+    source: str | list[str]
+    dest: str | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    after: Callable[[WorkflowContext], Any] | None = None
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The source states as a tuple."""
+        return (self.source,) if isinstance(self.source, str) else tuple(self.source)
+
+    def describe(self) -> str:
+        """``trigger: source -> dest`` for messages."""
+        return f"{self.trigger}: {'|'.join(self.sources)} -> {self.dest or '(complete)'}"
+
+
+class WorkflowDefinition(BaseModel):
+    """A workflow: its ``name``, states (``steps``, the first is the initial state), transitions.
+
+    Raises :class:`~fsmflow.errors.DefinitionError` listing every problem when built.
+    ``default_retry`` applies to steps that do not set their own :class:`RetryPolicy`.
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    name: str
+    steps: list[str]
+    transitions: list[Transition] = Field(default_factory=list)
+    initial: str | None = None
+    default_retry: RetryPolicy = Field(default_factory=RetryPolicy)
+
+    _outgoing: dict[str, tuple[Transition, ...]] = PrivateAttr(default_factory=dict)
+    _fingerprint: str = PrivateAttr(default="")
+    _compiled: Any = PrivateAttr(default=None)
+
+    def model_post_init(self, __context: Any) -> None:
+        # Raised here rather than in a validator so callers get DefinitionError itself,
+        # not wrapped in pydantic's ValidationError.
+        check_identifier(self.name, "workflow name")
+        problems = list(_find_problems(self))
+        if problems:
+            raise DefinitionError(self.name, problems)
+        self._outgoing = {
+            state: tuple(t for t in self.transitions if state in t.sources) for state in self.steps
+        }
+        self._fingerprint = _fingerprint(self.summary())
+
+    @property
+    def initial_state(self) -> str:
+        """The state a new instance starts in."""
+        return self.initial or self.steps[0]
+
+    @property
+    def fingerprint(self) -> str:
+        """A stable hash of states and transitions, stored with each instance."""
+        return self._fingerprint
+
+    def outgoing(self, state: str) -> tuple[Transition, ...]:
+        """Transitions out of ``state`` in declaration order."""
+        return self._outgoing.get(state, ())
+
+    def triggers_from(self, state: str) -> list[str]:
+        """Trigger names valid in ``state`` (declaration order, no duplicates)."""
+        return list(dict.fromkeys(t.trigger for t in self.outgoing(state)))
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able description of the graph; what the fingerprint is computed from."""
+        return {
+            "states": list(self.steps),
+            "initial": self.initial_state,
+            "transitions": [
+                {
+                    "trigger": t.trigger,
+                    "source": list(t.sources),
+                    "dest": t.dest,
+                    "conditions": [c.describe() for c in t.conditions],
+                }
+                for t in self.transitions
+            ],
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"WorkflowDefinition(name={self.name!r}, states={len(self.steps)}, "
+            f"transitions={len(self.transitions)}, fingerprint={self._fingerprint!r})"
+        )
+
+
+def _fingerprint(summary: dict[str, Any]) -> str:
+    text = json.dumps(summary, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _find_problems(definition: WorkflowDefinition) -> Iterator[str]:
+    states = definition.steps
+    known = set(states)
+    if not states:
+        yield "no states: steps=[...] must name at least one state"
+    for name in sorted({s for s in states if states.count(s) > 1}):
+        yield f"duplicate state {name!r}"
+    for state in states:
+        yield from _name_problems(state, "state")
+        if f"is_{state}" in RESERVED_NAMES:
+            yield f"state {state!r} clashes with fsmflow attribute 'is_{state}'"
+    if definition.initial is not None and definition.initial not in known:
+        yield f"initial state {definition.initial!r} is not among the states"
+    for index, t in enumerate(definition.transitions):
+        yield from _transition_problems(index, t, known)
+    if states and definition.initial_state in known:
+        for state in _unreachable(definition):
+            yield f"state {state!r} is unreachable from initial state {definition.initial_state!r}"
+
+
+def _name_problems(name: str, what: str) -> Iterator[str]:
+    if not name.isidentifier() or keyword.iskeyword(name):
+        yield f"{what} {name!r} is not a Python identifier (transitions adds it as a method)"
+    elif name.startswith("_"):
+        yield f"{what} {name!r} must not start with '_'"
+
+
+def _transition_problems(index: int, t: Transition, known: set[str]) -> Iterator[str]:
+    label = f"transition #{index} ({t.trigger!r})"
+    yield from (f"{label}: {p}" for p in _name_problems(t.trigger, "trigger"))
+    if t.trigger in RESERVED_NAMES or f"may_{t.trigger}" in RESERVED_NAMES:
+        yield f"{label}: trigger {t.trigger!r} clashes with an fsmflow attribute; rename it"
+    if t.trigger.startswith(("is_", "may_")):
+        yield f"{label}: trigger {t.trigger!r} clashes with transitions' is_/may_ helpers"
+    if not t.sources:
+        yield f"{label}: no source state"
+    for source in t.sources:
+        if source not in known:
+            yield f"{label}: source {source!r} is not a state"
+    if t.dest is not None and t.dest not in known:
+        yield f"{label}: dest {t.dest!r} is not a state"
+    for cond in t.conditions:
+        for problem in cond.problems():
+            yield f"{label}: condition on {cond.field!r}: {problem}"
+
+
+def _unreachable(definition: WorkflowDefinition) -> list[str]:
+    seen = {definition.initial_state}
+    frontier = [definition.initial_state]
+    while frontier:
+        state = frontier.pop()
+        for t in definition.transitions:
+            if state in t.sources and t.dest is not None and t.dest not in seen:
+                seen.add(t.dest)
+                frontier.append(t.dest)
+    return [s for s in definition.steps if s not in seen]

@@ -1,0 +1,253 @@
+"""fsmflow's exceptions: one root, messages that carry the identifiers involved.
+
+::
+
+    FsmflowError
+    ├── DefinitionError              the declared workflow is inconsistent
+    ├── ConfigError                  a setting is invalid (names the setting)
+    │   └── InvalidIdentifierError   workflow name / instance id / table name unusable
+    ├── ContextError
+    │   ├── ContextSerializationError  a value JSON/jsonb cannot hold faithfully
+    │   └── ContextTooLargeError       serialized context over the size cap
+    ├── WorkflowError                about one instance (workflow, instance)
+    │   ├── InvalidTransitionError   a step returned a trigger invalid in its state
+    │   ├── NoTransitionError        no outgoing transition's conditions hold
+    │   ├── UnknownStateError        stored state absent from the definition
+    │   ├── DefinitionChangedError   definition differs from the one that started it
+    │   ├── HistoryCorruptError      gap or duplicate in stored history
+    │   ├── ConcurrentTransitionError  another writer advanced the instance
+    │   ├── InstanceLockedError      another runner owns the instance
+    │   ├── InstanceNotFoundError    no such instance (fork source, history)
+    │   ├── InstanceFailedError      the instance ended failed earlier
+    │   ├── InstanceCancelledError   the instance was cancelled
+    │   └── StepFailedError          a step raised / timed out after its retries
+    ├── StoreError                   the database could not do what was asked
+    │   ├── DatabaseUnavailableError unreachable after the retry budget
+    │   ├── DatabaseAuthError        authentication failed (never retried)
+    │   ├── DatabaseNotFoundError    the configured database does not exist
+    │   ├── SchemaMissingError       the table does not exist: run init-db
+    │   ├── SchemaMismatchError      table shape / schema version unexpected
+    │   └── PermissionDeniedError    missing grants (lists them)
+    └── EmbeddedServerError          the zero-config local server is unavailable
+
+No message ever contains a password or a context value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+
+class FsmflowError(Exception):
+    """Base class of every error fsmflow raises."""
+
+
+class DefinitionError(FsmflowError):
+    """The workflow definition is inconsistent; ``problems`` lists every issue found."""
+
+    def __init__(self, workflow: str, problems: Sequence[str]) -> None:
+        self.workflow = workflow
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(
+            f"workflow {workflow!r} has {len(self.problems)} definition problem(s):\n{lines}"
+        )
+
+
+class ConfigError(FsmflowError):
+    """A setting is invalid; the message names the setting and what is accepted."""
+
+
+class InvalidIdentifierError(ConfigError):
+    """A workflow name, instance id or table name cannot be stored faithfully."""
+
+
+class ContextError(FsmflowError):
+    """The workflow context cannot be stored."""
+
+
+class ContextSerializationError(ContextError):
+    """A context value cannot round-trip through JSON/jsonb exactly.
+
+    ``path`` is the key path (``ctx['a'][0]``); the value itself is never shown.
+    """
+
+    def __init__(self, path: str, reason: str, *, where: str = "") -> None:
+        self.path = path
+        self.reason = reason
+        suffix = f" ({where})" if where else ""
+        super().__init__(
+            f"{path}: {reason}{suffix}; contexts must hold only JSON values "
+            "(dict with str keys, list, str, int, finite float, bool, None)"
+        )
+
+
+class ContextTooLargeError(ContextError):
+    """The serialized context exceeds the configured cap (``FSMFLOW_MAX_CONTEXT_BYTES``)."""
+
+    def __init__(self, size: int, limit: int, *, where: str = "") -> None:
+        self.size = size
+        self.limit = limit
+        suffix = f" ({where})" if where else ""
+        super().__init__(
+            f"serialized context is {size} bytes, over the limit of {limit} bytes{suffix}; "
+            "store large payloads elsewhere and keep a reference in the context, "
+            "or raise FSMFLOW_MAX_CONTEXT_BYTES"
+        )
+
+
+class WorkflowError(FsmflowError):
+    """An error about one workflow instance."""
+
+    def __init__(self, workflow: str, instance_id: str, message: str) -> None:
+        self.workflow = workflow
+        self.instance_id = instance_id
+        super().__init__(f"workflow {workflow!r}, instance {instance_id!r}: {message}")
+
+
+class InvalidTransitionError(WorkflowError):
+    """A step returned a trigger that is not valid in its state."""
+
+    def __init__(
+        self, workflow: str, instance_id: str, state: str, trigger: str, valid: Iterable[str]
+    ) -> None:
+        self.state = state
+        self.trigger = trigger
+        self.valid_triggers = sorted(set(valid))
+        shown = ", ".join(repr(t) for t in self.valid_triggers) or "none (final state)"
+        super().__init__(
+            workflow,
+            instance_id,
+            f"trigger {trigger!r} is not valid from state {state!r}; valid triggers: {shown}",
+        )
+
+
+class NoTransitionError(WorkflowError):
+    """No outgoing transition of a non-final state has all its conditions true."""
+
+    def __init__(self, workflow: str, instance_id: str, state: str, failed: Sequence[str]) -> None:
+        self.state = state
+        self.failed = list(failed)
+        lines = "\n".join(f"  - {f}" for f in self.failed)
+        super().__init__(
+            workflow,
+            instance_id,
+            f"no transition out of state {state!r} matched; the instance stays in "
+            f"{state!r} and its step will run again on the next run. Failed:\n{lines}",
+        )
+
+
+class UnknownStateError(WorkflowError):
+    """The stored state is not a state of the current definition."""
+
+    def __init__(self, workflow: str, instance_id: str, seq: int, state: str) -> None:
+        self.seq = seq
+        self.state = state
+        super().__init__(
+            workflow,
+            instance_id,
+            f"stored state {state!r} (seq {seq}) is not in the current definition; "
+            "restore the state in the definition, or fork the instance onto a known state",
+        )
+
+
+class DefinitionChangedError(WorkflowError):
+    """The definition differs from the one the instance was started with."""
+
+    def __init__(self, workflow: str, instance_id: str, changes: Sequence[str]) -> None:
+        self.changes = list(changes)
+        lines = "\n".join(f"  - {c}" for c in self.changes)
+        super().__init__(
+            workflow,
+            instance_id,
+            "the workflow definition changed since this instance started; pass "
+            f"allow_definition_change=True to resume anyway. Changes:\n{lines}",
+        )
+
+
+class HistoryCorruptError(WorkflowError):
+    """Stored history has a gap or a duplicate."""
+
+
+class ConcurrentTransitionError(WorkflowError):
+    """Another writer appended to this instance first; this runner stopped."""
+
+    def __init__(self, workflow: str, instance_id: str, seq: int) -> None:
+        self.seq = seq
+        super().__init__(
+            workflow,
+            instance_id,
+            f"another runner already recorded seq {seq}; this runner stopped without "
+            "writing. Run each instance from one process at a time",
+        )
+
+
+class InstanceLockedError(WorkflowError):
+    """Another runner currently owns this instance."""
+
+
+class InstanceNotFoundError(WorkflowError):
+    """The instance has no stored history."""
+
+
+class InstanceFailedError(WorkflowError):
+    """The instance ended with a failed step; retry it explicitly."""
+
+
+class InstanceCancelledError(WorkflowError):
+    """The instance was cancelled."""
+
+
+class StepFailedError(WorkflowError):
+    """A step raised (or timed out) and exhausted its attempts."""
+
+    def __init__(
+        self, workflow: str, instance_id: str, state: str, attempts: int, error: BaseException
+    ) -> None:
+        self.state = state
+        self.attempts = attempts
+        self.error_type = type(error).__name__
+        super().__init__(
+            workflow,
+            instance_id,
+            f"step {state!r} failed after {attempts} attempt(s): {self.error_type}: {error}",
+        )
+
+
+class StoreError(FsmflowError):
+    """The database could not do what was asked."""
+
+
+class DatabaseUnavailableError(StoreError):
+    """The database stayed unreachable for the whole retry budget."""
+
+    def __init__(self, target: str, detail: str) -> None:
+        self.target = target
+        super().__init__(
+            f"database at {target} is unavailable ({detail}); check that the server runs and "
+            "DB_HOST/DB_PORT (or DB_URL) point at it"
+        )
+
+
+class DatabaseAuthError(StoreError):
+    """Authentication failed; not retried."""
+
+
+class DatabaseNotFoundError(StoreError):
+    """The configured database does not exist."""
+
+
+class SchemaMissingError(StoreError):
+    """The history table does not exist."""
+
+
+class SchemaMismatchError(StoreError):
+    """The table exists but its columns or schema version are not what fsmflow expects."""
+
+
+class PermissionDeniedError(StoreError):
+    """The database role lacks a privilege; the message lists the grants needed."""
+
+
+class EmbeddedServerError(FsmflowError):
+    """The zero-config local PostgreSQL could not be started."""

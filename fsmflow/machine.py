@@ -1,0 +1,106 @@
+"""The state machine: fsmflow's only use of the ``transitions`` library.
+
+One :class:`~transitions.extensions.asyncio.AsyncMachine` per workflow definition, one
+model per running instance (``add_model(model, initial=state)`` restores a state without
+firing callbacks: that is how an instance resumes). ``auto_transitions=False``: only
+declared transitions exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from transitions.core import EventData
+from transitions.extensions.asyncio import AsyncMachine
+
+from .conditions import Condition
+from .definition import WorkflowDefinition
+
+
+class MachineModel(Protocol):
+    """What a model must offer so that manually fired triggers are recorded too."""
+
+    async def on_manual_transition(self, trigger: str, source: str, dest: str | None) -> None:
+        """Record a transition fired through a trigger method (``await model.next()``)."""
+
+
+def _condition_callback(condition: Condition) -> Callable[[EventData], bool | Awaitable[bool]]:
+    def check(event: EventData) -> bool | Awaitable[bool]:
+        model: Any = event.model
+        return condition.holds(model.context.data)
+
+    check.__qualname__ = f"condition({condition.describe()})"
+    return check
+
+
+async def _record_manual(event: EventData) -> None:
+    transition = event.transition
+    assert transition is not None and event.event is not None
+    model: MachineModel = event.model  # type: ignore[assignment]
+    await model.on_manual_transition(event.event.name, transition.source, transition.dest)
+
+
+class WorkflowMachine:
+    """The compiled machine of one definition; instances join and leave as models."""
+
+    def __init__(self, definition: WorkflowDefinition) -> None:
+        self.definition = definition
+        self.machine = AsyncMachine(
+            model=None,
+            states=list(definition.steps),
+            initial=None,
+            auto_transitions=False,
+            send_event=True,
+            # Triggers fired by hand go through transitions' own machinery; this hook
+            # records them, so the in-memory state never moves without a stored row.
+            before_state_change=[_record_manual],
+            name=definition.name,
+        )
+        for t in definition.transitions:
+            self.machine.add_transition(
+                t.trigger,
+                list(t.sources),
+                t.dest,  # None: an internal transition, the instance completes in place
+                conditions=[_condition_callback(c) for c in t.conditions],  # type: ignore[arg-type]
+            )
+
+    @classmethod
+    def of(cls, definition: WorkflowDefinition) -> WorkflowMachine:
+        """The machine of ``definition``, built once and kept on the definition."""
+        compiled = definition._compiled
+        if compiled is None:
+            compiled = cls(definition)
+            definition._compiled = compiled
+        assert isinstance(compiled, WorkflowMachine)
+        return compiled
+
+    def attach(self, model: Any, state: str) -> None:
+        """Add ``model`` in ``state`` without firing entry callbacks."""
+        self.machine.add_model(model, initial=state)
+
+    def detach(self, model: Any) -> None:
+        """Remove ``model`` (when its run ends), releasing its bound trigger methods."""
+        self.machine.remove_model(model)
+
+    def move(self, model: Any, dest: str) -> None:
+        """Put ``model`` in ``dest``; the runner has already chosen and recorded the edge."""
+        self.machine.set_state(dest, model)
+
+    def get_graph_mermaid(self, highlight: str | None = None) -> str:
+        """A Mermaid ``stateDiagram-v2`` of the workflow, ``highlight`` marked if given."""
+        lines = ["stateDiagram-v2", f"    [*] --> {self.definition.initial_state}"]
+        for t in self.definition.transitions:
+            label = t.trigger
+            if t.conditions:
+                label += " [" + " and ".join(c.describe() for c in t.conditions) + "]"
+            label = label.replace(":", "\\:")
+            for source in t.sources:
+                lines.append(f"    {source} --> {t.dest or '[*]'}: {label}")
+        for state in self.definition.steps:
+            if not self.definition.outgoing(state):
+                lines.append(f"    {state} --> [*]")
+        if highlight is not None:
+            lines.append("    classDef current fill:#f9d71c,stroke:#333,stroke-width:2px")
+            lines.append(f"    class {highlight} current")
+        return "\n".join(lines) + "\n"

@@ -1,0 +1,84 @@
+"""Typed views of stored history: what the store returns, never raw rows."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from .context import WorkflowContext
+
+Status = Literal["running", "completed", "failed", "cancelled"]
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionRecord:
+    """One stored row: an instance's start (seq 0), a finished step, or a terminal event."""
+
+    workflow_name: str
+    instance_id: str
+    seq: int
+    trigger: str | None
+    source_state: str | None
+    dest_state: str | None
+    context: dict[str, Any] = field(repr=False)
+    status: Status
+    created_at: datetime
+    fingerprint: str | None = None
+    attempt_id: str | None = None
+    duration_ms: float | None = None
+    error: dict[str, Any] | None = None
+    definition: dict[str, Any] | None = field(default=None, repr=False)
+    forked_from_instance: str | None = None
+    forked_from_seq: int | None = None
+
+    @property
+    def completed(self) -> bool:
+        """True for the row that completed the instance."""
+        return self.status == "completed"
+
+    @property
+    def terminal(self) -> bool:
+        """True when the instance ended at this row (completed, failed or cancelled)."""
+        return self.status in TERMINAL_STATUSES
+
+
+@dataclass(frozen=True, slots=True)
+class WorkflowState:
+    """Where an instance stands: what ``run_workflow`` returns."""
+
+    workflow_name: str
+    instance_id: str
+    current_state: str
+    context: WorkflowContext
+    completed: bool
+    status: Status = "running"
+    seq: int = 0
+
+    @classmethod
+    def from_record(cls, record: TransitionRecord) -> WorkflowState:
+        """The state an instance is in after ``record``."""
+        return cls(
+            workflow_name=record.workflow_name,
+            instance_id=record.instance_id,
+            current_state=record.dest_state or record.source_state or "",
+            context=WorkflowContext(data=record.context),
+            completed=record.completed,
+            status=record.status,
+            seq=record.seq,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSummary:
+    """One instance in a listing: its status, current state and times."""
+
+    workflow_name: str
+    instance_id: str
+    status: Status
+    current_state: str
+    seq: int
+    started_at: datetime
+    updated_at: datetime
+    forked_from_instance: str | None = None

@@ -1,0 +1,487 @@
+"""The runner: :class:`PersistentWorkflowStateMachine` runs one instance and records it.
+
+Every finished step appends exactly one row, in one statement, before the machine moves;
+a restarted process reads the instance's last row and resumes at the start of the state
+it names. Persistence happens here and only here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import random
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
+
+from .context import WorkflowContext, decode_context, encode_context
+from .definition import (
+    RetryPolicy,
+    StepFunction,
+    Transition,
+    WorkflowDefinition,
+    WorkflowStep,
+    check_identifier,
+)
+from .errors import (
+    DefinitionChangedError,
+    DefinitionError,
+    FsmflowError,
+    InstanceCancelledError,
+    InstanceFailedError,
+    InvalidTransitionError,
+    NoTransitionError,
+    StepFailedError,
+    UnknownStateError,
+    WorkflowError,
+)
+from .machine import WorkflowMachine
+from .records import Status, TransitionRecord, WorkflowState
+from .settings import DBConfig
+from .store import Store
+
+logger = logging.getLogger("fsmflow")
+
+StepsArgument = Mapping[str, WorkflowStep | StepFunction] | Sequence[WorkflowStep]
+
+
+def _normalize_steps(steps: StepsArgument) -> dict[str, WorkflowStep]:
+    if isinstance(steps, Mapping):
+        return {
+            name: step if isinstance(step, WorkflowStep) else WorkflowStep(name=name, execute=step)
+            for name, step in steps.items()
+        }
+    return {step.name: step for step in steps}
+
+
+class PersistentWorkflowStateMachine:
+    """A workflow instance whose every completed transition is stored in PostgreSQL.
+
+    ``PersistentWorkflowStateMachine(db_config, definition)``, set ``steps`` (or pass
+    ``steps=``), then ``await run_workflow()``. With ``instance_id`` the instance is resumed
+    if it exists, else created; without, the most recently started unfinished instance of
+    this workflow is resumed, else a new one starts.
+
+    What runs again after a crash: only the step of the state the instance was in, from
+    its start, with the context the previous step left. Finished steps never run again.
+
+    The object is a ``transitions`` model: it has ``state``, one method per trigger and
+    ``may_<trigger>()``; triggers fired by hand are recorded like the runner's own.
+    """
+
+    state: str | None = None
+
+    def __init__(
+        self,
+        db_config: DBConfig | Store,
+        workflow_definition: WorkflowDefinition,
+        *,
+        steps: StepsArgument | None = None,
+        instance_id: str | None = None,
+        allow_definition_change: bool = False,
+        retry_failed: bool = False,
+    ) -> None:
+        self.store = db_config if isinstance(db_config, Store) else db_config.store
+        self.definition = workflow_definition
+        self.workflow_name = workflow_definition.name
+        self.instance_id = (
+            None if instance_id is None else check_identifier(instance_id, "instance_id")
+        )
+        self.allow_definition_change = allow_definition_change
+        self.retry_failed = retry_failed
+        self.context = WorkflowContext()
+        self.seq = -1
+        self.status: Status = "running"
+        self._steps: dict[str, WorkflowStep] = {}
+        self._context_json = "{}"
+        self._max_bytes = self.store.config.max_context_bytes
+        self._machine = WorkflowMachine.of(workflow_definition)
+        if steps is not None:
+            self.steps = steps
+
+    def __repr__(self) -> str:
+        return (
+            f"PersistentWorkflowStateMachine(workflow={self.workflow_name!r}, "
+            f"instance_id={self.instance_id!r}, state={self.state!r}, seq={self.seq})"
+        )
+
+    @property
+    def steps(self) -> dict[str, WorkflowStep]:
+        """The step of each state: a dict name -> WorkflowStep (or a plain function)."""
+        return self._steps
+
+    @steps.setter
+    def steps(self, steps: StepsArgument) -> None:
+        self._steps = _normalize_steps(steps)
+
+    @property
+    def machine(self) -> Any:
+        """The ``transitions`` AsyncMachine shared by every instance of this definition."""
+        return self._machine.machine
+
+    # -- running -----------------------------------------------------------------------
+
+    async def run_workflow(
+        self, context: WorkflowContext | Mapping[str, Any] | None = None
+    ) -> WorkflowState:
+        """Run the instance until it completes; return its final :class:`WorkflowState`.
+
+        ``context`` seeds a new instance; it is ignored (with a warning) when an existing
+        instance resumes, since that instance's stored context wins.
+        """
+        self._check_steps()
+        initial = self._initial_json(context)
+        record = await self._load_or_start(initial, given_context=context is not None)
+        if record.terminal and not (record.status == "failed" and self.retry_failed):
+            return self._finished(record)
+        self._restore(record)
+        self._machine.attach(self, self._state_of(record))
+        try:
+            return await self._run_loop()
+        finally:
+            self._machine.detach(self)
+
+    def _check_steps(self) -> None:
+        states = self.definition.steps
+        problems = [f"state {s!r} has no step" for s in states if s not in self._steps]
+        problems += [
+            f"step {name!r} is not a state of the workflow"
+            for name in self._steps
+            if name not in states
+        ]
+        problems += [
+            f"step for state {name!r} is named {step.name!r}"
+            for name, step in self._steps.items()
+            if step.name != name
+        ]
+        if problems:
+            raise DefinitionError(self.workflow_name, problems)
+
+    def _initial_json(self, context: WorkflowContext | Mapping[str, Any] | None) -> str:
+        data = context.data if isinstance(context, WorkflowContext) else dict(context or {})
+        return encode_context(data, max_bytes=self._max_bytes, where="initial context")
+
+    async def _load_or_start(self, initial_json: str, *, given_context: bool) -> TransitionRecord:
+        if self.instance_id is None:
+            self.instance_id = await self.store.latest_unfinished(self.workflow_name)
+            if self.instance_id is None:
+                self.instance_id = uuid.uuid4().hex
+        last = await self.store.last_record(self.workflow_name, self.instance_id)
+        if last is None:
+            return await self._start(initial_json)
+        if given_context:
+            logger.warning(
+                "workflow %r instance %r exists: ignoring the given context, "
+                "resuming with the stored one",
+                self.workflow_name,
+                self.instance_id,
+            )
+        return last
+
+    async def _start(self, initial_json: str) -> TransitionRecord:
+        state = self.definition.initial_state
+        assert self.instance_id is not None
+        attempt = uuid.uuid4().hex
+        await self.store.start(
+            self.workflow_name,
+            self.instance_id,
+            state,
+            initial_json,
+            fingerprint=self.definition.fingerprint,
+            attempt_id=attempt,
+            definition_json=json.dumps(self.definition.summary()),
+        )
+        logger.info(
+            "workflow %r instance %r started in state %r",
+            self.workflow_name,
+            self.instance_id,
+            state,
+        )
+        return TransitionRecord(
+            workflow_name=self.workflow_name,
+            instance_id=self.instance_id,
+            seq=0,
+            trigger=None,
+            source_state=None,
+            dest_state=state,
+            context=json.loads(initial_json),
+            status="running",
+            created_at=_now(),
+            fingerprint=self.definition.fingerprint,
+            attempt_id=attempt,
+        )
+
+    def _finished(self, record: TransitionRecord) -> WorkflowState:
+        self._restore(record)
+        if record.status == "failed":
+            error = record.error or {}
+            raise InstanceFailedError(
+                self.workflow_name,
+                record.instance_id,
+                f"failed at seq {record.seq} in state {record.source_state!r} "
+                f"({error.get('type', 'error')}); run it again with retry_failed=True "
+                "(or `fsmflow retry`) once the cause is fixed",
+            )
+        if record.status == "cancelled":
+            raise InstanceCancelledError(
+                self.workflow_name, record.instance_id, f"was cancelled at seq {record.seq}"
+            )
+        logger.info(
+            "workflow %r instance %r already %s",
+            self.workflow_name,
+            record.instance_id,
+            record.status,
+        )
+        return WorkflowState.from_record(record)
+
+    def _restore(self, record: TransitionRecord) -> None:
+        self.seq = record.seq
+        self.status = record.status
+        self._context_json = json.dumps(record.context, ensure_ascii=False, separators=(",", ":"))
+        self.context = WorkflowContext(data=record.context)
+
+    def _state_of(self, record: TransitionRecord) -> str:
+        state = record.dest_state or record.source_state
+        if state is None or state not in self.definition.steps:
+            raise UnknownStateError(self.workflow_name, record.instance_id, record.seq, str(state))
+        if record.fingerprint != self.definition.fingerprint and not self.allow_definition_change:
+            raise DefinitionChangedError(
+                self.workflow_name,
+                record.instance_id,
+                [f"fingerprint {record.fingerprint} -> {self.definition.fingerprint}"],
+            )
+        if record.seq > 0:
+            logger.info(
+                "workflow %r instance %r resumed in state %r after seq %d",
+                self.workflow_name,
+                record.instance_id,
+                state,
+                record.seq,
+            )
+        return state
+
+    async def _run_loop(self) -> WorkflowState:
+        while True:
+            state = self.state
+            assert state is not None
+            started = time.perf_counter()
+            context, trigger = await self._execute(state)
+            duration_ms = (time.perf_counter() - started) * 1000.0
+            where = f"context returned by step {state!r}"
+            encoded = encode_context(context.data, max_bytes=self._max_bytes, where=where)
+            chosen = await self._choose(state, trigger, context)
+            dest = None if chosen is None else chosen.dest
+            await self._record(chosen, state, dest, encoded, duration_ms)
+            self.context = context
+            if chosen is not None and chosen.after is not None:
+                await _call(chosen.after, context)
+            if dest is None:
+                return self.workflow_state
+            self._machine.move(self, dest)
+
+    async def _record(
+        self,
+        chosen: Transition | None,
+        source: str,
+        dest: str | None,
+        encoded: str,
+        duration_ms: float,
+    ) -> None:
+        assert self.instance_id is not None
+        seq = self.seq + 1
+        status: Status = "running" if dest is not None else "completed"
+        await self.store.append(
+            self.workflow_name,
+            self.instance_id,
+            seq,
+            trigger=None if chosen is None else chosen.trigger,
+            source=source,
+            dest=dest,
+            context_json=encoded,
+            status=status,
+            fingerprint=self.definition.fingerprint,
+            attempt_id=uuid.uuid4().hex,
+            duration_ms=duration_ms,
+        )
+        self.seq = seq
+        self.status = status
+        self._context_json = encoded
+        logger.info(
+            "workflow %r instance %r seq %d: %s -> %s (%.1f ms)",
+            self.workflow_name,
+            self.instance_id,
+            seq,
+            source,
+            dest or "completed",
+            duration_ms,
+        )
+
+    @property
+    def workflow_state(self) -> WorkflowState:
+        """Where this instance stands now."""
+        assert self.instance_id is not None
+        return WorkflowState(
+            workflow_name=self.workflow_name,
+            instance_id=self.instance_id,
+            current_state=self.state or "",
+            context=self.context,
+            completed=self.status == "completed",
+            status=self.status,
+            seq=self.seq,
+        )
+
+    # -- one step ----------------------------------------------------------------------
+
+    async def _execute(self, state: str) -> tuple[WorkflowContext, str | None]:
+        step = self._steps[state]
+        policy = step.retry or self.definition.default_retry
+        attempt = 1
+        while True:
+            # Each attempt gets a fresh copy of the stored context: exactly what a
+            # resumed process would see, whatever an earlier attempt mutated.
+            context = WorkflowContext(data=decode_context(self._context_json))
+            try:
+                return self._check_result(state, await self._attempt(step, context, policy))
+            except FsmflowError:
+                raise
+            except Exception as exc:
+                if attempt >= policy.max_attempts or not _retriable(exc, policy):
+                    await self._fail(state, attempt, exc)
+                delay = policy.delay(attempt) * random.uniform(1 - policy.jitter, 1 + policy.jitter)
+                logger.warning(
+                    "workflow %r instance %r step %r attempt %d/%d failed (%s); retrying in %.2fs",
+                    self.workflow_name,
+                    self.instance_id,
+                    state,
+                    attempt,
+                    policy.max_attempts,
+                    type(exc).__name__,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+                attempt += 1
+
+    async def _attempt(
+        self, step: WorkflowStep, context: WorkflowContext, policy: RetryPolicy
+    ) -> Any:
+        if inspect.iscoroutinefunction(step.execute):
+            work = step.execute(context)
+        else:
+            work = asyncio.to_thread(step.execute, context)
+        if policy.timeout is None:
+            result = await work
+        else:
+            result = await asyncio.wait_for(work, policy.timeout)
+        if inspect.isawaitable(result):  # a sync callable that returned a coroutine
+            result = await result
+        return result
+
+    def _check_result(self, state: str, result: Any) -> tuple[WorkflowContext, str | None]:
+        if isinstance(result, WorkflowContext):
+            return result, None
+        if (
+            isinstance(result, tuple)
+            and len(result) == 2
+            and isinstance(result[0], WorkflowContext)
+            and (result[1] is None or isinstance(result[1], str))
+        ):
+            return result[0], result[1]
+        assert self.instance_id is not None
+        raise WorkflowError(
+            self.workflow_name,
+            self.instance_id,
+            f"step {state!r} returned {type(result).__name__}; a step must return "
+            "(WorkflowContext, next_trigger or None) or a WorkflowContext",
+        )
+
+    async def _fail(self, state: str, attempts: int, exc: BaseException) -> NoReturn:
+        assert self.instance_id is not None
+        error = {"type": type(exc).__name__, "message": str(exc)[:2000], "attempts": attempts}
+        await self.store.append(
+            self.workflow_name,
+            self.instance_id,
+            self.seq + 1,
+            trigger=None,
+            source=state,
+            dest=state,
+            context_json=self._context_json,
+            status="failed",
+            fingerprint=self.definition.fingerprint,
+            attempt_id=uuid.uuid4().hex,
+            duration_ms=None,
+            error_json=json.dumps(error),
+        )
+        self.seq += 1
+        self.status = "failed"
+        logger.error(
+            "workflow %r instance %r step %r failed after %d attempt(s): %s",
+            self.workflow_name,
+            self.instance_id,
+            state,
+            attempts,
+            type(exc).__name__,
+        )
+        raise StepFailedError(self.workflow_name, self.instance_id, state, attempts, exc) from exc
+
+    async def _choose(
+        self, state: str, trigger: str | None, context: WorkflowContext
+    ) -> Transition | None:
+        """The transition to take after ``state``'s step; None completes the instance."""
+        outgoing = self.definition.outgoing(state)
+        candidates = (
+            outgoing if trigger is None else tuple(t for t in outgoing if t.trigger == trigger)
+        )
+        assert self.instance_id is not None
+        if trigger is not None and not candidates:
+            raise InvalidTransitionError(
+                self.workflow_name,
+                self.instance_id,
+                state,
+                trigger,
+                self.definition.triggers_from(state),
+            )
+        if not candidates:
+            return None
+        failed: list[str] = []
+        for transition in candidates:
+            unmet = [c for c in transition.conditions if not await c.evaluate(context.data)]
+            if not unmet:
+                return transition
+            failed.append(f"{transition.describe()}: " + ", ".join(c.describe() for c in unmet))
+        raise NoTransitionError(self.workflow_name, self.instance_id, state, failed)
+
+    # -- triggers fired by hand ----------------------------------------------------------
+
+    async def on_manual_transition(self, trigger: str, source: str, dest: str | None) -> None:
+        """Record a transition fired through a trigger method before the state changes."""
+        encoded = encode_context(
+            self.context.data, max_bytes=self._max_bytes, where="manual trigger"
+        )
+        chosen = next(
+            (
+                t
+                for t in self.definition.outgoing(source)
+                if t.trigger == trigger and t.dest == dest
+            ),
+            None,
+        )
+        await self._record(chosen, source, dest, encoded, 0.0)
+
+
+def _retriable(exc: BaseException, policy: RetryPolicy) -> bool:
+    return isinstance(exc, (*policy.retry_on, TimeoutError))
+
+
+async def _call(callback: Any, context: WorkflowContext) -> None:
+    result = callback(context)
+    if inspect.isawaitable(result):
+        await result
+
+
+def _now() -> Any:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)

@@ -1,0 +1,192 @@
+"""Settings: where the database is and how fsmflow uses it.
+
+The only module that reads the environment. :class:`DBConfig` reads variables from the
+process environment and from ``.env`` files (the home directory's, then the current
+directory's, which wins); the environment wins over both.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .store import Store
+
+DEFAULT_TABLE: Final = "fsmflow_transitions"
+_IDENT: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+SSL_MODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
+def parse_table_name(value: str) -> tuple[str | None, str]:
+    """Split ``[schema.]table`` and validate both parts; raise :class:`ConfigError`."""
+    parts = value.split(".")
+    if len(parts) > 2 or not all(_IDENT.match(p) for p in parts):
+        raise ConfigError(
+            f"FSMFLOW_TABLE={value!r} is not a valid table name: use lowercase letters, digits "
+            "and '_', starting with a letter or '_', at most 63 characters, optionally "
+            "prefixed by 'schema.'"
+        )
+    return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+
+
+def redact_url(url: str) -> str:
+    """``postgresql://u:secret@h/db`` -> ``postgresql://u:***@h/db``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable DSN>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class DBConfig(BaseSettings):
+    """Database settings, read from the environment and ``.env`` files.
+
+    Give either ``DB_URL`` (or ``DATABASE_URL``), or ``DB_HOST``/``DB_PORT``/``DB_NAME``
+    (or ``DB_DATABASE``)/``DB_USER``/``DB_PASSWORD``. With neither, fsmflow uses a local
+    embedded PostgreSQL when the ``fsmflow[embedded]`` extra is installed.
+
+    The seed API lives here too: ``await init_db()``, ``await reset_db()``, ``await close()``
+    delegate to :attr:`store`, the object that owns the connections.
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=(str(Path.home() / ".env"), ".env"),
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        validate_default=True,
+    )
+
+    url: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DB_URL", "DATABASE_URL", "url")
+    )
+    host: str | None = Field(default=None, validation_alias=AliasChoices("DB_HOST", "host"))
+    port: int = Field(
+        default=5432, ge=1, le=65535, validation_alias=AliasChoices("DB_PORT", "port")
+    )
+    database: str | None = Field(
+        default=None, validation_alias=AliasChoices("DB_NAME", "DB_DATABASE", "database")
+    )
+    user: str | None = Field(default=None, validation_alias=AliasChoices("DB_USER", "user"))
+    password: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("DB_PASSWORD", "password")
+    )
+    sslmode: str | None = Field(
+        default=None, validation_alias=AliasChoices("DB_SSLMODE", "sslmode")
+    )
+    table: str = Field(
+        default=DEFAULT_TABLE, validation_alias=AliasChoices("FSMFLOW_TABLE", "table")
+    )
+    pool_size: int = Field(
+        default=10, ge=1, validation_alias=AliasChoices("FSMFLOW_POOL_SIZE", "pool_size")
+    )
+    command_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        validation_alias=AliasChoices("FSMFLOW_COMMAND_TIMEOUT", "command_timeout"),
+    )
+    connect_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        validation_alias=AliasChoices("FSMFLOW_CONNECT_TIMEOUT", "connect_timeout"),
+    )
+    retry_budget: float = Field(
+        default=60.0,
+        ge=0,
+        validation_alias=AliasChoices("FSMFLOW_DB_RETRY_SECONDS", "retry_budget"),
+    )
+    max_context_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        validation_alias=AliasChoices("FSMFLOW_MAX_CONTEXT_BYTES", "max_context_bytes"),
+    )
+    strict_durability: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("FSMFLOW_STRICT_DURABILITY", "strict_durability"),
+    )
+    embedded_dir: Path | None = Field(
+        default=None, validation_alias=AliasChoices("FSMFLOW_EMBEDDED_DIR", "embedded_dir")
+    )
+
+    _store: Any = PrivateAttr(default=None)
+
+    @field_validator("sslmode")
+    @classmethod
+    def _check_sslmode(cls, value: str | None) -> str | None:
+        if value is not None and value not in SSL_MODES:
+            raise ValueError(f"DB_SSLMODE must be one of {', '.join(SSL_MODES)}")
+        return value
+
+    def model_post_init(self, __context: Any) -> None:
+        parse_table_name(self.table)  # ConfigError, not a pydantic ValidationError
+
+    @property
+    def configured(self) -> bool:
+        """True when a server is configured (``DB_URL``/``DATABASE_URL`` or ``DB_HOST``)."""
+        return self.url is not None or self.host is not None
+
+    def display_target(self) -> str:
+        """Where the database is, safe to log: ``host:port/db`` or a redacted DSN."""
+        if self.url is not None:
+            return redact_url(self.url.get_secret_value())
+        if self.host is None:
+            return "embedded PostgreSQL"
+        return f"{self.host}:{self.port}/{self.database or self.user or ''}"
+
+    def connect_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``asyncpg.connect`` (contains the secret: never log it)."""
+        kwargs: dict[str, Any] = {
+            "timeout": self.connect_timeout,
+            "command_timeout": self.command_timeout,
+        }
+        if self.url is not None:
+            kwargs["dsn"] = self.url.get_secret_value()
+        for key in ("host", "port", "database", "user"):
+            value = getattr(self, key)
+            if value is not None and (key != "port" or self.url is None or self.host is not None):
+                kwargs[key] = value
+        if self.password is not None:
+            kwargs["password"] = self.password.get_secret_value()
+        if self.sslmode is not None:
+            kwargs["ssl"] = self.sslmode
+        return kwargs
+
+    @property
+    def store(self) -> Store:
+        """The :class:`~fsmflow.store.Store` (connection pool and SQL) for these settings."""
+        if self._store is None:
+            from .store import Store
+
+            self._store = Store(self)
+        store: Store = self._store
+        return store
+
+    async def init_db(self) -> None:
+        """Create the history table and indexes if missing (idempotent)."""
+        await self.store.init_db()
+
+    async def reset_db(self) -> None:
+        """Delete every recorded transition of every workflow. Irreversible."""
+        await self.store.reset_db()
+
+    async def close(self) -> None:
+        """Close the connections opened for these settings."""
+        if self._store is not None:
+            await self._store.close()
+
+    def __repr__(self) -> str:
+        return f"DBConfig(target={self.display_target()!r}, table={self.table!r})"
+
+    __str__ = __repr__

@@ -1,0 +1,430 @@
+"""The store: fsmflow's only module that talks to PostgreSQL (through asyncpg).
+
+It owns the connection pool, applies the schema, appends transitions conditionally and
+reads history back as typed records. Driver errors are translated into fsmflow errors at
+this one boundary; messages name the target as ``host:port/db`` and never a password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import asyncpg
+
+from . import sql
+from .errors import (
+    ConcurrentTransitionError,
+    DatabaseAuthError,
+    DatabaseNotFoundError,
+    DatabaseUnavailableError,
+    FsmflowError,
+    PermissionDeniedError,
+    SchemaMismatchError,
+    SchemaMissingError,
+    StoreError,
+)
+from .records import TransitionRecord
+from .settings import parse_table_name
+
+if TYPE_CHECKING:
+    from .settings import DBConfig
+
+logger = logging.getLogger("fsmflow.store")
+T = TypeVar("T")
+
+REQUIRED_COLUMNS = frozenset(
+    {
+        "workflow_name",
+        "instance_id",
+        "seq",
+        "trigger",
+        "source_state",
+        "dest_state",
+        "context",
+        "status",
+        "completed",
+        "created_at",
+        "fingerprint",
+        "attempt_id",
+        "duration_ms",
+        "error",
+        "definition",
+        "forked_from_instance",
+        "forked_from_seq",
+    }
+)
+_RETRIABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+_ADVISORY_INIT_KEY = 0x0F5A1  # serializes concurrent init_db calls
+
+
+def is_retriable(exc: BaseException) -> bool:
+    """True for errors that a reconnect may cure (lost connection, server restarting...)."""
+    if isinstance(exc, (asyncpg.InterfaceError, ConnectionError, TimeoutError, OSError)):
+        return not isinstance(exc, asyncpg.InterfaceWarning)
+    state = getattr(exc, "sqlstate", None)
+    return isinstance(state, str) and state.startswith(_RETRIABLE_SQLSTATE_CLASSES)
+
+
+async def _no_reset(connection: asyncpg.Connection) -> None:
+    # The default pool reset costs four statements and a round trip per checkout; fsmflow
+    # leaves no session state behind on pooled connections, so there is nothing to reset.
+    return None
+
+
+class Store:
+    """Connections and SQL for one table. Open lazily; ``async with`` closes it.
+
+    Every method that writes is a single statement in its own transaction.
+    """
+
+    def __init__(self, config: DBConfig) -> None:
+        self.config = config
+        self.schema, self.table = parse_table_name(config.table)
+        self.qualified_table = f"{self.schema}.{self.table}" if self.schema else self.table
+        self._q = sql.queries(self.schema, self.table)
+        self._pool: asyncpg.Pool | None = None
+        self._target = config.display_target()
+        self._connect_kwargs: dict[str, Any] | None = None
+        self._schema_checked = False
+        self._open_lock = asyncio.Lock()
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open" if self._pool else "not opened"
+        return f"Store(target={self._target!r}, table={self.qualified_table!r}, {state})"
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @property
+    def target(self) -> str:
+        """Where the database is, safe to show (no password)."""
+        return self._target
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def open(self, *, check_schema: bool = True) -> Store:
+        """Connect (retrying transient failures) and verify the table; idempotent."""
+        if self._closed:
+            raise StoreError(f"the store for {self._target} is closed; create a new DBConfig")
+        async with self._open_lock:
+            if self._pool is None:
+                self._pool = await self._retry("connect", self._create_pool)
+            if check_schema and not self._schema_checked:
+                await self._check_schema()
+        return self
+
+    async def close(self) -> None:
+        """Close every connection. The store cannot be reopened."""
+        self._closed = True
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    async def connect_kwargs(self) -> dict[str, Any]:
+        """asyncpg connect arguments, starting the embedded server if none is configured."""
+        if self._connect_kwargs is None:
+            if self.config.configured:
+                self._connect_kwargs = self.config.connect_kwargs()
+            else:
+                from .embedded import embedded_connect_kwargs
+
+                self._connect_kwargs = await asyncio.to_thread(embedded_connect_kwargs, self.config)
+                self._target = f"embedded PostgreSQL ({self._connect_kwargs['host']})"
+        return self._connect_kwargs
+
+    async def connect(self) -> asyncpg.Connection:
+        """A dedicated (unpooled) connection with the same settings."""
+        kwargs = await self.connect_kwargs()
+        try:
+            return await asyncpg.connect(**kwargs)
+        except Exception as exc:
+            raise self.translate(exc) from None
+
+    async def _create_pool(self) -> asyncpg.Pool:
+        kwargs = await self.connect_kwargs()
+        size = self.config.pool_size
+        pool = await asyncpg.create_pool(min_size=1, max_size=size, reset=_no_reset, **kwargs)
+        assert pool is not None
+        return pool
+
+    async def _check_schema(self) -> None:
+        row = await self._fetchrow("check_schema", self.qualified_table)
+        assert row is not None
+        if not row["exists"]:
+            raise SchemaMissingError(
+                f"table {self.qualified_table!r} does not exist in {self._target}; run "
+                "`fsmflow init-db` (or `await DBConfig().init_db()`) once with a role that may "
+                "CREATE, or apply sql/schema.sql with psql"
+            )
+        expected = f"fsmflow schema_version={sql.SCHEMA_VERSION}"
+        missing = REQUIRED_COLUMNS - set(row["columns"])
+        if missing or row["comment"] != expected:
+            raise SchemaMismatchError(
+                f"table {self.qualified_table!r} in {self._target} is not an fsmflow "
+                f"schema version {sql.SCHEMA_VERSION} table (comment {row['comment']!r}, "
+                f"missing columns {sorted(missing)}); point FSMFLOW_TABLE at another table "
+                "or migrate this one"
+            )
+        if not (row["can_select"] and row["can_insert"]):
+            raise PermissionDeniedError(self._grants_message())
+        self._check_durability(row["synchronous_commit"])
+        self._schema_checked = True
+
+    def _check_durability(self, setting: str) -> None:
+        if setting in ("on", "remote_write", "remote_apply", "local"):
+            return
+        message = (
+            f"synchronous_commit={setting} on {self._target}: a crash can lose acknowledged "
+            "transitions; set it to on for the fsmflow role "
+            "(ALTER ROLE ... SET synchronous_commit=on)"
+        )
+        if self.config.strict_durability:
+            raise StoreError(message + " (refused because FSMFLOW_STRICT_DURABILITY is set)")
+        logger.warning(message)
+
+    def _grants_message(self) -> str:
+        schema = self.schema or "public"
+        return (
+            f"the database role lacks privileges on {self.qualified_table!r} in {self._target}; "
+            f"needed at run time: GRANT USAGE ON SCHEMA {schema} TO <role>; "
+            f"GRANT SELECT, INSERT ON {self.qualified_table} TO <role>; "
+            "init-db and reset-db also need CREATE on the schema / ownership of the table"
+        )
+
+    # -- error handling ----------------------------------------------------------------
+
+    def translate(self, exc: BaseException) -> FsmflowError:
+        """Map a driver or OS error to the fsmflow error that says what to do."""
+        if isinstance(exc, FsmflowError):
+            return exc
+        if isinstance(
+            exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
+        ):
+            return DatabaseAuthError(
+                f"authentication to {self._target} failed for the configured user; check "
+                "DB_USER/DB_PASSWORD (or the DSN in DB_URL)"
+            )
+        if isinstance(exc, asyncpg.InvalidCatalogNameError):
+            return DatabaseNotFoundError(
+                f"database at {self._target} does not exist; create it or fix DB_NAME/DB_URL"
+            )
+        if isinstance(exc, asyncpg.UndefinedTableError):
+            return SchemaMissingError(
+                f"table {self.qualified_table!r} does not exist in {self._target}; "
+                "run `fsmflow init-db`"
+            )
+        if isinstance(exc, asyncpg.InsufficientPrivilegeError):
+            return PermissionDeniedError(self._grants_message())
+        if is_retriable(exc):
+            return DatabaseUnavailableError(self._target, type(exc).__name__)
+        return StoreError(f"database error on {self._target}: {type(exc).__name__}: {exc}")
+
+    async def _retry(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run ``operation``, retrying retriable errors with capped, jittered backoff."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.retry_budget
+        delay = 0.1
+        while True:
+            try:
+                return await operation()
+            except Exception as exc:
+                if not is_retriable(exc) or loop.time() + delay > deadline:
+                    raise self.translate(exc) from None
+                logger.warning(
+                    "%s to %s failed (%s); retrying in %.1fs",
+                    what,
+                    self._target,
+                    type(exc).__name__,
+                    delay,
+                )
+                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+                delay = min(delay * 2, 5.0)
+
+    @asynccontextmanager
+    async def _translated(self) -> AsyncIterator[None]:
+        try:
+            yield
+        except FsmflowError:
+            raise
+        except Exception as exc:
+            raise self.translate(exc) from None
+
+    async def _pool_or_open(self) -> asyncpg.Pool:
+        if self._pool is None or not self._schema_checked:
+            await self.open()
+        assert self._pool is not None
+        return self._pool
+
+    async def _fetchrow(self, query: str, *args: Any) -> asyncpg.Record | None:
+        if self._pool is None:
+            await self.open(check_schema=False)
+        assert self._pool is not None
+        pool = self._pool
+        return await self._retry(query, lambda: pool.fetchrow(self._q[query], *args))
+
+    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        pool = await self._pool_or_open()
+        return await self._retry(query, lambda: pool.fetch(self._q[query], *args))
+
+    # -- administration ----------------------------------------------------------------
+
+    async def init_db(self) -> None:
+        """Create the table and its indexes if missing (idempotent, safe to run concurrently)."""
+        await self.open(check_schema=False)
+        assert self._pool is not None
+        ddl = sql.schema_ddl(self.schema, self.table)
+        async with self._translated(), self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _ADVISORY_INIT_KEY)
+            await conn.execute(ddl)
+        self._schema_checked = False
+        await self._check_schema()
+        logger.info("initialized table %s in %s", self.qualified_table, self._target)
+
+    async def reset_db(self) -> None:
+        """Delete every row of the table: all history of all workflows. Irreversible."""
+        pool = await self._pool_or_open()
+        async with self._translated():
+            await pool.execute(self._q["reset"])
+        logger.warning(
+            "reset table %s in %s: all history deleted", self.qualified_table, self._target
+        )
+
+    # -- writing -----------------------------------------------------------------------
+
+    async def start(
+        self,
+        workflow: str,
+        instance_id: str,
+        state: str,
+        context_json: str,
+        *,
+        fingerprint: str,
+        attempt_id: str,
+        definition_json: str | None,
+        forked_from: tuple[str, int] | None = None,
+    ) -> None:
+        """Record seq 0 of a new instance; :class:`ConcurrentTransitionError` if it exists."""
+        pool = await self._pool_or_open()
+        fork_instance, fork_seq = forked_from or (None, None)
+        try:
+            await pool.execute(
+                self._q["start"],
+                workflow,
+                instance_id,
+                state,
+                context_json,
+                fingerprint,
+                attempt_id,
+                definition_json,
+                fork_instance,
+                fork_seq,
+            )
+        except asyncpg.UniqueViolationError:
+            raise ConcurrentTransitionError(workflow, instance_id, 0) from None
+        except Exception as exc:
+            raise self.translate(exc) from None
+
+    async def append(
+        self,
+        workflow: str,
+        instance_id: str,
+        seq: int,
+        *,
+        trigger: str | None,
+        source: str | None,
+        dest: str | None,
+        context_json: str,
+        status: str,
+        fingerprint: str,
+        attempt_id: str,
+        duration_ms: float | None,
+        error_json: str | None = None,
+        connection: asyncpg.Connection | None = None,
+    ) -> None:
+        """Append ``seq`` if the instance's last row is ``seq - 1`` — one statement, one
+        round trip. :class:`ConcurrentTransitionError` if another writer got there first."""
+        executor = connection if connection is not None else await self._pool_or_open()
+        try:
+            result = await executor.execute(
+                self._q["append"],
+                workflow,
+                instance_id,
+                seq,
+                trigger,
+                source,
+                dest,
+                context_json,
+                status,
+                fingerprint,
+                attempt_id,
+                duration_ms,
+                error_json,
+            )
+        except asyncpg.UniqueViolationError:
+            raise ConcurrentTransitionError(workflow, instance_id, seq) from None
+        except Exception as exc:
+            raise self.translate(exc) from None
+        if result != "INSERT 0 1":
+            raise ConcurrentTransitionError(workflow, instance_id, seq)
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def last_record(self, workflow: str, instance_id: str) -> TransitionRecord | None:
+        """The latest row of an instance (one index lookup), or None if it has none."""
+        await self._pool_or_open()
+        row = await self._fetchrow("last_record", workflow, instance_id)
+        return None if row is None else to_record(row)
+
+    async def record_at(self, workflow: str, instance_id: str, seq: int) -> TransitionRecord | None:
+        """The row at ``seq`` of an instance, or None."""
+        await self._pool_or_open()
+        row = await self._fetchrow("record_at", workflow, instance_id, seq)
+        return None if row is None else to_record(row)
+
+    async def history(self, workflow: str, instance_id: str) -> list[TransitionRecord]:
+        """Every row of an instance, in seq order (empty if it has none)."""
+        return [to_record(r) for r in await self._fetch("history", workflow, instance_id)]
+
+    async def latest_unfinished(self, workflow: str) -> str | None:
+        """The id of the most recently started instance of ``workflow`` that has not ended."""
+        await self._pool_or_open()
+        row = await self._fetchrow("latest_unfinished", workflow)
+        return None if row is None else str(row["instance_id"])
+
+
+def _json_or_none(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
+
+
+def to_record(row: asyncpg.Record) -> TransitionRecord:
+    """Build a :class:`TransitionRecord` from a full table row."""
+    attempt = row["attempt_id"]
+    return TransitionRecord(
+        workflow_name=row["workflow_name"],
+        instance_id=row["instance_id"],
+        seq=row["seq"],
+        trigger=row["trigger"],
+        source_state=row["source_state"],
+        dest_state=row["dest_state"],
+        context=json.loads(row["context"]),
+        status=row["status"],
+        created_at=row["created_at"],
+        fingerprint=row["fingerprint"],
+        attempt_id=None if attempt is None else str(attempt),
+        duration_ms=row["duration_ms"],
+        error=_json_or_none(row["error"]),
+        definition=_json_or_none(row["definition"]),
+        forked_from_instance=row["forked_from_instance"],
+        forked_from_seq=row["forked_from_seq"],
+    )
