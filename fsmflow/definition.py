@@ -267,3 +267,27 @@ def _unreachable(definition: WorkflowDefinition) -> list[str]:
                 seen.add(t.dest)
                 frontier.append(t.dest)
     return [s for s in definition.steps if s not in seen]
+
+
+def diff_summaries(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """What changed between two :meth:`WorkflowDefinition.summary` results, for messages."""
+    changes: list[str] = []
+    old_states, new_states = old.get("states", []), new.get("states", [])
+    changes += [f"state {s!r} removed" for s in old_states if s not in new_states]
+    changes += [f"state {s!r} added" for s in new_states if s not in old_states]
+    if old.get("initial") != new.get("initial"):
+        changes.append(f"initial state {old.get('initial')!r} -> {new.get('initial')!r}")
+
+    def edges(summary: dict[str, Any]) -> list[str]:
+        return [
+            f"{t['trigger']}: {'|'.join(t['source'])} -> {t['dest'] or '(complete)'}"
+            + (f" if {' and '.join(t['conditions'])}" if t["conditions"] else "")
+            for t in summary.get("transitions", [])
+        ]
+
+    old_edges, new_edges = edges(old), edges(new)
+    changes += [f"transition removed: {e}" for e in old_edges if e not in new_edges]
+    changes += [f"transition added: {e}" for e in new_edges if e not in old_edges]
+    if not changes and old_edges != new_edges:
+        changes.append("transition order changed (the first matching transition may differ)")
+    return changes or ["the definition fingerprint differs"]

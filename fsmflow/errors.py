@@ -20,6 +20,8 @@
     │   ├── InstanceNotFoundError    no such instance (fork source, history)
     │   ├── InstanceFailedError      the instance ended failed earlier
     │   ├── InstanceCancelledError   the instance was cancelled
+    │   ├── OwnershipLostError       the runner lost its lock and could not retake it
+    │   ├── WorkflowInterruptedError stopped early on SIGTERM/SIGINT; rerun resumes
     │   └── StepFailedError          a step raised / timed out after its retries
     ├── StoreError                   the database could not do what was asked
     │   ├── DatabaseUnavailableError unreachable after the retry budget
@@ -196,6 +198,28 @@ class InstanceFailedError(WorkflowError):
 
 class InstanceCancelledError(WorkflowError):
     """The instance was cancelled."""
+
+
+class OwnershipLostError(WorkflowError):
+    """The runner's database session (and so its lock on the instance) was lost and could
+    not be taken back: another runner may own the instance now. Nothing was written."""
+
+
+class WorkflowInterruptedError(WorkflowError):
+    """The runner stopped early on SIGTERM/SIGINT; running the instance again resumes it."""
+
+    def __init__(
+        self, workflow: str, instance_id: str, state: str, *, step_cancelled: bool
+    ) -> None:
+        self.state = state
+        self.step_cancelled = step_cancelled
+        detail = (
+            f"the step of state {state!r} did not finish within the grace period and was "
+            "cancelled; it will run again"
+            if step_cancelled
+            else f"stopped at a step boundary before state {state!r}"
+        )
+        super().__init__(workflow, instance_id, f"shutdown requested: {detail} on the next run")
 
 
 class StepFailedError(WorkflowError):

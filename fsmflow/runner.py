@@ -15,6 +15,7 @@ import random
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from .context import WorkflowContext, decode_context, encode_context
@@ -25,8 +26,10 @@ from .definition import (
     WorkflowDefinition,
     WorkflowStep,
     check_identifier,
+    diff_summaries,
 )
 from .errors import (
+    ConcurrentTransitionError,
     DefinitionChangedError,
     DefinitionError,
     FsmflowError,
@@ -37,10 +40,14 @@ from .errors import (
     StepFailedError,
     UnknownStateError,
     WorkflowError,
+    WorkflowInterruptedError,
 )
 from .machine import WorkflowMachine
+from .ownership import Ownership
 from .records import Status, TransitionRecord, WorkflowState
 from .settings import DBConfig
+from .shutdown import Shutdown, for_running_loop
+from .steps import StepCall
 from .store import Store
 
 logger = logging.getLogger("fsmflow")
@@ -68,6 +75,11 @@ class PersistentWorkflowStateMachine:
     What runs again after a crash: only the step of the state the instance was in, from
     its start, with the context the previous step left. Finished steps never run again.
 
+    One runner owns an instance at a time (an advisory lock): another gets
+    :class:`~fsmflow.errors.InstanceLockedError`, or waits with ``wait=True`` (up to
+    ``lock_timeout`` seconds). On SIGTERM/SIGINT the runner stops at the next step boundary
+    (``handle_signals=False`` leaves signals alone).
+
     The object is a ``transitions`` model: it has ``state``, one method per trigger and
     ``may_<trigger>()``; triggers fired by hand are recorded like the runner's own.
     """
@@ -83,6 +95,9 @@ class PersistentWorkflowStateMachine:
         instance_id: str | None = None,
         allow_definition_change: bool = False,
         retry_failed: bool = False,
+        wait: bool = False,
+        lock_timeout: float | None = None,
+        handle_signals: bool = True,
     ) -> None:
         self.store = db_config if isinstance(db_config, Store) else db_config.store
         self.definition = workflow_definition
@@ -92,6 +107,11 @@ class PersistentWorkflowStateMachine:
         )
         self.allow_definition_change = allow_definition_change
         self.retry_failed = retry_failed
+        self.options = {
+            "wait": wait,
+            "lock_timeout": lock_timeout,
+            "handle_signals": handle_signals,
+        }
         self.context = WorkflowContext()
         self.seq = -1
         self.status: Status = "running"
@@ -99,6 +119,10 @@ class PersistentWorkflowStateMachine:
         self._context_json = "{}"
         self._max_bytes = self.store.config.max_context_bytes
         self._machine = WorkflowMachine.of(workflow_definition)
+        self._owner: Ownership | None = None
+        self._task: asyncio.Task[Any] | None = None
+        self._call: StepCall | None = None
+        self._interrupt_reason: str | None = None
         if steps is not None:
             self.steps = steps
 
@@ -122,6 +146,20 @@ class PersistentWorkflowStateMachine:
         """The ``transitions`` AsyncMachine shared by every instance of this definition."""
         return self._machine.machine
 
+    @property
+    def workflow_state(self) -> WorkflowState:
+        """Where this instance stands now."""
+        assert self.instance_id is not None
+        return WorkflowState(
+            workflow_name=self.workflow_name,
+            instance_id=self.instance_id,
+            current_state=self.state or "",
+            context=self.context,
+            completed=self.status == "completed",
+            status=self.status,
+            seq=self.seq,
+        )
+
     # -- running -----------------------------------------------------------------------
 
     async def run_workflow(
@@ -134,23 +172,45 @@ class PersistentWorkflowStateMachine:
         """
         self._check_steps()
         initial = self._initial_json(context)
-        record = await self._load_or_start(initial, given_context=context is not None)
-        if record.terminal and not (record.status == "failed" and self.retry_failed):
-            return self._finished(record)
-        self._restore(record)
-        self._machine.attach(self, self._state_of(record))
+        await self._choose_instance()
+        assert self.instance_id is not None
+        self._owner = await self.store.acquire(
+            self.workflow_name,
+            self.instance_id,
+            wait=bool(self.options["wait"]),
+            lock_timeout=self.options["lock_timeout"],
+        )
+        self._owner.on_lost = lambda: self.interrupt("lost")
         try:
-            return await self._run_loop()
+            record = await self._load_or_start(initial, given_context=context is not None)
+            if record.terminal and not (record.status == "failed" and self.retry_failed):
+                return self._finished(record)
+            self._restore(record)
+            return await self._run_attached(await self._check_resumable(record))
         finally:
+            owner, self._owner = self._owner, None
+            await owner.release()
+
+    async def _run_attached(self, state: str) -> WorkflowState:
+        shutdown = None
+        if self.options["handle_signals"]:
+            shutdown = for_running_loop(self.store.config.shutdown_grace)
+            shutdown.register(self)
+        self._machine.attach(self, state)
+        self._task = asyncio.current_task()
+        try:
+            return await self._run_loop(shutdown)
+        finally:
+            self._task = None
             self._machine.detach(self)
+            if shutdown is not None:
+                shutdown.unregister(self)
 
     def _check_steps(self) -> None:
         states = self.definition.steps
         problems = [f"state {s!r} has no step" for s in states if s not in self._steps]
         problems += [
-            f"step {name!r} is not a state of the workflow"
-            for name in self._steps
-            if name not in states
+            f"step {n!r} is not a state of the workflow" for n in self._steps if n not in states
         ]
         problems += [
             f"step for state {name!r} is named {step.name!r}"
@@ -164,15 +224,18 @@ class PersistentWorkflowStateMachine:
         data = context.data if isinstance(context, WorkflowContext) else dict(context or {})
         return encode_context(data, max_bytes=self._max_bytes, where="initial context")
 
-    async def _load_or_start(self, initial_json: str, *, given_context: bool) -> TransitionRecord:
+    async def _choose_instance(self) -> None:
         if self.instance_id is None:
             self.instance_id = await self.store.latest_unfinished(self.workflow_name)
-            if self.instance_id is None:
-                self.instance_id = uuid.uuid4().hex
+        if self.instance_id is None:
+            self.instance_id = uuid.uuid4().hex
+
+    async def _load_or_start(self, initial_json: str, *, given_context: bool) -> TransitionRecord:
+        assert self.instance_id is not None
         last = await self.store.last_record(self.workflow_name, self.instance_id)
         if last is None:
             return await self._start(initial_json)
-        if given_context:
+        if given_context and last.seq > 0:
             logger.warning(
                 "workflow %r instance %r exists: ignoring the given context, "
                 "resuming with the stored one",
@@ -209,7 +272,7 @@ class PersistentWorkflowStateMachine:
             dest_state=state,
             context=json.loads(initial_json),
             status="running",
-            created_at=_now(),
+            created_at=datetime.now(UTC),
             fingerprint=self.definition.fingerprint,
             attempt_id=attempt,
         )
@@ -239,20 +302,17 @@ class PersistentWorkflowStateMachine:
 
     def _restore(self, record: TransitionRecord) -> None:
         self.seq = record.seq
-        self.status = record.status
+        self.status = "running" if record.status == "failed" else record.status
         self._context_json = json.dumps(record.context, ensure_ascii=False, separators=(",", ":"))
         self.context = WorkflowContext(data=record.context)
 
-    def _state_of(self, record: TransitionRecord) -> str:
+    async def _check_resumable(self, record: TransitionRecord) -> str:
+        """The state to resume in; refuses unknown states and (unless allowed) drift."""
         state = record.dest_state or record.source_state
         if state is None or state not in self.definition.steps:
             raise UnknownStateError(self.workflow_name, record.instance_id, record.seq, str(state))
-        if record.fingerprint != self.definition.fingerprint and not self.allow_definition_change:
-            raise DefinitionChangedError(
-                self.workflow_name,
-                record.instance_id,
-                [f"fingerprint {record.fingerprint} -> {self.definition.fingerprint}"],
-            )
+        if record.fingerprint not in (None, self.definition.fingerprint):
+            await self._check_drift(record)
         if record.seq > 0:
             logger.info(
                 "workflow %r instance %r resumed in state %r after seq %d",
@@ -263,10 +323,26 @@ class PersistentWorkflowStateMachine:
             )
         return state
 
-    async def _run_loop(self) -> WorkflowState:
+    async def _check_drift(self, record: TransitionRecord) -> None:
+        first = record
+        if record.seq != 0:
+            first = await self.store.record_at(self.workflow_name, record.instance_id, 0) or record
+        changes = diff_summaries(first.definition or {}, self.definition.summary())
+        if not self.allow_definition_change:
+            raise DefinitionChangedError(self.workflow_name, record.instance_id, changes)
+        logger.warning(
+            "workflow %r instance %r resumes under a changed definition: %s",
+            self.workflow_name,
+            record.instance_id,
+            "; ".join(changes),
+        )
+
+    async def _run_loop(self, shutdown: Shutdown | None) -> WorkflowState:
         while True:
             state = self.state
             assert state is not None
+            if shutdown is not None and shutdown.requested:
+                raise self._interrupted(state, step_cancelled=False)
             started = time.perf_counter()
             context, trigger = await self._execute(state)
             duration_ms = (time.perf_counter() - started) * 1000.0
@@ -305,6 +381,7 @@ class PersistentWorkflowStateMachine:
             fingerprint=self.definition.fingerprint,
             attempt_id=uuid.uuid4().hex,
             duration_ms=duration_ms,
+            owner=self._owner,
         )
         self.seq = seq
         self.status = status
@@ -319,21 +396,13 @@ class PersistentWorkflowStateMachine:
             duration_ms,
         )
 
-    @property
-    def workflow_state(self) -> WorkflowState:
-        """Where this instance stands now."""
-        assert self.instance_id is not None
-        return WorkflowState(
-            workflow_name=self.workflow_name,
-            instance_id=self.instance_id,
-            current_state=self.state or "",
-            context=self.context,
-            completed=self.status == "completed",
-            status=self.status,
-            seq=self.seq,
-        )
-
     # -- one step ----------------------------------------------------------------------
+
+    def interrupt(self, reason: str) -> None:
+        """Cancel the running step (``reason``: ``"shutdown"`` or ``"lost"``), if any."""
+        if self._call is not None and self._task is not None and self._interrupt_reason is None:
+            self._interrupt_reason = reason
+            self._task.cancel(f"fsmflow: {reason}")
 
     async def _execute(self, state: str) -> tuple[WorkflowContext, str | None]:
         step = self._steps[state]
@@ -342,42 +411,71 @@ class PersistentWorkflowStateMachine:
         while True:
             # Each attempt gets a fresh copy of the stored context: exactly what a
             # resumed process would see, whatever an earlier attempt mutated.
-            context = WorkflowContext(data=decode_context(self._context_json))
+            call = StepCall(step.execute, WorkflowContext(data=decode_context(self._context_json)))
+            self._call = call
             try:
-                return self._check_result(state, await self._attempt(step, context, policy))
+                result = await call.run(policy.timeout)
+            except asyncio.CancelledError:
+                reason = self._take_interrupt()
+                if reason is None:
+                    raise
+                await self._after_interrupt(reason, state, call)
+                continue
             except FsmflowError:
                 raise
             except Exception as exc:
                 if attempt >= policy.max_attempts or not _retriable(exc, policy):
                     await self._fail(state, attempt, exc)
-                delay = policy.delay(attempt) * random.uniform(1 - policy.jitter, 1 + policy.jitter)
-                logger.warning(
-                    "workflow %r instance %r step %r attempt %d/%d failed (%s); retrying in %.2fs",
-                    self.workflow_name,
-                    self.instance_id,
-                    state,
-                    attempt,
-                    policy.max_attempts,
-                    type(exc).__name__,
-                    delay,
-                )
-                await asyncio.sleep(delay)
+                await self._backoff(state, attempt, policy, exc)
                 attempt += 1
+                continue
+            finally:
+                self._call = None
+            return self._check_result(state, result)
 
-    async def _attempt(
-        self, step: WorkflowStep, context: WorkflowContext, policy: RetryPolicy
-    ) -> Any:
-        if inspect.iscoroutinefunction(step.execute):
-            work = step.execute(context)
-        else:
-            work = asyncio.to_thread(step.execute, context)
-        if policy.timeout is None:
-            result = await work
-        else:
-            result = await asyncio.wait_for(work, policy.timeout)
-        if inspect.isawaitable(result):  # a sync callable that returned a coroutine
-            result = await result
-        return result
+    def _take_interrupt(self) -> str | None:
+        reason, self._interrupt_reason = self._interrupt_reason, None
+        if reason is not None and self._task is not None:
+            self._task.uncancel()
+        return reason
+
+    async def _after_interrupt(self, reason: str, state: str, call: StepCall) -> None:
+        if reason == "shutdown":
+            raise self._interrupted(state, step_cancelled=True)
+        # Ownership was lost mid-step: never let two executions overlap, retake the
+        # lock, and make sure nobody advanced the instance meanwhile; then run it again.
+        await call.wait_abandoned()
+        assert self._owner is not None and self.instance_id is not None
+        await self._owner.reacquire()
+        last = await self.store.last_record(self.workflow_name, self.instance_id)
+        if last is None or last.seq != self.seq:
+            raise ConcurrentTransitionError(self.workflow_name, self.instance_id, self.seq + 1)
+        logger.warning(
+            "workflow %r instance %r: step %r interrupted by a lost session; running it again",
+            self.workflow_name,
+            self.instance_id,
+            state,
+        )
+
+    def _interrupted(self, state: str, *, step_cancelled: bool) -> WorkflowInterruptedError:
+        assert self.instance_id is not None
+        return WorkflowInterruptedError(
+            self.workflow_name, self.instance_id, state, step_cancelled=step_cancelled
+        )
+
+    async def _backoff(self, state: str, attempt: int, policy: RetryPolicy, exc: Exception) -> None:
+        delay = policy.delay(attempt) * random.uniform(1 - policy.jitter, 1 + policy.jitter)
+        logger.warning(
+            "workflow %r instance %r step %r attempt %d/%d failed (%s); retrying in %.2fs",
+            self.workflow_name,
+            self.instance_id,
+            state,
+            attempt,
+            policy.max_attempts,
+            type(exc).__name__,
+            delay,
+        )
+        await asyncio.sleep(delay)
 
     def _check_result(self, state: str, result: Any) -> tuple[WorkflowContext, str | None]:
         if isinstance(result, WorkflowContext):
@@ -413,6 +511,7 @@ class PersistentWorkflowStateMachine:
             attempt_id=uuid.uuid4().hex,
             duration_ms=None,
             error_json=json.dumps(error),
+            owner=self._owner,
         )
         self.seq += 1
         self.status = "failed"
@@ -453,7 +552,7 @@ class PersistentWorkflowStateMachine:
             failed.append(f"{transition.describe()}: " + ", ".join(c.describe() for c in unmet))
         raise NoTransitionError(self.workflow_name, self.instance_id, state, failed)
 
-    # -- triggers fired by hand ----------------------------------------------------------
+    # -- triggers fired by hand --------------------------------------------------------
 
     async def on_manual_transition(self, trigger: str, source: str, dest: str | None) -> None:
         """Record a transition fired through a trigger method before the state changes."""
@@ -479,9 +578,3 @@ async def _call(callback: Any, context: WorkflowContext) -> None:
     result = callback(context)
     if inspect.isawaitable(result):
         await result
-
-
-def _now() -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.now(UTC)

@@ -92,6 +92,11 @@ class DBConfig(BaseSettings):
     pool_size: int = Field(
         default=10, ge=1, validation_alias=AliasChoices("FSMFLOW_POOL_SIZE", "pool_size")
     )
+    owner_connections: int = Field(
+        default=4,
+        ge=1,
+        validation_alias=AliasChoices("FSMFLOW_OWNER_CONNECTIONS", "owner_connections"),
+    )
     command_timeout: float = Field(
         default=30.0,
         gt=0,
@@ -111,6 +116,11 @@ class DBConfig(BaseSettings):
         default=16 * 1024 * 1024,
         ge=1024,
         validation_alias=AliasChoices("FSMFLOW_MAX_CONTEXT_BYTES", "max_context_bytes"),
+    )
+    shutdown_grace: float = Field(
+        default=20.0,
+        ge=0,
+        validation_alias=AliasChoices("FSMFLOW_SHUTDOWN_GRACE_SECONDS", "shutdown_grace"),
     )
     strict_durability: bool = Field(
         default=False,

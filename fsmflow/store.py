@@ -29,6 +29,7 @@ from .errors import (
     SchemaMissingError,
     StoreError,
 )
+from .ownership import Lane, Ownership, acquire
 from .records import TransitionRecord
 from .settings import parse_table_name
 
@@ -94,6 +95,8 @@ class Store:
         self._schema_checked = False
         self._open_lock = asyncio.Lock()
         self._closed = False
+        self._lanes = [Lane(self, i) for i in range(config.owner_connections)]
+        self._owners: dict[tuple[str, str], Ownership] = {}
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open" if self._pool else "not opened"
@@ -119,14 +122,16 @@ class Store:
             raise StoreError(f"the store for {self._target} is closed; create a new DBConfig")
         async with self._open_lock:
             if self._pool is None:
-                self._pool = await self._retry("connect", self._create_pool)
+                self._pool = await self.retry("connect", self._create_pool)
             if check_schema and not self._schema_checked:
                 await self._check_schema()
         return self
 
     async def close(self) -> None:
-        """Close every connection. The store cannot be reopened."""
+        """Close every connection (releasing any held locks). The store cannot be reopened."""
         self._closed = True
+        for lane in self._lanes:
+            await lane.close()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
@@ -230,7 +235,11 @@ class Store:
             return DatabaseUnavailableError(self._target, type(exc).__name__)
         return StoreError(f"database error on {self._target}: {type(exc).__name__}: {exc}")
 
-    async def _retry(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+    def is_retriable(self, exc: BaseException) -> bool:
+        """True for errors that a reconnect may cure."""
+        return is_retriable(exc)
+
+    async def retry(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
         """Run ``operation``, retrying retriable errors with capped, jittered backoff."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.config.retry_budget
@@ -271,11 +280,11 @@ class Store:
             await self.open(check_schema=False)
         assert self._pool is not None
         pool = self._pool
-        return await self._retry(query, lambda: pool.fetchrow(self._q[query], *args))
+        return await self.retry(query, lambda: pool.fetchrow(self._q[query], *args))
 
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
         pool = await self._pool_or_open()
-        return await self._retry(query, lambda: pool.fetch(self._q[query], *args))
+        return await self.retry(query, lambda: pool.fetch(self._q[query], *args))
 
     # -- administration ----------------------------------------------------------------
 
@@ -300,6 +309,36 @@ class Store:
             "reset table %s in %s: all history deleted", self.qualified_table, self._target
         )
 
+    # -- ownership ---------------------------------------------------------------------
+
+    async def acquire(
+        self,
+        workflow: str,
+        instance_id: str,
+        *,
+        wait: bool = False,
+        lock_timeout: float | None = None,
+    ) -> Ownership:
+        """Own an instance: its lock on a dedicated connection, which also carries its
+        appends. :class:`InstanceLockedError` if another runner owns it (unless ``wait``)."""
+        await self._pool_or_open()
+        return await acquire(
+            self, self._lanes, workflow, instance_id, wait=wait, lock_timeout=lock_timeout
+        )
+
+    def owned_here(self, workflow: str, instance_id: str) -> bool:
+        """True if a runner in this process owns the instance (locks are re-entrant)."""
+        return (workflow, instance_id) in self._owners
+
+    def remember_owner(self, owner: Ownership) -> None:
+        """Register an ownership taken by this process."""
+        self._owners[(owner.workflow, owner.instance_id)] = owner
+
+    def forget_owner(self, owner: Ownership) -> None:
+        """Unregister an ownership released by this process."""
+        if self._owners.get((owner.workflow, owner.instance_id)) is owner:
+            del self._owners[(owner.workflow, owner.instance_id)]
+
     # -- writing -----------------------------------------------------------------------
 
     async def start(
@@ -317,23 +356,31 @@ class Store:
         """Record seq 0 of a new instance; :class:`ConcurrentTransitionError` if it exists."""
         pool = await self._pool_or_open()
         fork_instance, fork_seq = forked_from or (None, None)
+        args = (
+            workflow,
+            instance_id,
+            state,
+            context_json,
+            fingerprint,
+            attempt_id,
+            definition_json,
+            fork_instance,
+            fork_seq,
+        )
         try:
-            await pool.execute(
-                self._q["start"],
-                workflow,
-                instance_id,
-                state,
-                context_json,
-                fingerprint,
-                attempt_id,
-                definition_json,
-                fork_instance,
-                fork_seq,
-            )
+            await pool.execute(self._q["start"], *args)
+            return
         except asyncpg.UniqueViolationError:
-            raise ConcurrentTransitionError(workflow, instance_id, 0) from None
+            pass
         except Exception as exc:
-            raise self.translate(exc) from None
+            if not is_retriable(exc):
+                raise self.translate(exc) from None
+            # Unknown outcome (lost connection): the read-back below decides.
+        first = await self.record_at(workflow, instance_id, 0)
+        if first is None:
+            await self.retry("start", lambda: pool.execute(self._q["start"], *args))
+        elif (first.attempt_id or "").replace("-", "") != attempt_id:
+            raise ConcurrentTransitionError(workflow, instance_id, 0)
 
     async def append(
         self,
@@ -350,27 +397,24 @@ class Store:
         attempt_id: str,
         duration_ms: float | None,
         error_json: str | None = None,
-        connection: asyncpg.Connection | None = None,
+        owner: Ownership | None = None,
     ) -> None:
         """Append ``seq`` if the instance's last row is ``seq - 1`` — one statement, one
-        round trip. :class:`ConcurrentTransitionError` if another writer got there first."""
-        executor = connection if connection is not None else await self._pool_or_open()
+        round trip. :class:`ConcurrentTransitionError` if another writer got there first.
+
+        With ``owner`` the row is written on the owning session, and a lost connection is
+        resolved by reading the row back (by ``attempt_id``), never by writing twice.
+        """
+        args = (
+            workflow, instance_id, seq, trigger, source, dest, context_json, status,
+            fingerprint, attempt_id, duration_ms, error_json,
+        )  # fmt: skip
+        if owner is not None:
+            await owner.append(seq, attempt_id, args, self._q["append"])
+            return
+        pool = await self._pool_or_open()
         try:
-            result = await executor.execute(
-                self._q["append"],
-                workflow,
-                instance_id,
-                seq,
-                trigger,
-                source,
-                dest,
-                context_json,
-                status,
-                fingerprint,
-                attempt_id,
-                duration_ms,
-                error_json,
-            )
+            result = await pool.execute(self._q["append"], *args)
         except asyncpg.UniqueViolationError:
             raise ConcurrentTransitionError(workflow, instance_id, seq) from None
         except Exception as exc:
