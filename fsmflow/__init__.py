@@ -31,6 +31,7 @@ from .errors import (
     InvalidIdentifierError,
     InvalidTransitionError,
     NoTransitionError,
+    OwnershipLostError,
     PermissionDeniedError,
     SchemaMismatchError,
     SchemaMissingError,
@@ -38,15 +39,21 @@ from .errors import (
     StoreError,
     UnknownStateError,
     WorkflowError,
+    WorkflowInterruptedError,
 )
 from .records import InstanceSummary, TransitionRecord, WorkflowState
-from .runner import PersistentWorkflowStateMachine
+from .runner import PersistentWorkflowStateMachine, RunnerEvent
 from .settings import DBConfig
+from .shutdown import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, run_program
 from .store import Store
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
     "ConcurrentTransitionError",
     "Condition",
     "ConfigError",
@@ -70,9 +77,11 @@ __all__ = [
     "InvalidIdentifierError",
     "InvalidTransitionError",
     "NoTransitionError",
+    "OwnershipLostError",
     "PermissionDeniedError",
     "PersistentWorkflowStateMachine",
     "RetryPolicy",
+    "RunnerEvent",
     "SchemaMismatchError",
     "SchemaMissingError",
     "StepFailedError",
@@ -84,7 +93,9 @@ __all__ = [
     "WorkflowContext",
     "WorkflowDefinition",
     "WorkflowError",
+    "WorkflowInterruptedError",
     "WorkflowState",
     "WorkflowStep",
     "__version__",
+    "run_program",
 ]

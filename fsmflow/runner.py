@@ -14,7 +14,8 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -55,6 +56,21 @@ logger = logging.getLogger("fsmflow")
 StepsArgument = Mapping[str, WorkflowStep | StepFunction] | Sequence[WorkflowStep]
 
 
+@dataclass(frozen=True, slots=True)
+class RunnerEvent:
+    """What a listener is told: ``point`` is ``step_started``, ``step_finished`` (the step
+    returned; nothing recorded yet) or ``transition_recorded`` (the row is committed)."""
+
+    point: str
+    workflow_name: str
+    instance_id: str
+    state: str
+    seq: int
+
+
+Listener = Callable[[RunnerEvent], None]
+
+
 def _normalize_steps(steps: StepsArgument) -> dict[str, WorkflowStep]:
     if isinstance(steps, Mapping):
         return {
@@ -78,7 +94,8 @@ class PersistentWorkflowStateMachine:
     One runner owns an instance at a time (an advisory lock): another gets
     :class:`~fsmflow.errors.InstanceLockedError`, or waits with ``wait=True`` (up to
     ``lock_timeout`` seconds). On SIGTERM/SIGINT the runner stops at the next step boundary
-    (``handle_signals=False`` leaves signals alone).
+    (``handle_signals=False`` leaves signals alone). ``listeners`` are called synchronously
+    at each :class:`RunnerEvent` (metrics, tracing, fault injection in tests).
 
     The object is a ``transitions`` model: it has ``state``, one method per trigger and
     ``may_<trigger>()``; triggers fired by hand are recorded like the runner's own.
@@ -98,6 +115,7 @@ class PersistentWorkflowStateMachine:
         wait: bool = False,
         lock_timeout: float | None = None,
         handle_signals: bool = True,
+        listeners: Sequence[Listener] = (),
     ) -> None:
         self.store = db_config if isinstance(db_config, Store) else db_config.store
         self.definition = workflow_definition
@@ -123,6 +141,7 @@ class PersistentWorkflowStateMachine:
         self._task: asyncio.Task[Any] | None = None
         self._call: StepCall | None = None
         self._interrupt_reason: str | None = None
+        self._listeners = tuple(listeners)
         if steps is not None:
             self.steps = steps
 
@@ -343,14 +362,17 @@ class PersistentWorkflowStateMachine:
             assert state is not None
             if shutdown is not None and shutdown.requested:
                 raise self._interrupted(state, step_cancelled=False)
+            self._emit("step_started", state)
             started = time.perf_counter()
             context, trigger = await self._execute(state)
             duration_ms = (time.perf_counter() - started) * 1000.0
+            self._emit("step_finished", state)
             where = f"context returned by step {state!r}"
             encoded = encode_context(context.data, max_bytes=self._max_bytes, where=where)
             chosen = await self._choose(state, trigger, context)
             dest = None if chosen is None else chosen.dest
             await self._record(chosen, state, dest, encoded, duration_ms)
+            self._emit("transition_recorded", state)
             self.context = context
             if chosen is not None and chosen.after is not None:
                 await _call(chosen.after, context)
@@ -395,6 +417,13 @@ class PersistentWorkflowStateMachine:
             dest or "completed",
             duration_ms,
         )
+
+    def _emit(self, point: str, state: str) -> None:
+        if self._listeners:
+            assert self.instance_id is not None
+            event = RunnerEvent(point, self.workflow_name, self.instance_id, state, self.seq)
+            for listener in self._listeners:
+                listener(event)
 
     # -- one step ----------------------------------------------------------------------
 
