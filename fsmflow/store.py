@@ -24,6 +24,7 @@ from .errors import (
     DatabaseNotFoundError,
     DatabaseUnavailableError,
     FsmflowError,
+    HistoryCorruptError,
     PermissionDeniedError,
     SchemaMismatchError,
     SchemaMissingError,
@@ -425,10 +426,23 @@ class Store:
     # -- reading -----------------------------------------------------------------------
 
     async def last_record(self, workflow: str, instance_id: str) -> TransitionRecord | None:
-        """The latest row of an instance (one index lookup), or None if it has none."""
+        """The latest row of an instance (index lookups, flat in history length), or None.
+
+        :class:`HistoryCorruptError` if the row before it is not ``seq - 1``.
+        """
         await self._pool_or_open()
         row = await self._fetchrow("last_record", workflow, instance_id)
-        return None if row is None else to_record(row)
+        if row is None:
+            return None
+        expected = row["seq"] - 1 if row["seq"] > 0 else None
+        if row["prev_seq"] != expected:
+            missing = (row["prev_seq"] or -1) + 1
+            raise HistoryCorruptError(
+                workflow, instance_id,
+                f"stored history has a gap: seq {missing} is missing before seq {row['seq']}; "
+                "rows were deleted by hand — fork the instance from an intact seq",
+            )  # fmt: skip
+        return to_record(row)
 
     async def record_at(self, workflow: str, instance_id: str, seq: int) -> TransitionRecord | None:
         """The row at ``seq`` of an instance, or None."""
@@ -437,8 +451,17 @@ class Store:
         return None if row is None else to_record(row)
 
     async def history(self, workflow: str, instance_id: str) -> list[TransitionRecord]:
-        """Every row of an instance, in seq order (empty if it has none)."""
-        return [to_record(r) for r in await self._fetch("history", workflow, instance_id)]
+        """Every row of an instance, in seq order (empty if it has none).
+
+        :class:`HistoryCorruptError` names the first missing seq if there is a gap.
+        """
+        records = [to_record(r) for r in await self._fetch("history", workflow, instance_id)]
+        for expected, record in enumerate(records):
+            if record.seq != expected:
+                raise HistoryCorruptError(
+                    workflow, instance_id, f"stored history has a gap: seq {expected} is missing"
+                )
+        return records
 
     async def latest_unfinished(self, workflow: str) -> str | None:
         """The id of the most recently started instance of ``workflow`` that has not ended."""
