@@ -408,14 +408,17 @@ class PersistentWorkflowStateMachine:
         self.seq = seq
         self.status = status
         self._context_json = encoded
+        # Context values are never logged: only the size of what was stored.
         logger.info(
-            "workflow %r instance %r seq %d: %s -> %s (%.1f ms)",
+            "workflow %r instance %r seq %d: %s -> %s (step %.1f ms, context %d bytes)%s",
             self.workflow_name,
             self.instance_id,
             seq,
             source,
-            dest or "completed",
+            dest or "(end)",
             duration_ms,
+            len(encoded),
+            "; completed" if dest is None else "",
         )
 
     def _emit(self, point: str, state: str) -> None:
