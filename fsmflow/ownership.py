@@ -158,22 +158,27 @@ class Ownership:
         )
 
     def mark_lost(self) -> None:
-        """Called when the lane's session died."""
+        """Called when the lane's session died (once per loss)."""
+        if self.is_lost:
+            return
         self.is_lost = True
         if self.on_lost is not None:
             self.on_lost()
 
     async def try_lock(self) -> bool:
-        """Take the advisory lock on the lane's current session."""
+        """Take the advisory lock on the lane's session (reconnecting within the budget)."""
+        return await self.store.retry("lock", self._try_lock_once)
+
+    async def _try_lock_once(self) -> bool:
         lane = self.lane
         async with lane.lock:
             await lane.ensure_connected()
             assert lane.conn is not None
             try:
                 got = bool(await lane.conn.fetchval(_LOCK_SQL, LOCK_CLASS, self.key))
-            except Exception as exc:
-                lane.lost(type(exc).__name__)
-                raise self.store.translate(exc) from None
+            except Exception:
+                lane.lost("lock query failed")
+                raise
             if got:
                 self.generation = lane.generation
                 self.is_lost = False

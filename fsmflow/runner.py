@@ -448,6 +448,7 @@ class PersistentWorkflowStateMachine:
             try:
                 result = await call.run(policy.timeout)
             except asyncio.CancelledError:
+                self._call = None  # no further interrupt may cancel the recovery below
                 reason = self._take_interrupt()
                 if reason is None:
                     raise
