@@ -459,6 +459,9 @@ class PersistentWorkflowStateMachine:
             except Exception as exc:
                 if attempt >= policy.max_attempts or not _retriable(exc, policy):
                     await self._fail(state, attempt, exc)
+                # A timed-out sync step's thread cannot be stopped: the next attempt
+                # waits for it, so two executions of one step never overlap.
+                await call.wait_abandoned()
                 await self._backoff(state, attempt, policy, exc)
                 attempt += 1
                 continue

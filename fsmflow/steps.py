@@ -10,12 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import threading
 from collections.abc import Callable
 from typing import Any
 
 from .context import WorkflowContext
+
+
+def is_async_callable(fn: Callable[..., Any]) -> bool:
+    """True for ``async def`` functions, partials of them and objects with ``async __call__``.
+
+    Those run on the event loop; everything else runs on a thread. (A plain
+    ``inspect.iscoroutinefunction`` misses callable objects, whose coroutine would
+    otherwise be created on a thread and awaited outside the step's time limit.)
+    """
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - we want the bound __call__ itself
+    )
 
 
 class StepCall:
@@ -27,13 +42,20 @@ class StepCall:
         self.thread: threading.Thread | None = None
 
     async def run(self, time_limit: float | None) -> Any:
-        """Run the attempt (bounded by ``time_limit`` seconds) and return the step's result."""
-        if inspect.iscoroutinefunction(self.execute):
-            work = self.execute(self.context)
+        """Run the attempt (bounded by ``time_limit`` seconds) and return the step's result.
+
+        The time limit covers the whole attempt, including awaiting a coroutine that a
+        callable returned.
+        """
+        work = self._attempt()
+        return await (work if time_limit is None else asyncio.wait_for(work, time_limit))
+
+    async def _attempt(self) -> Any:
+        if is_async_callable(self.execute):
+            result = await self.execute(self.context)
         else:
-            work = self._in_thread()
-        result = await (work if time_limit is None else asyncio.wait_for(work, time_limit))
-        if inspect.isawaitable(result):  # a sync callable that returned a coroutine
+            result = await self._in_thread()
+        if inspect.isawaitable(result):  # a sync callable that returned an awaitable
             result = await result
         return result
 

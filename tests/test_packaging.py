@@ -1,4 +1,4 @@
-"""The wheel ships the SQL, the type marker and a working init_db; the public surface is deliberate."""
+"""The wheel ships the SQL, the type marker and a working init_db; a deliberate public surface."""
 
 from __future__ import annotations
 
@@ -42,14 +42,14 @@ def test_init_db_from_the_unpacked_wheel(wheel: Path, tmp_path: Path, postgresql
     info = postgresql.info
     code = (
         "import asyncio, fsmflow\n"
-        "assert fsmflow.__file__.startswith(%r), fsmflow.__file__\n"
-        "cfg = fsmflow.DBConfig(_env_file=None, table='from_wheel', host=%r, port=%d,"
-        " user=%r, database=%r)\n"
+        f"assert fsmflow.__file__.startswith({str(site)!r}), fsmflow.__file__\n"
+        f"cfg = fsmflow.DBConfig(_env_file=None, table='from_wheel', host={info.host!r}, "
+        f"port={info.port}, user={info.user!r}, database={info.dbname!r})\n"
         "async def main():\n"
         "    await cfg.init_db()\n"
         "    await cfg.close()\n"
         "asyncio.run(main())\n"
-    ) % (str(site), info.host, info.port, info.user, info.dbname)
+    )
     env = {**os.environ, "PYTHONPATH": str(site)}
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
