@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote
 
 from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,17 +37,52 @@ def parse_table_name(value: str) -> tuple[str | None, str]:
     return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
 
 
+_QUERY_PASSWORD: Final = re.compile(r"(?i)([?&]password=)[^&#]*")
+
+
+def _split_dsn(url: str) -> tuple[str, str, str] | None:
+    """``(scheme, userinfo, rest)`` by plain text, so that a password holding an unencoded
+    ``/``, ``#``, ``?`` or ``@`` is still found (``urlsplit`` would misplace it)."""
+    scheme, sep, remainder = url.partition("://")
+    if not sep:
+        return None
+    userinfo, at, rest = remainder.rpartition("@")
+    return (scheme, userinfo, rest) if at else (scheme, "", remainder)
+
+
+def dsn_secrets(url: str) -> list[str]:
+    """The secret parts of a DSN: the userinfo password and any ``password=`` parameter."""
+    found = [m.group(0).split("=", 1)[1] for m in _QUERY_PASSWORD.finditer(url)]
+    parts = _split_dsn(url)
+    if parts is not None and ":" in parts[1]:
+        password = parts[1].split(":", 1)[1]
+        found += [password, unquote(password)]
+    return [s for s in found if s]
+
+
+def check_dsn(url: str) -> None:
+    """Refuse a DSN whose user or password holds an unencoded ``/``, ``#`` or ``?``.
+
+    A URL parser would cut the password there and treat the rest as host, path or query,
+    so the secret would end up in error messages; the message never quotes the DSN.
+    """
+    parts = _split_dsn(url)
+    if parts is not None and any(c in parts[1] for c in "/#?"):
+        raise ConfigError(
+            "DB_URL/DATABASE_URL: the user or password contains an unencoded '/', '#' or "
+            "'?'; percent-encode it, e.g. urllib.parse.quote(password, safe='')"
+        )
+
+
 def redact_url(url: str) -> str:
-    """``postgresql://u:secret@h/db`` -> ``postgresql://u:***@h/db``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable DSN>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    """``postgresql://u:secret@h/db?password=x`` -> ``postgresql://u:***@h/db?password=***``."""
+    parts = _split_dsn(url)
+    if parts is None:
+        return "<DSN without scheme, not shown>"
+    scheme, userinfo, rest = parts
+    user, colon, _ = userinfo.partition(":")
+    shown_user = f"{user}:***@" if colon else (f"{user}@" if userinfo else "")
+    return f"{scheme}://{shown_user}" + _QUERY_PASSWORD.sub(r"\1***", rest)
 
 
 class DBConfig(BaseSettings):
@@ -141,6 +176,8 @@ class DBConfig(BaseSettings):
 
     def model_post_init(self, __context: Any) -> None:
         parse_table_name(self.table)  # ConfigError, not a pydantic ValidationError
+        if self.url is not None:
+            check_dsn(self.url.get_secret_value())
 
     @property
     def configured(self) -> bool:
@@ -154,6 +191,16 @@ class DBConfig(BaseSettings):
         if self.host is None:
             return "embedded PostgreSQL"
         return f"{self.host}:{self.port}/{self.database or self.user or ''}"
+
+    def secrets(self) -> list[str]:
+        """Every secret these settings hold, so error texts can be scrubbed of them."""
+        found = [] if self.password is None else [self.password.get_secret_value()]
+        if self.url is not None:
+            found += dsn_secrets(self.url.get_secret_value())
+        # A malformed DSN is split at its delimiters by the parser, whose error may then
+        # quote a piece of the password: scrub the pieces too.
+        pieces = [p for s in found for p in re.split(r"[/#?@:&=]", s) if len(p) >= 3]
+        return sorted({s for s in [*found, *pieces] if s}, key=len, reverse=True)
 
     def connect_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``asyncpg.connect`` (contains the secret: never log it)."""

@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import random
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -62,11 +63,14 @@ REQUIRED_COLUMNS = frozenset(
     }
 )
 _RETRIABLE_SQLSTATE_CLASSES = ("08", "53", "57")
+_CONFIGURATION_ERRORS = (asyncpg.ClientConfigurationError, ssl.SSLCertVerificationError)
 _ADVISORY_INIT_KEY = 0x0F5A1  # serializes concurrent init_db calls
 
 
 def is_retriable(exc: BaseException) -> bool:
     """True for errors that a reconnect may cure (lost connection, server restarting...)."""
+    if isinstance(exc, _CONFIGURATION_ERRORS):
+        return False  # bad TLS/DSN settings: no reconnect cures them
     if isinstance(exc, (asyncpg.InterfaceError, ConnectionError, TimeoutError, OSError)):
         return not isinstance(exc, asyncpg.InterfaceWarning)
     state = getattr(exc, "sqlstate", None)
@@ -232,9 +236,24 @@ class Store:
             )
         if isinstance(exc, asyncpg.InsufficientPrivilegeError):
             return PermissionDeniedError(self._grants_message())
+        if isinstance(exc, _CONFIGURATION_ERRORS):
+            return StoreError(
+                self.scrub(
+                    f"cannot connect to {self._target}: {type(exc).__name__}: {exc}; check "
+                    "DB_SSLMODE and the TLS files (sslrootcert, ~/.postgresql/root.crt) or DB_URL"
+                )
+            )
         if is_retriable(exc):
             return DatabaseUnavailableError(self._target, type(exc).__name__)
-        return StoreError(f"database error on {self._target}: {type(exc).__name__}: {exc}")
+        return StoreError(
+            self.scrub(f"database error on {self._target}: {type(exc).__name__}: {exc}")
+        )
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every configured secret replaced by ``***``."""
+        for secret in self.config.secrets():
+            text = text.replace(secret, "***")
+        return text
 
     def is_retriable(self, exc: BaseException) -> bool:
         """True for errors that a reconnect may cure."""
