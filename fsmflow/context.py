@@ -55,6 +55,18 @@ def _check_float(value: float, path: str) -> None:
         raise ContextSerializationError(path, "negative zero does not round-trip through jsonb")
 
 
+def _check_int(value: int, path: str) -> None:
+    # Python refuses to print ints of more than 4300 digits (a DoS guard): say so here
+    # rather than fail with a bare ValueError inside json.dumps.
+    if value.bit_length() > 14_000:
+        try:
+            str(value)
+        except ValueError:
+            raise ContextSerializationError(
+                path, "int has too many digits to serialize; store it as a string"
+            ) from None
+
+
 def check_json_value(value: Any, path: str = "ctx") -> None:
     """Raise :class:`ContextSerializationError` naming ``path`` if ``value`` won't round-trip."""
     kind = type(value)
@@ -73,7 +85,9 @@ def check_json_value(value: Any, path: str = "ctx") -> None:
             check_json_value(item, f"{path}[{index}]")
     elif kind is float:
         _check_float(value, path)
-    elif value is None or kind is bool or kind is int:
+    elif kind is int:
+        _check_int(value, path)
+    elif value is None or kind is bool:
         return
     else:
         raise ContextSerializationError(

@@ -27,6 +27,7 @@ MAX_IDENTIFIER_LENGTH: Final = 200
 
 # Names the runner (a transitions model) already uses. transitions adds a method per
 # trigger, ``may_<trigger>`` and ``is_<state>`` to the model; a clash would overwrite one.
+# (tests/unit/test_definition.py checks this list against the runner's public attributes.)
 RESERVED_NAMES: Final = frozenset(
     {
         "state",
@@ -46,6 +47,9 @@ RESERVED_NAMES: Final = frozenset(
         "allow_definition_change",
         "retry_failed",
         "options",
+        "status",
+        "interrupt",
+        "on_manual_transition",
     }
 )
 

@@ -12,10 +12,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from transitions.core import EventData
-from transitions.extensions.asyncio import AsyncMachine
+from transitions.extensions.asyncio import AsyncEvent, AsyncMachine
 
 from .conditions import Condition
 from .definition import WorkflowDefinition
+from .errors import InvalidTransitionError
 
 
 class MachineModel(Protocol):
@@ -41,12 +42,33 @@ async def _record_manual(event: EventData) -> None:
     await model.on_manual_transition(event.event.name, transition.source, transition.dest)
 
 
+class _CheckedEvent(AsyncEvent):  # type: ignore[misc]
+    """An event that refuses, with fsmflow's error, a trigger invalid in the model's state
+    (transitions would raise its ``MachineError`` and log it at ERROR level)."""
+
+    async def trigger(self, model: Any, *args: Any, **kwargs: Any) -> bool:
+        state = model.state
+        if state not in self.transitions:
+            raise InvalidTransitionError(
+                model.workflow_name,
+                model.instance_id,
+                state,
+                self.name,
+                sorted(self.machine.get_triggers(state)),
+            )
+        return bool(await super().trigger(model, *args, **kwargs))
+
+
+class _Machine(AsyncMachine):  # type: ignore[misc]
+    event_cls = _CheckedEvent
+
+
 class WorkflowMachine:
     """The compiled machine of one definition; instances join and leave as models."""
 
     def __init__(self, definition: WorkflowDefinition) -> None:
         self.definition = definition
-        self.machine = AsyncMachine(
+        self.machine = _Machine(
             model=None,
             states=list(definition.steps),
             initial=None,

@@ -363,10 +363,14 @@ class PersistentWorkflowStateMachine:
             if shutdown is not None and shutdown.requested:
                 raise self._interrupted(state, step_cancelled=False)
             self._emit("step_started", state)
-            started = time.perf_counter()
+            started, seq_before = time.perf_counter(), self.seq
             context, trigger = await self._execute(state)
             duration_ms = (time.perf_counter() - started) * 1000.0
             self._emit("step_finished", state)
+            if self.seq != seq_before:  # the step fired a trigger by hand: already recorded
+                if self.status == "completed":
+                    return self.workflow_state
+                continue
             where = f"context returned by step {state!r}"
             encoded = encode_context(context.data, max_bytes=self._max_bytes, where=where)
             chosen = await self._choose(state, trigger, context)
@@ -591,10 +595,22 @@ class PersistentWorkflowStateMachine:
     # -- triggers fired by hand --------------------------------------------------------
 
     async def on_manual_transition(self, trigger: str, source: str, dest: str | None) -> None:
-        """Record a transition fired through a trigger method before the state changes."""
-        encoded = encode_context(
-            self.context.data, max_bytes=self._max_bytes, where="manual trigger"
-        )
+        """Record a transition fired through a trigger method before the state changes.
+
+        Fired from inside a step, the row carries the step's context as it is at that
+        moment, and the step's own return value no longer chooses a transition.
+        """
+        if self._owner is None or self.status != "running":
+            assert self.instance_id is not None
+            raise WorkflowError(
+                self.workflow_name,
+                self.instance_id,
+                f"trigger {trigger!r} fired while the instance is not running here "
+                f"(status {self.status}); fire triggers only while run_workflow() runs, "
+                "e.g. from a step — or return the trigger's name from the step",
+            )
+        context = self._call.context if self._call is not None else self.context
+        encoded = encode_context(context.data, max_bytes=self._max_bytes, where="manual trigger")
         chosen = next(
             (
                 t
@@ -604,6 +620,9 @@ class PersistentWorkflowStateMachine:
             None,
         )
         await self._record(chosen, source, dest, encoded, 0.0)
+        self.context = WorkflowContext(data=decode_context(encoded))
+        if chosen is not None and chosen.after is not None:
+            await _call(chosen.after, self.context)
 
 
 def _retriable(exc: BaseException, policy: RetryPolicy) -> bool:

@@ -28,7 +28,7 @@ SSL_MODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verif
 def parse_table_name(value: str) -> tuple[str | None, str]:
     """Split ``[schema.]table`` and validate both parts; raise :class:`ConfigError`."""
     parts = value.split(".")
-    if len(parts) > 2 or not all(_IDENT.match(p) for p in parts):
+    if len(parts) > 2 or not all(_IDENT.fullmatch(p) for p in parts):
         raise ConfigError(
             f"FSMFLOW_TABLE={value!r} is not a valid table name: use lowercase letters, digits "
             "and '_', starting with a letter or '_', at most 63 characters, optionally "
@@ -163,6 +163,9 @@ class DBConfig(BaseSettings):
     )
     embedded_dir: Path | None = Field(
         default=None, validation_alias=AliasChoices("FSMFLOW_EMBEDDED_DIR", "embedded_dir")
+    )
+    log_level: str = Field(  # read by the fsmflow CLI, which validates the level name
+        default="INFO", validation_alias=AliasChoices("FSMFLOW_LOG_LEVEL", "log_level")
     )
 
     _store: Any = PrivateAttr(default=None)

@@ -12,6 +12,7 @@ Exit codes used by :func:`run_program`: ``0`` completed, ``1`` failed, ``2`` usa
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import signal
 import sys
@@ -51,7 +52,7 @@ class Shutdown:
         self.requested = False
         self.expired = False
         self._runners: set[Interruptible] = set()
-        self._installed: list[signal.Signals] = []
+        self._installed: list[tuple[signal.Signals, Any]] = []
         self._timer: asyncio.TimerHandle | None = None
 
     def __repr__(self) -> str:
@@ -96,20 +97,32 @@ class Shutdown:
         if threading.current_thread() is not threading.main_thread():
             return
         for sig in SIGNALS:
-            if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
+            previous = signal.getsignal(sig)
+            if _is_default_handler(previous):
                 try:
                     self.loop.add_signal_handler(sig, self.request, sig)
                 except (NotImplementedError, RuntimeError):  # e.g. Windows
                     continue
-                self._installed.append(sig)
+                self._installed.append((sig, previous))
 
     def _uninstall(self) -> None:
-        for sig in self._installed:
+        for sig, previous in self._installed:
             self.loop.remove_signal_handler(sig)
+            signal.signal(sig, previous)
         self._installed.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+def _is_default_handler(handler: Any) -> bool:
+    """Python's own handlers, or the SIGINT handler ``asyncio.run`` installs (which would
+    cancel the main task at once): fsmflow takes over only from these, never from a
+    handler the program installed itself."""
+    if handler in (signal.SIG_DFL, signal.default_int_handler):
+        return True
+    func = handler.func if isinstance(handler, functools.partial) else handler
+    return isinstance(getattr(func, "__self__", None), asyncio.Runner)
 
 
 _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Shutdown] = (
