@@ -215,11 +215,11 @@ class WorkflowInterruptedError(WorkflowError):
         self.step_cancelled = step_cancelled
         detail = (
             f"the step of state {state!r} did not finish within the grace period and was "
-            "cancelled; it will run again"
+            "cancelled; it runs again from its start on the next run"
             if step_cancelled
-            else f"stopped at a step boundary before state {state!r}"
+            else f"stopped at a step boundary; the next run resumes in state {state!r}"
         )
-        super().__init__(workflow, instance_id, f"shutdown requested: {detail} on the next run")
+        super().__init__(workflow, instance_id, f"shutdown requested: {detail}")
 
 
 class StepFailedError(WorkflowError):

@@ -255,9 +255,11 @@ class PersistentWorkflowStateMachine:
         if last is None:
             return await self._start(initial_json)
         if given_context and last.seq > 0:
-            logger.warning(
-                "workflow %r instance %r exists: ignoring the given context, "
-                "resuming with the stored one",
+            # Programs pass their seed context on every start, not knowing whether they
+            # resume: that is normal, so INFO, not WARNING.
+            logger.info(
+                "workflow %r instance %r exists: resuming with its stored context "
+                "(the given context seeds new instances only)",
                 self.workflow_name,
                 self.instance_id,
             )

@@ -688,12 +688,14 @@ async def test_context_seeds_a_new_instance_only(
     assert empty.context.data == {"visited": list(STATES)}
 
     await crash_in(h, "existing", original=True)
-    caplog.set_level(logging.WARNING, logger="fsmflow")
+    caplog.set_level(logging.INFO, logger="fsmflow")
     state = await h.runner(
         h.config(), LINEAR, tracker.steps(LINEAR), instance_id="existing"
     ).run_workflow(context={"original": False, "secret": "Ctx-Value-Never-Logged"})
     assert state.context.data == {"original": True, "visited": list(STATES)}
-    assert any("ignoring the given context" in r.getMessage() for r in caplog.records)
+    assert any(
+        "the given context seeds new instances only" in r.getMessage() for r in caplog.records
+    )
     assert not any("Ctx-Value-Never-Logged" in r.getMessage() for r in caplog.records)
 
 
