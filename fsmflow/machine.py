@@ -8,6 +8,7 @@ declared transitions exist.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -42,11 +43,12 @@ async def _record_manual(event: EventData) -> None:
     await model.on_manual_transition(event.event.name, transition.source, transition.dest)
 
 
-class _CheckedEvent(AsyncEvent):  # type: ignore[misc]
+class _CheckedEvent(AsyncEvent):
     """An event that refuses, with fsmflow's error, a trigger invalid in the model's state
     (transitions would raise its ``MachineError`` and log it at ERROR level)."""
 
-    async def trigger(self, model: Any, *args: Any, **kwargs: Any) -> bool:
+    # transitions' stubs type Event.trigger as sync; AsyncEvent's is a coroutine.
+    async def trigger(self, model: Any, *args: Any, **kwargs: Any) -> bool:  # type: ignore[override]
         state = model.state
         if state not in self.transitions:
             raise InvalidTransitionError(
@@ -59,7 +61,7 @@ class _CheckedEvent(AsyncEvent):  # type: ignore[misc]
         return bool(await super().trigger(model, *args, **kwargs))
 
 
-class _Machine(AsyncMachine):  # type: ignore[misc]
+class _Machine(AsyncMachine):
     event_cls = _CheckedEvent
 
 
@@ -68,6 +70,8 @@ class WorkflowMachine:
 
     def __init__(self, definition: WorkflowDefinition) -> None:
         self.definition = definition
+        # Stored with every new instance (seq 0): serialized once, not per start.
+        self.definition_json = json.dumps(definition.summary())
         self.machine = _Machine(
             model=None,
             states=list(definition.steps),

@@ -146,7 +146,7 @@ class Ownership:
         self.lane = lane
         self.workflow = workflow
         self.instance_id = instance_id
-        self.key = lock_key(store.qualified_table, workflow, instance_id)
+        self.key = lock_key(store.resolved_table, workflow, instance_id)
         self.generation = -1
         self.is_lost = False
         self.on_lost: Callable[[], None] | None = None

@@ -276,7 +276,7 @@ class PersistentWorkflowStateMachine:
             initial_json,
             fingerprint=self.definition.fingerprint,
             attempt_id=attempt,
-            definition_json=json.dumps(self.definition.summary()),
+            definition_json=self._machine.definition_json,
         )
         logger.info(
             "workflow %r instance %r started in state %r",
@@ -414,9 +414,10 @@ class PersistentWorkflowStateMachine:
         self.seq = seq
         self.status = status
         self._context_json = encoded
-        # Context values are never logged: only the size of what was stored.
+        # Context values are never logged: only the size of what was stored. The
+        # arguments are formatted only when INFO is enabled for the logger.
         logger.info(
-            "workflow %r instance %r seq %d: %s -> %s (step %.1f ms, context %d bytes)%s",
+            "workflow %r instance %r seq %d: %s -> %s (step %.1f ms, context %d bytes)",
             self.workflow_name,
             self.instance_id,
             seq,
@@ -424,8 +425,15 @@ class PersistentWorkflowStateMachine:
             dest or "(end)",
             duration_ms,
             len(encoded),
-            "; completed" if dest is None else "",
         )
+        if dest is None:
+            logger.info(
+                "workflow %r instance %r completed at seq %d in state %r",
+                self.workflow_name,
+                self.instance_id,
+                seq,
+                source,
+            )
 
     def _emit(self, point: str, state: str) -> None:
         if self._listeners:

@@ -12,13 +12,14 @@ import json
 import logging
 import random
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
-from . import sql
+from . import operations, sql
 from .errors import (
     ConcurrentTransitionError,
     DatabaseAuthError,
@@ -31,8 +32,8 @@ from .errors import (
     SchemaMissingError,
     StoreError,
 )
-from .ownership import Lane, Ownership, acquire
-from .records import TransitionRecord
+from .ownership import LOCK_CLASS, Lane, Ownership, acquire, lock_key
+from .records import InstanceSummary, TransitionRecord
 from .settings import parse_table_name
 
 if TYPE_CHECKING:
@@ -93,6 +94,9 @@ class Store:
         self.config = config
         self.schema, self.table = parse_table_name(config.table)
         self.qualified_table = f"{self.schema}.{self.table}" if self.schema else self.table
+        # The table as the server resolved it (schema always included), set at open:
+        # advisory-lock keys use it, so `t` and `public.t` are one lock.
+        self.resolved_table = self.qualified_table
         self._q = sql.queries(self.schema, self.table)
         self._pool: asyncpg.Pool | None = None
         self._target = config.display_target()
@@ -188,6 +192,7 @@ class Store:
             )
         if not (row["can_select"] and row["can_insert"]):
             raise PermissionDeniedError(self._grants_message())
+        self.resolved_table = f"{row['schema_name']}.{self.table}"
         self._check_durability(row["synchronous_commit"])
         self._schema_checked = True
 
@@ -368,7 +373,7 @@ class Store:
         state: str,
         context_json: str,
         *,
-        fingerprint: str,
+        fingerprint: str | None,
         attempt_id: str,
         definition_json: str | None,
         forked_from: tuple[str, int] | None = None,
@@ -413,7 +418,7 @@ class Store:
         dest: str | None,
         context_json: str,
         status: str,
-        fingerprint: str,
+        fingerprint: str | None,
         attempt_id: str,
         duration_ms: float | None,
         error_json: str | None = None,
@@ -455,7 +460,7 @@ class Store:
             return None
         expected = row["seq"] - 1 if row["seq"] > 0 else None
         if row["prev_seq"] != expected:
-            missing = (row["prev_seq"] or -1) + 1
+            missing = (-1 if row["prev_seq"] is None else row["prev_seq"]) + 1
             raise HistoryCorruptError(
                 workflow, instance_id,
                 f"stored history has a gap: seq {missing} is missing before seq {row['seq']}; "
@@ -488,6 +493,76 @@ class Store:
         row = await self._fetchrow("latest_unfinished", workflow)
         return None if row is None else str(row["instance_id"])
 
+    # -- operations: implemented in operations.py, bound here as methods ------------------
+
+    list_instances = operations.list_instances
+    fork_instance = operations.fork_instance
+    cancel_instance = operations.cancel_instance
+    retry_instance = operations.retry_instance
+    prune_instances = operations.prune_instances
+    check_health = operations.check_health
+
+    async def _instance_page(
+        self,
+        workflow: str | None,
+        statuses: Sequence[str] | None,
+        updated_before: datetime | None,
+        limit: int,
+        after: InstanceSummary | None,
+    ) -> list[InstanceSummary]:
+        """One page of the ``list_instances`` query (keyset: ``after`` the given instance)."""
+        cursor = (None, None, None) if after is None else (
+            after.started_at, after.workflow_name, after.instance_id
+        )  # fmt: skip
+        wanted = None if statuses is None else list(statuses)
+        rows = await self._fetch("list_instances", workflow, wanted, updated_before, limit, *cursor)
+        return [to_summary(row) for row in rows]
+
+    async def _server_now(self) -> datetime:
+        """The database server's clock."""
+        row = await self._fetchrow("server_time")
+        assert row is not None
+        now: datetime = row["now"]
+        return now
+
+    async def _delete_instances(
+        self, batch: Sequence[InstanceSummary], updated_before: datetime
+    ) -> tuple[int, int]:
+        """Delete the instances of ``batch`` that no runner owns and whose last row is still
+        terminal and older than ``updated_before``: ``(instances, rows)`` deleted.
+
+        One transaction: it takes the instances' advisory locks first (a runner holding one
+        keeps its instance), then re-reads their last rows in a fresh snapshot and deletes.
+        Running it again after an unknown outcome is harmless.
+        """
+        pool = await self._pool_or_open()
+        names = [s.workflow_name for s in batch]
+        ids = [s.instance_id for s in batch]
+        keys = [lock_key(self.resolved_table, s.workflow_name, s.instance_id) for s in batch]
+
+        async def delete() -> tuple[int, int]:
+            async with pool.acquire() as conn, conn.transaction():
+                locked = await conn.fetch(self._q["lock_instances"], names, ids, keys, LOCK_CLASS)
+                if not locked:
+                    return 0, 0
+                args = ([r["workflow_name"] for r in locked], [r["instance_id"] for r in locked])
+                row = await conn.fetchrow(self._q["delete_instances"], *args, updated_before)
+            assert row is not None
+            return int(row["instances"]), int(row["rows"])
+
+        return await self.retry("prune", delete)
+
+    async def _health_facts(self) -> dict[str, Any]:
+        """What ``check_health`` judges: the ``health`` query's answers, plus the schema
+        version and the columns this version needs that the table lacks."""
+        row = await self._fetchrow("health", self.qualified_table)
+        assert row is not None
+        facts = dict(row.items())
+        facts["missing_columns"] = sorted(REQUIRED_COLUMNS - set(row["columns"]))
+        expected = f"fsmflow schema_version={sql.SCHEMA_VERSION}"
+        facts["schema_version_ok"] = row["comment"] == expected
+        return facts
+
 
 def _json_or_none(value: str | None) -> Any:
     return None if value is None else json.loads(value)
@@ -513,4 +588,18 @@ def to_record(row: asyncpg.Record) -> TransitionRecord:
         definition=_json_or_none(row["definition"]),
         forked_from_instance=row["forked_from_instance"],
         forked_from_seq=row["forked_from_seq"],
+    )
+
+
+def to_summary(row: asyncpg.Record) -> InstanceSummary:
+    """Build an :class:`InstanceSummary` from a ``list_instances`` row."""
+    return InstanceSummary(
+        workflow_name=row["workflow_name"],
+        instance_id=row["instance_id"],
+        status=row["status"],
+        current_state=row["current_state"] or "",
+        seq=row["seq"],
+        started_at=row["started_at"],
+        updated_at=row["updated_at"],
+        forked_from_instance=row["forked_from_instance"],
     )

@@ -51,9 +51,11 @@ ORDER BY s.created_at DESC, s.instance_id DESC
 LIMIT 1;
 
 -- name: check_schema
--- At open: the table's schema comment, its columns, and the session's durability setting.
+-- At open: the table's schema, comment and columns, and the session's durability setting.
 SELECT obj_description(to_regclass($1), 'pg_class') AS comment,
        to_regclass($1) IS NOT NULL AS exists,
+       (SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.oid = to_regclass($1)) AS schema_name,
        ARRAY(SELECT attname::text FROM pg_attribute
              WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped) AS columns,
        current_setting('synchronous_commit') AS synchronous_commit,
@@ -63,3 +65,93 @@ SELECT obj_description(to_regclass($1), 'pg_class') AS comment,
 -- name: reset
 -- Delete every row (reset_db).
 TRUNCATE fsmflow_transitions;
+
+-- name: list_instances
+-- Instances, newest first: of workflow $1 (NULL: every workflow), whose status is in $2
+-- (NULL: any), last updated before $3 (NULL: any time), at most $4, after the keyset
+-- ($5 started_at, $6 workflow_name, $7 instance_id) of the previous page's last instance.
+-- Index-backed at any size: a loose scan of the primary key finds the workflow names,
+-- the partial started index walks each workflow's instances in order, and a primary-key
+-- probe finds each instance's last row. Instances that started at or after $3 cannot have
+-- been updated before it, so $3 also bounds the index range.
+WITH RECURSIVE names(name) AS (
+    SELECT coalesce($1::text, (SELECT min(workflow_name) FROM fsmflow_transitions))
+  UNION ALL
+    SELECT (SELECT min(t.workflow_name) FROM fsmflow_transitions t
+            WHERE t.workflow_name > n.name)
+    FROM names n
+    WHERE n.name IS NOT NULL AND $1::text IS NULL
+)
+SELECT i.* FROM names n
+CROSS JOIN LATERAL (
+    SELECT s.workflow_name, s.instance_id, s.created_at AS started_at,
+           s.forked_from_instance, l.seq, l.status,
+           coalesce(l.dest_state, l.source_state) AS current_state,
+           l.created_at AS updated_at
+    FROM fsmflow_transitions s
+    CROSS JOIN LATERAL (
+        SELECT p.seq, p.status, p.source_state, p.dest_state, p.created_at
+        FROM fsmflow_transitions p
+        WHERE p.workflow_name = s.workflow_name AND p.instance_id = s.instance_id
+        ORDER BY p.seq DESC
+        LIMIT 1
+    ) l
+    WHERE s.workflow_name = n.name AND s.seq = 0
+      AND s.created_at <= least(coalesce($3::timestamptz, 'infinity'),
+                                coalesce($5::timestamptz, 'infinity'))
+      AND ($5::timestamptz IS NULL OR s.created_at < $5::timestamptz
+           OR (s.workflow_name, s.instance_id) > ($6::text, $7::text))
+      AND ($2::text[] IS NULL OR l.status = ANY ($2::text[]))
+      AND ($3::timestamptz IS NULL OR l.created_at < $3::timestamptz)
+    ORDER BY s.created_at DESC, s.instance_id
+    LIMIT $4::integer
+) i
+WHERE n.name IS NOT NULL
+ORDER BY i.started_at DESC, i.workflow_name, i.instance_id
+LIMIT $4::integer;
+
+-- name: server_time
+-- The database server's clock (prune cutoffs are computed on it, not on the client's).
+SELECT clock_timestamp() AS now;
+
+-- name: lock_instances
+-- Inside prune's transaction: take the transaction advisory lock (class $4, keys $3) of
+-- each instance ($1, $2) that no runner owns right now; returns the instances locked.
+SELECT c.workflow_name, c.instance_id
+FROM unnest($1::text[], $2::text[], $3::integer[]) AS c(workflow_name, instance_id, key)
+WHERE pg_try_advisory_xact_lock($4::integer, c.key);
+
+-- name: delete_instances
+-- Inside prune's transaction, after lock_instances: delete every row of the instances
+-- ($1, $2) whose last row is still terminal and older than $3; counts what went.
+WITH doomed AS (
+    SELECT c.workflow_name, c.instance_id
+    FROM unnest($1::text[], $2::text[]) AS c(workflow_name, instance_id)
+    CROSS JOIN LATERAL (
+        SELECT p.status, p.created_at FROM fsmflow_transitions p
+        WHERE p.workflow_name = c.workflow_name AND p.instance_id = c.instance_id
+        ORDER BY p.seq DESC
+        LIMIT 1
+    ) l
+    WHERE l.status IN ('completed', 'failed', 'cancelled') AND l.created_at < $3::timestamptz
+), deleted AS (
+    DELETE FROM fsmflow_transitions t
+    USING doomed d
+    WHERE t.workflow_name = d.workflow_name AND t.instance_id = d.instance_id
+    RETURNING t.seq
+)
+SELECT count(*) FILTER (WHERE seq = 0) AS instances, count(*) AS rows FROM deleted;
+
+-- name: health
+-- fsmflow check: the table, its schema comment and columns, the role's privileges on it,
+-- and the server facts that decide whether appends are durable and possible at all.
+SELECT to_regclass($1) IS NOT NULL AS exists,
+       obj_description(to_regclass($1), 'pg_class') AS comment,
+       ARRAY(SELECT attname::text FROM pg_attribute
+             WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped) AS columns,
+       coalesce(has_table_privilege(to_regclass($1), 'SELECT'), false) AS can_select,
+       coalesce(has_table_privilege(to_regclass($1), 'INSERT'), false) AS can_insert,
+       coalesce(has_table_privilege(to_regclass($1), 'DELETE'), false) AS can_delete,
+       current_setting('synchronous_commit') AS synchronous_commit,
+       current_setting('server_version') AS server_version,
+       pg_is_in_recovery() AS in_recovery;

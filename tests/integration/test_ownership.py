@@ -49,7 +49,7 @@ async def h(postgresql: Any, pg_server: Any) -> AsyncIterator[Harness]:
 
 
 def key_of(instance_id: str) -> int:
-    return lock_key("fsmflow_transitions", WORKFLOW, instance_id)
+    return lock_key("public.fsmflow_transitions", WORKFLOW, instance_id)
 
 
 # -- a second runner ---------------------------------------------------------------------
@@ -225,7 +225,7 @@ async def test_lock_timeout_expires_with_instance_locked_error(h: Harness) -> No
 
 KEY_PROBE = (
     "import json; from fsmflow.ownership import lock_key; "
-    "print(json.dumps({'key': lock_key('fsmflow_transitions', 'ownership_flow', 'i6'), "
+    "print(json.dumps({'key': lock_key('public.fsmflow_transitions', 'ownership_flow', 'i6'), "
     "'hash': hash('ownership_flow\\0i6')}))"
 )
 
