@@ -41,7 +41,13 @@ from .errors import (
     WorkflowError,
     WorkflowInterruptedError,
 )
-from .records import InstanceSummary, TransitionRecord, WorkflowState
+from .records import (
+    HealthReport,
+    InstanceSummary,
+    PruneResult,
+    TransitionRecord,
+    WorkflowState,
+)
 from .runner import PersistentWorkflowStateMachine, RunnerEvent
 from .settings import DBConfig
 from .shutdown import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, run_program
@@ -68,6 +74,7 @@ __all__ = [
     "DefinitionError",
     "EmbeddedServerError",
     "FsmflowError",
+    "HealthReport",
     "HistoryCorruptError",
     "InstanceCancelledError",
     "InstanceFailedError",
@@ -80,6 +87,7 @@ __all__ = [
     "OwnershipLostError",
     "PermissionDeniedError",
     "PersistentWorkflowStateMachine",
+    "PruneResult",
     "RetryPolicy",
     "RunnerEvent",
     "SchemaMismatchError",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from .context import WorkflowContext
 
@@ -82,3 +82,52 @@ class InstanceSummary:
     started_at: datetime
     updated_at: datetime
     forked_from_instance: str | None = None
+
+
+# Triggers of the rows appended by operators (cancel_instance, retry_instance). They are
+# not Python identifiers, so they can never clash with a trigger of a definition.
+CANCEL_TRIGGER: Final = "fsmflow:cancel"
+RETRY_TRIGGER: Final = "fsmflow:retry"
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """What ``prune_instances`` deleted (or, with ``dry_run``, would delete) so far.
+
+    ``skipped`` counts instances that matched but were left alone: a runner held their lock,
+    or a retry appended to them after they were listed.
+    """
+
+    cutoff: datetime
+    dry_run: bool
+    instances: int = 0
+    rows: int = 0
+    skipped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class HealthReport:
+    """What ``check_health`` (``fsmflow check``) found; healthy when ``problems`` is empty.
+
+    ``warnings`` do not make it unhealthy (``synchronous_commit`` off is a problem only with
+    ``FSMFLOW_STRICT_DURABILITY``, as at start-up).
+    """
+
+    target: str
+    table: str
+    server_version: str
+    table_exists: bool
+    schema_version_ok: bool
+    missing_columns: tuple[str, ...]
+    can_select: bool
+    can_insert: bool
+    can_delete: bool
+    synchronous_commit: str
+    in_recovery: bool
+    problems: tuple[str, ...]
+    warnings: tuple[str, ...]
+
+    @property
+    def healthy(self) -> bool:
+        """True when nothing prevents running workflows against this table."""
+        return not self.problems

@@ -1,0 +1,185 @@
+"""The ``fsmflow`` command line: set up the table, inspect, fork, retry, cancel and prune
+instances, check health, draw a workflow.
+
+``fsmflow COMMAND --help`` documents each command. The database comes from the same
+settings as the library (:class:`~fsmflow.settings.DBConfig`: environment, ``./.env``,
+``~/.env``). Exit codes: ``0`` ok, ``1`` failure (one line ``fsmflow: error: ...`` on
+stderr, no traceback, no secrets), ``2`` usage or configuration error, ``130`` Ctrl-C.
+
+Each sub-command registers ``set_defaults(handler=fn)`` with
+``async def fn(args: argparse.Namespace, config: DBConfig) -> int``; a command that
+deletes data also sets ``confirm=fn(args, config) -> str | None`` (the question to ask, or
+None). :func:`main` is the only place that calls :func:`asyncio.run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from typing import Any, Final
+
+from pydantic import AliasChoices, ValidationError
+
+from . import __version__
+from .bench import add_bench_parser
+from .cli_commands import COMMANDS
+from .cli_output import scrub
+from .errors import ConfigError, FsmflowError
+from .settings import DBConfig
+from .shutdown import EXIT_FAILED, EXIT_USAGE
+
+EXIT_INTERRUPTED_BY_USER: Final = 130
+LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+Handler = Callable[[argparse.Namespace, DBConfig], Any]
+
+logger = logging.getLogger("fsmflow.cli")
+
+
+def environment_variables() -> list[str]:
+    """The variables :class:`DBConfig` reads, as ``NAME`` or ``NAME | ALIAS``."""
+    names = []
+    for field in DBConfig.model_fields.values():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            upper = [c for c in alias.choices if isinstance(c, str) and c.isupper()]
+            names.append(" | ".join(upper))
+    return names
+
+
+def _epilog() -> str:
+    variables = textwrap.fill(", ".join(environment_variables()), 86)
+    return (
+        "environment (also read from ./.env, then ~/.env; real variables win):\n"
+        + textwrap.indent(variables, "  ")
+        + "\n  With neither DB_URL nor DB_HOST, a local embedded PostgreSQL is used.\n\n"
+        "exit codes: 0 ok, 1 failure, 2 usage or configuration error, 130 interrupted"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``fsmflow`` argument parser with every sub-command."""
+    epilog = _epilog()
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        default=argparse.SUPPRESS,
+        help="log level on stderr (default: FSMFLOW_LOG_LEVEL, else INFO)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="fsmflow",
+        description="Operate fsmflow workflow instances stored in PostgreSQL.",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        parents=[common],
+    )
+    parser.add_argument("--version", action="version", version=f"fsmflow {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    for register in COMMANDS:
+        register(commands, common, epilog)
+    add_bench_parser(commands)
+    for sub in commands.choices.values():  # commands registered elsewhere get the epilog too
+        if sub.epilog is None:
+            sub.epilog = epilog
+            sub.formatter_class = argparse.RawDescriptionHelpFormatter
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one ``fsmflow`` command; returns its exit code (see the module docstring)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors: argparse already printed
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    config = _load_config()
+    if config is None or not _configure_logging(args, config):
+        return EXIT_USAGE
+    return _execute(handler, args, config)
+
+
+def _execute(handler: Handler, args: argparse.Namespace, config: DBConfig) -> int:
+    """Confirm if needed, run the handler on a fresh event loop, map errors to exit codes."""
+    try:
+        refused = _confirm(args, config)
+        if refused is not None:
+            return refused
+        return int(asyncio.run(_run(handler, args, config)))
+    except KeyboardInterrupt:
+        _error_line("interrupted")
+        return EXIT_INTERRUPTED_BY_USER
+    except FsmflowError as exc:
+        _error_line(f"{type(exc).__name__}: {exc}", config)
+        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
+
+
+async def _run(handler: Handler, args: argparse.Namespace, config: DBConfig) -> int:
+    try:
+        result: int = await handler(args, config)
+        return result
+    finally:
+        await config.close()
+
+
+def _load_config() -> DBConfig | None:
+    """The settings, or None after printing which variable is wrong (never its value)."""
+    try:
+        return DBConfig()
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"]) or "settings"
+            _error_line(f"invalid setting {name}: {error['msg']}")
+    except ConfigError as exc:
+        _error_line(str(exc))
+    return None
+
+
+def _configure_logging(args: argparse.Namespace, config: DBConfig) -> bool:
+    """Log to stderr at --log-level, else FSMFLOW_LOG_LEVEL; False if that is invalid."""
+    level = getattr(args, "log_level", None) or config.log_level.upper()
+    if level not in LOG_LEVELS:
+        _error_line(f"FSMFLOW_LOG_LEVEL={config.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+        return False
+    logging.basicConfig(
+        stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+    )
+    logging.getLogger().setLevel(level)
+    return True
+
+
+def _confirm(args: argparse.Namespace, config: DBConfig) -> int | None:
+    """Ask before a destructive command: None to go on, else the exit code to stop with."""
+    ask: Callable[[argparse.Namespace, DBConfig], str | None] | None = getattr(
+        args, "confirm", None
+    )
+    question = None if ask is None else ask(args, config)
+    if question is None or getattr(args, "yes", False):
+        return None
+    if not sys.stdin.isatty():
+        _error_line(f"{question}; refusing without a terminal to confirm on: pass --yes")
+        return EXIT_USAGE
+    try:
+        answer = input(f"{question}.\nContinue? [y/N] ")
+    except EOFError:  # Ctrl-D
+        answer = ""
+    if answer.strip().lower() in ("y", "yes"):
+        return None
+    print("aborted: nothing was changed", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def _error_line(message: str, config: DBConfig | None = None) -> None:
+    """``fsmflow: error: ...`` on stderr, on one line, scrubbed of configured secrets."""
+    text = " ".join(line.strip() for line in message.splitlines() if line.strip())
+    if config is not None:
+        text = scrub(text, config)
+    print(f"fsmflow: error: {text}", file=sys.stderr)

@@ -1,0 +1,412 @@
+"""Operations on stored instances: list, fork, cancel, retry, prune, and a health check.
+
+These functions are methods of :class:`~fsmflow.store.Store` (bound there, so they are
+called as ``store.fork_instance(...)``); they live here to keep ``store.py`` about
+connections and SQL. Nothing here talks to asyncpg or holds SQL text: every query runs
+through the store's helpers. History stays append-only: fork writes a new instance,
+cancel and retry append one row, and only prune (and ``reset_db``) deletes.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Final
+
+from .context import encode_context
+from .definition import check_identifier
+from .errors import (
+    ConcurrentTransitionError,
+    HistoryCorruptError,
+    InstanceLockedError,
+    InstanceNotFoundError,
+    PermissionDeniedError,
+    WorkflowError,
+)
+from .records import (
+    CANCEL_TRIGGER,
+    RETRY_TRIGGER,
+    TERMINAL_STATUSES,
+    HealthReport,
+    InstanceSummary,
+    PruneResult,
+    Status,
+    TransitionRecord,
+)
+
+if TYPE_CHECKING:
+    from .ownership import Ownership
+    from .store import Store
+
+STATUSES: Final = ("running", "completed", "failed", "cancelled")
+PruneProgress = Callable[[Sequence[InstanceSummary], PruneResult], None]
+_DURABLE_COMMIT: Final = ("on", "remote_write", "remote_apply", "local")
+
+
+# -- listing -----------------------------------------------------------------------------
+
+
+async def list_instances(
+    store: Store,
+    workflow: str | None = None,
+    *,
+    status: Status | Sequence[Status] | None = None,
+    limit: int = 100,
+    after: InstanceSummary | None = None,
+) -> list[InstanceSummary]:
+    """Instances newest first (by start time), of one workflow or of all.
+
+    ``status`` keeps instances whose last row has that status (or one of those).
+    Paginate with ``after=page[-1]``: pages never skip or repeat an instance, however
+    many start meanwhile. Every lookup is an index scan; a rare ``status`` scans the
+    instances of the workflow until ``limit`` of them match.
+    """
+    if workflow is not None:
+        check_identifier(workflow, "workflow name")
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, not {limit}")
+    return await store._instance_page(workflow, _statuses(status), None, limit, after)
+
+
+def _statuses(status: Status | Sequence[Status] | None) -> list[str] | None:
+    if status is None:
+        return None
+    chosen: list[str] = [status] if isinstance(status, str) else list(status)
+    unknown = sorted(set(chosen) - set(STATUSES))
+    if unknown:
+        raise ValueError(f"unknown status {unknown}; use one of {', '.join(STATUSES)}")
+    return chosen
+
+
+async def _existing(store: Store, workflow: str, instance_id: str, doing: str) -> TransitionRecord:
+    check_identifier(workflow, "workflow name")
+    check_identifier(instance_id, "instance_id")
+    last = await store.last_record(workflow, instance_id)
+    if last is None:
+        raise InstanceNotFoundError(
+            workflow,
+            instance_id,
+            f"no such instance to {doing} (no stored history under this workflow name and "
+            "id); `fsmflow list` shows the instances",
+        )
+    return last
+
+
+# -- fork --------------------------------------------------------------------------------
+
+
+async def fork_instance(
+    store: Store,
+    workflow: str,
+    instance_id: str,
+    *,
+    seq: int | None = None,
+    new_instance_id: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> TransitionRecord:
+    """Start a new instance from instance ``instance_id``'s row ``seq`` (default: its last).
+
+    The new instance resumes in the state the source was about to run after that row
+    (its ``dest_state``), with that row's context, top-level keys of ``overrides`` set on
+    top. Its seq-0 row records ``forked_from_instance``/``forked_from_seq`` and keeps the
+    source's seq-0 definition and fingerprint, so drift checks still apply. The source's
+    history is only read. A completion row has no state left to run: forking it raises
+    :class:`WorkflowError` (fork an earlier seq to run the last step again).
+
+    ``new_instance_id`` pins the new id (an existing one raises :class:`WorkflowError`;
+    nothing is overwritten); by default a fresh id is generated. Returns the new seq-0 row.
+    """
+    row = await _fork_point(store, workflow, instance_id, seq)
+    first = row if row.seq == 0 else await store.record_at(workflow, instance_id, 0)
+    if first is None:
+        raise HistoryCorruptError(
+            workflow, instance_id, "stored history has a gap: seq 0 is missing"
+        )
+    encoded = encode_context(
+        {**row.context, **dict(overrides or {})},
+        max_bytes=store.config.max_context_bytes,
+        where=f"fork of instance {instance_id!r} at seq {row.seq}",
+    )
+    new_id = await _new_instance_id(store, workflow, new_instance_id)
+    assert row.dest_state is not None
+    try:
+        await store.start(
+            workflow,
+            new_id,
+            row.dest_state,
+            encoded,
+            fingerprint=first.fingerprint,
+            attempt_id=uuid.uuid4().hex,
+            definition_json=None if first.definition is None else json.dumps(first.definition),
+            forked_from=(instance_id, row.seq),
+        )
+    except ConcurrentTransitionError:
+        raise _exists(workflow, new_id) from None
+    started = await store.record_at(workflow, new_id, 0)
+    assert started is not None
+    return started
+
+
+async def _fork_point(
+    store: Store, workflow: str, instance_id: str, seq: int | None
+) -> TransitionRecord:
+    last = await _existing(store, workflow, instance_id, "fork from")
+    row: TransitionRecord | None = last
+    if seq is not None and seq != last.seq:
+        if not 0 <= seq < last.seq:
+            raise InstanceNotFoundError(
+                workflow,
+                instance_id,
+                f"has no seq {seq} to fork from (its history has seq 0 to {last.seq})",
+            )
+        row = await store.record_at(workflow, instance_id, seq)
+    if row is None:
+        raise HistoryCorruptError(
+            workflow, instance_id, f"stored history has a gap: seq {seq} is missing"
+        )
+    if row.dest_state is None:
+        which = f"seq {row.seq}" if seq is not None else f"its last row (seq {row.seq})"
+        raise WorkflowError(
+            workflow,
+            instance_id,
+            f"{which} completed the instance: no state is left to run. Fork from an earlier "
+            f"seq (seq {row.seq - 1} runs the step of state {row.source_state!r} again)",
+        )
+    return row
+
+
+async def _new_instance_id(store: Store, workflow: str, pinned: str | None) -> str:
+    if pinned is None:
+        return uuid.uuid4().hex
+    check_identifier(pinned, "new instance_id")
+    if await store.last_record(workflow, pinned) is not None:
+        raise _exists(workflow, pinned)
+    return pinned
+
+
+def _exists(workflow: str, instance_id: str) -> WorkflowError:
+    return WorkflowError(
+        workflow,
+        instance_id,
+        "already exists: a fork never overwrites history; choose another new instance id "
+        "(or let fsmflow generate one)",
+    )
+
+
+# -- cancel and retry --------------------------------------------------------------------
+
+
+async def cancel_instance(
+    store: Store, workflow: str, instance_id: str, *, reason: str | None = None
+) -> TransitionRecord:
+    """Append a ``cancelled`` row: the instance ends, and running it raises
+    :class:`~fsmflow.errors.InstanceCancelledError`. Returns that row.
+
+    Refused with :class:`InstanceLockedError` while a live runner owns the instance (its
+    advisory lock is taken, on a dedicated connection, for the append), and with
+    :class:`WorkflowError` if the instance already ended. The row keeps the last context
+    and state (fork it to run it again); ``reason`` is stored in its ``error`` column.
+    """
+    async with _owned(store, workflow, instance_id, "cancel") as owner:
+        last = await _existing(store, workflow, instance_id, "cancel")
+        if last.terminal:
+            raise WorkflowError(
+                workflow, instance_id, f"already {last.status} at seq {last.seq}: nothing to cancel"
+            )
+        error = {"type": "Cancelled", "message": reason or "cancelled by an operator"}
+        return await _append_after(store, owner, last, "cancelled", CANCEL_TRIGGER, error)
+
+
+async def retry_instance(store: Store, workflow: str, instance_id: str) -> TransitionRecord:
+    """Make a failed instance runnable again: append a ``running`` row after its ``failed``
+    row, in the state whose step failed, with the context that step started from.
+
+    The program's next run of the instance (no ``retry_failed`` needed) runs that step
+    again. Refused while a runner owns the instance, and for an instance that did not fail.
+    Returns the appended row.
+    """
+    async with _owned(store, workflow, instance_id, "retry") as owner:
+        last = await _existing(store, workflow, instance_id, "retry")
+        if last.status != "failed":
+            raise WorkflowError(workflow, instance_id, _not_retryable(last))
+        return await _append_after(store, owner, last, "running", RETRY_TRIGGER, None)
+
+
+def _not_retryable(last: TransitionRecord) -> str:
+    where = f"at seq {last.seq}"
+    if last.status == "running":
+        return (
+            f"did not fail (running, state {last.dest_state!r} {where}); its next run "
+            "resumes it as it is"
+        )
+    if last.status == "completed":
+        return f"completed {where}: nothing to retry; fork it from an earlier seq instead"
+    return f"was cancelled {where}: it stays cancelled; fork it to run it again"
+
+
+@asynccontextmanager
+async def _owned(
+    store: Store, workflow: str, instance_id: str, doing: str
+) -> AsyncIterator[Ownership]:
+    check_identifier(workflow, "workflow name")
+    check_identifier(instance_id, "instance_id")
+    try:
+        owner = await store.acquire(workflow, instance_id)
+    except InstanceLockedError:
+        raise InstanceLockedError(
+            workflow,
+            instance_id,
+            f"a live runner owns this instance (it holds its lock): cannot {doing} it now; "
+            "stop that runner first (SIGTERM stops it at the next step boundary)",
+        ) from None
+    try:
+        yield owner
+    finally:
+        await owner.release()
+
+
+async def _append_after(
+    store: Store,
+    owner: Ownership,
+    last: TransitionRecord,
+    status: Status,
+    trigger: str,
+    error: dict[str, Any] | None,
+) -> TransitionRecord:
+    """Append an operator's row after ``last`` on the owning session (conditional append)."""
+    state = last.dest_state or last.source_state
+    seq = last.seq + 1
+    where = f"operator row after seq {last.seq}"
+    await store.append(
+        last.workflow_name,
+        last.instance_id,
+        seq,
+        trigger=trigger,
+        source=state,
+        dest=state,
+        context_json=encode_context(
+            last.context, max_bytes=store.config.max_context_bytes, where=where
+        ),
+        status=status,
+        fingerprint=last.fingerprint,
+        attempt_id=uuid.uuid4().hex,
+        duration_ms=None,
+        error_json=None if error is None else json.dumps(error),
+        owner=owner,
+    )
+    record = await store.record_at(last.workflow_name, last.instance_id, seq)
+    assert record is not None
+    return record
+
+
+# -- prune -------------------------------------------------------------------------------
+
+
+async def prune_instances(
+    store: Store,
+    older_than: timedelta,
+    *,
+    workflow: str | None = None,
+    dry_run: bool = False,
+    batch_size: int = 500,
+    on_batch: PruneProgress | None = None,
+) -> PruneResult:
+    """Delete every row of the completed, failed and cancelled instances whose last row is
+    older than ``older_than`` (measured on the database server's clock). Irreversible.
+
+    Running instances are never deleted, nor is an instance a runner owns right now.
+    Works in batches of ``batch_size`` instances, each its own short transaction;
+    ``on_batch(batch, totals_so_far)`` is called after each. ``dry_run`` deletes nothing
+    and reports what would go.
+    """
+    if older_than < timedelta(0) or batch_size < 1:
+        raise ValueError("older_than must not be negative and batch_size must be at least 1")
+    if workflow is not None:
+        check_identifier(workflow, "workflow name")
+    totals = PruneResult(cutoff=await store._server_now() - older_than, dry_run=dry_run)
+    after: InstanceSummary | None = None
+    while batch := await store._instance_page(
+        workflow, sorted(TERMINAL_STATUSES), totals.cutoff, batch_size, after
+    ):
+        after = batch[-1]
+        instances, rows = await _prune_batch(store, batch, totals)
+        totals = replace(
+            totals,
+            instances=totals.instances + instances,
+            rows=totals.rows + rows,
+            skipped=totals.skipped + len(batch) - instances,
+        )
+        if on_batch is not None:
+            on_batch(batch, totals)
+    return totals
+
+
+async def _prune_batch(
+    store: Store, batch: Sequence[InstanceSummary], totals: PruneResult
+) -> tuple[int, int]:
+    if totals.dry_run:
+        return len(batch), sum(s.seq + 1 for s in batch)
+    try:
+        return await store._delete_instances(batch, totals.cutoff)
+    except PermissionDeniedError:
+        raise PermissionDeniedError(
+            f"prune needs DELETE on {store.qualified_table!r} in {store.target}: "
+            f"GRANT DELETE ON {store.qualified_table} TO <role> (use the migrator role, not "
+            "the runtime role)"
+        ) from None
+
+
+# -- health ------------------------------------------------------------------------------
+
+
+async def check_health(store: Store) -> HealthReport:
+    """Connect and check what running workflows needs: the table, its schema version,
+    SELECT and INSERT on it, a writable server, and durable commits.
+
+    Connection failures raise (after ``FSMFLOW_DB_RETRY_SECONDS``) like any other call.
+    """
+    facts = await store._health_facts()
+    problems: list[str] = []
+    warnings: list[str] = []
+    table = store.qualified_table
+    if not facts["exists"]:
+        problems.append(f"table {table!r} does not exist: run `fsmflow init-db`")
+    elif facts["missing_columns"] or not facts["schema_version_ok"]:
+        problems.append(
+            f"table {table!r} is not an fsmflow schema version table this version can use "
+            f"(comment {facts['comment']!r}, missing columns {facts['missing_columns']})"
+        )
+    elif not (facts["can_select"] and facts["can_insert"]):
+        problems.append(f"the role lacks SELECT and INSERT on {table!r}")
+    if facts["in_recovery"]:
+        problems.append("the server is a read-only standby: appends would fail")
+    _judge_durability(store, facts["synchronous_commit"], problems, warnings)
+    return HealthReport(
+        target=store.target,
+        table=table,
+        server_version=facts["server_version"],
+        table_exists=facts["exists"],
+        schema_version_ok=facts["schema_version_ok"],
+        missing_columns=tuple(facts["missing_columns"]),
+        can_select=facts["can_select"],
+        can_insert=facts["can_insert"],
+        can_delete=facts["can_delete"],
+        synchronous_commit=facts["synchronous_commit"],
+        in_recovery=facts["in_recovery"],
+        problems=tuple(problems),
+        warnings=tuple(warnings),
+    )
+
+
+def _judge_durability(store: Store, setting: str, problems: list[str], warnings: list[str]) -> None:
+    if setting in _DURABLE_COMMIT:
+        return
+    message = f"synchronous_commit={setting}: a crash can lose acknowledged transitions"
+    if store.config.strict_durability:
+        problems.append(message + " (FSMFLOW_STRICT_DURABILITY is set)")
+    else:
+        warnings.append(message)
