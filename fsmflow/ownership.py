@@ -149,6 +149,7 @@ class Ownership:
         self.key = lock_key(store.resolved_table, workflow, instance_id)
         self.generation = -1
         self.is_lost = False
+        self.locked = False  # the lock was taken at least once (release gives it back)
         self.on_lost: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
@@ -182,6 +183,7 @@ class Ownership:
             if got:
                 self.generation = lane.generation
                 self.is_lost = False
+                self.locked = True
                 lane.owners.add(self)
             return got
 
@@ -300,7 +302,15 @@ async def acquire(
         if not store.owned_here(workflow, instance_id):
             lane = min(lanes, key=lambda ln: (len(ln.owners), ln.index))
             owner = Ownership(store, lane, workflow, instance_id)
-            if await owner.try_lock():
+            # Reserve the lane before awaiting, so that instances claimed concurrently
+            # spread over the lanes instead of all choosing the same least-busy one.
+            lane.owners.add(owner)
+            try:
+                got = await owner.try_lock()
+            finally:
+                if not owner.locked:
+                    lane.owners.discard(owner)
+            if got:
                 store.remember_owner(owner)
                 return owner
         if not wait or (deadline is not None and loop.time() + delay > deadline):

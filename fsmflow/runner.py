@@ -455,6 +455,10 @@ class PersistentWorkflowStateMachine:
         policy = step.retry or self.definition.default_retry
         attempt = 1
         while True:
+            # The session may have died while no step ran (backoff, an `after` callback):
+            # never start a step without the lock, or it could overlap another runner's.
+            if self._owner is not None and self._owner.is_lost:
+                await self._regain_ownership()
             # Each attempt gets a fresh copy of the stored context: exactly what a
             # resumed process would see, whatever an earlier attempt mutated.
             call = StepCall(step.execute, WorkflowContext(data=decode_context(self._context_json)))
@@ -495,17 +499,22 @@ class PersistentWorkflowStateMachine:
         # Ownership was lost mid-step: never let two executions overlap, retake the
         # lock, and make sure nobody advanced the instance meanwhile; then run it again.
         await call.wait_abandoned()
-        assert self._owner is not None and self.instance_id is not None
-        await self._owner.reacquire()
-        last = await self.store.last_record(self.workflow_name, self.instance_id)
-        if last is None or last.seq != self.seq:
-            raise ConcurrentTransitionError(self.workflow_name, self.instance_id, self.seq + 1)
+        await self._regain_ownership()
         logger.warning(
             "workflow %r instance %r: step %r interrupted by a lost session; running it again",
             self.workflow_name,
             self.instance_id,
             state,
         )
+
+    async def _regain_ownership(self) -> None:
+        """Retake a lost lock; :class:`ConcurrentTransitionError` if another runner moved
+        the instance on meanwhile (:class:`OwnershipLostError` if it still holds it)."""
+        assert self._owner is not None and self.instance_id is not None
+        await self._owner.reacquire()
+        last = await self.store.last_record(self.workflow_name, self.instance_id)
+        if last is None or last.seq != self.seq:
+            raise ConcurrentTransitionError(self.workflow_name, self.instance_id, self.seq + 1)
 
     def _interrupted(self, state: str, *, step_cancelled: bool) -> WorkflowInterruptedError:
         assert self.instance_id is not None

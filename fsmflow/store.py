@@ -74,6 +74,11 @@ def is_retriable(exc: BaseException) -> bool:
         return False  # bad TLS/DSN settings: no reconnect cures them
     if isinstance(exc, (asyncpg.InterfaceError, ConnectionError, TimeoutError, OSError)):
         return not isinstance(exc, asyncpg.InterfaceWarning)
+    if isinstance(exc, asyncpg.InternalClientError):
+        # Seen when the server terminates an idle session (pg_terminate_backend, fast
+        # shutdown): the connection is broken before is_closed() says so. Reconnecting
+        # cures it; an append's outcome is then settled by reading the row back.
+        return True
     state = getattr(exc, "sqlstate", None)
     return isinstance(state, str) and state.startswith(_RETRIABLE_SQLSTATE_CLASSES)
 
