@@ -10,23 +10,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from .support import SAFETY_TIMEOUT, Event, Scenario, instance_ids
-
-
-@pytest.fixture
-def scenario(
-    request: pytest.FixtureRequest, postgresql: Any, db_env: dict[str, str], tmp_path: Path
-) -> Iterator[Scenario]:
-    s = Scenario(request.node.name, postgresql, db_env, tmp_path)
-    yield s
-    s.close()
-
 
 STATES = 4
 

@@ -11,25 +11,12 @@ import asyncio
 import contextlib
 import os
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from .support import OWNER_APPLICATION_NAME, Blocker, Scenario, instance_ids
 from .worker import WORKFLOW
-
-
-@pytest.fixture
-def scenario(
-    request: pytest.FixtureRequest, postgresql: Any, db_env: dict[str, str], tmp_path: Path
-) -> Iterator[Scenario]:
-    s = Scenario(request.node.name, postgresql, db_env, tmp_path)
-    yield s
-    s.close()
-
 
 # -- around the COMMIT -------------------------------------------------------------------
 

@@ -9,24 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .support import SAFETY_TIMEOUT, Blocker, Event, Scenario, Worker, analyze, instance_ids
 from .worker import oracle_context, state_names
-
-
-@pytest.fixture
-def scenario(
-    request: pytest.FixtureRequest, postgresql: Any, db_env: dict[str, str], tmp_path: Path
-) -> Iterator[Scenario]:
-    s = Scenario(request.node.name, postgresql, db_env, tmp_path)
-    yield s
-    s.close()
-
 
 # -- random instants ---------------------------------------------------------------------
 

@@ -20,16 +20,6 @@ import pytest
 
 from .support import SAFETY_TIMEOUT, Scenario, external_server, instance_ids
 
-
-@pytest.fixture
-def scenario(
-    request: pytest.FixtureRequest, postgresql: Any, db_env: dict[str, str], tmp_path: Path
-) -> Iterator[Scenario]:
-    s = Scenario(request.node.name, postgresql, db_env, tmp_path)
-    yield s
-    s.close()
-
-
 # Steps sleep 0.2-0.8 s, so an instance needs ~8 s (16 states) of uninterrupted work at
 # least; restarts come every 2-4 s until the worker is done (at most max_restarts).
 RESTARTS = [

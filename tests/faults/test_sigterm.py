@@ -12,23 +12,11 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .support import SAFETY_TIMEOUT, Scenario, instance_ids
-
-
-@pytest.fixture
-def scenario(
-    request: pytest.FixtureRequest, postgresql: Any, db_env: dict[str, str], tmp_path: Path
-) -> Iterator[Scenario]:
-    s = Scenario(request.node.name, postgresql, db_env, tmp_path)
-    yield s
-    s.close()
-
 
 STATES = 3
 # variant: (grace seconds, step seconds, signals sent, executions of the interrupted step)
