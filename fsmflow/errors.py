@@ -18,6 +18,8 @@
     │   ├── ConcurrentTransitionError  another writer advanced the instance
     │   ├── InstanceLockedError      another runner owns the instance
     │   ├── InstanceNotFoundError    no such instance (fork source, history)
+    │   ├── InstanceExistsError      a pinned fork id that already exists
+    │   ├── InstanceStateError       wrong status for the operation (cancel, retry, fork)
     │   ├── InstanceFailedError      the instance ended failed earlier
     │   ├── InstanceCancelledError   the instance was cancelled
     │   ├── OwnershipLostError       the runner lost its lock and could not retake it
@@ -190,6 +192,15 @@ class InstanceLockedError(WorkflowError):
 
 class InstanceNotFoundError(WorkflowError):
     """The instance has no stored history."""
+
+
+class InstanceExistsError(WorkflowError):
+    """An instance with this id already exists (a fork never overwrites history)."""
+
+
+class InstanceStateError(WorkflowError):
+    """The instance is not in a status this operation applies to (e.g. cancelling a
+    completed instance, retrying one that did not fail, forking from a completion row)."""
 
 
 class InstanceFailedError(WorkflowError):

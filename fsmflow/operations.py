@@ -22,10 +22,11 @@ from .definition import check_identifier
 from .errors import (
     ConcurrentTransitionError,
     HistoryCorruptError,
+    InstanceExistsError,
     InstanceLockedError,
     InstanceNotFoundError,
+    InstanceStateError,
     PermissionDeniedError,
-    WorkflowError,
 )
 from .records import (
     CANCEL_TRIGGER,
@@ -115,9 +116,9 @@ async def fork_instance(
     top. Its seq-0 row records ``forked_from_instance``/``forked_from_seq`` and keeps the
     source's seq-0 definition and fingerprint, so drift checks still apply. The source's
     history is only read. A completion row has no state left to run: forking it raises
-    :class:`WorkflowError` (fork an earlier seq to run the last step again).
+    :class:`InstanceStateError` (fork an earlier seq to run the last step again).
 
-    ``new_instance_id`` pins the new id (an existing one raises :class:`WorkflowError`;
+    ``new_instance_id`` pins the new id (an existing one raises :class:`InstanceExistsError`;
     nothing is overwritten); by default a fresh id is generated. Returns the new seq-0 row.
     """
     row = await _fork_point(store, workflow, instance_id, seq)
@@ -170,7 +171,7 @@ async def _fork_point(
         )
     if row.dest_state is None:
         which = f"seq {row.seq}" if seq is not None else f"its last row (seq {row.seq})"
-        raise WorkflowError(
+        raise InstanceStateError(
             workflow,
             instance_id,
             f"{which} completed the instance: no state is left to run. Fork from an earlier "
@@ -188,8 +189,8 @@ async def _new_instance_id(store: Store, workflow: str, pinned: str | None) -> s
     return pinned
 
 
-def _exists(workflow: str, instance_id: str) -> WorkflowError:
-    return WorkflowError(
+def _exists(workflow: str, instance_id: str) -> InstanceExistsError:
+    return InstanceExistsError(
         workflow,
         instance_id,
         "already exists: a fork never overwrites history; choose another new instance id "
@@ -208,13 +209,13 @@ async def cancel_instance(
 
     Refused with :class:`InstanceLockedError` while a live runner owns the instance (its
     advisory lock is taken, on a dedicated connection, for the append), and with
-    :class:`WorkflowError` if the instance already ended. The row keeps the last context
+    :class:`InstanceStateError` if the instance already ended. The row keeps the last context
     and state (fork it to run it again); ``reason`` is stored in its ``error`` column.
     """
     async with _owned(store, workflow, instance_id, "cancel") as owner:
         last = await _existing(store, workflow, instance_id, "cancel")
         if last.terminal:
-            raise WorkflowError(
+            raise InstanceStateError(
                 workflow, instance_id, f"already {last.status} at seq {last.seq}: nothing to cancel"
             )
         error = {"type": "Cancelled", "message": reason or "cancelled by an operator"}
@@ -232,7 +233,7 @@ async def retry_instance(store: Store, workflow: str, instance_id: str) -> Trans
     async with _owned(store, workflow, instance_id, "retry") as owner:
         last = await _existing(store, workflow, instance_id, "retry")
         if last.status != "failed":
-            raise WorkflowError(workflow, instance_id, _not_retryable(last))
+            raise InstanceStateError(workflow, instance_id, _not_retryable(last))
         return await _append_after(store, owner, last, "running", RETRY_TRIGGER, None)
 
 

@@ -12,8 +12,9 @@ from fsmflow import (
     ContextSerializationError,
     DBConfig,
     DefinitionChangedError,
+    InstanceExistsError,
     InstanceNotFoundError,
-    WorkflowError,
+    InstanceStateError,
 )
 
 from .reliability_support import Harness, linear_definition
@@ -117,7 +118,7 @@ async def test_a_pinned_id_that_exists_is_refused_and_nothing_is_overwritten(h: 
     taken_before, copy_before = rows_as_text(h, "taken"), rows_as_text(h, "copy")
 
     for existing in ("copy", "taken", "src"):
-        with pytest.raises(WorkflowError, match="already exists"):
+        with pytest.raises(InstanceExistsError, match="already exists"):
             await config.store.fork_instance(WORKFLOW, "src", new_instance_id=existing)
 
     assert rows_as_text(h, "taken") == taken_before
@@ -140,9 +141,9 @@ async def test_missing_source_and_unknown_seq_are_clear_errors(h: Harness) -> No
 async def test_forking_a_completion_row_is_refused(db_config: DBConfig) -> None:
     await make_instance(db_config, "done", "completed")
     store = db_config.store
-    with pytest.raises(WorkflowError, match=r"its last row \(seq 3\) completed the instance"):
+    with pytest.raises(InstanceStateError, match=r"its last row \(seq 3\) completed the instance"):
         await store.fork_instance(WORKFLOW, "done")
-    with pytest.raises(WorkflowError, match="seq 2 runs the step of state 'report' again"):
+    with pytest.raises(InstanceStateError, match="seq 2 runs the step of state 'report' again"):
         await store.fork_instance(WORKFLOW, "done", seq=3)
     assert len(await store.list_instances()) == 1
 

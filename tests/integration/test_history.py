@@ -18,6 +18,7 @@ from fsmflow import (
     InstanceCancelledError,
     InstanceLockedError,
     InstanceNotFoundError,
+    InstanceStateError,
     InstanceSummary,
     PermissionDeniedError,
     PruneResult,
@@ -25,7 +26,6 @@ from fsmflow import (
     StepFailedError,
     WorkflowContext,
     WorkflowDefinition,
-    WorkflowError,
 )
 from fsmflow import sql as fsql
 from fsmflow.ownership import LOCK_CLASS, lock_key
@@ -214,14 +214,14 @@ async def test_cancel_appends_a_terminal_row_and_runs_refuse(db_config: DBConfig
     assert await store.history(WORKFLOW, "r1") == [*before, row]
     with pytest.raises(InstanceCancelledError):
         await run_to_end(db_config, "r1")
-    with pytest.raises(WorkflowError, match="already cancelled at seq 2"):
+    with pytest.raises(InstanceStateError, match="already cancelled at seq 2"):
         await store.cancel_instance(WORKFLOW, "r1")
 
 
 async def test_cancel_refuses_finished_and_missing_instances(db_config: DBConfig) -> None:
     await make_instance(db_config, "c1", "completed")
     store = db_config.store
-    with pytest.raises(WorkflowError, match="already completed"):
+    with pytest.raises(InstanceStateError, match="already completed"):
         await store.cancel_instance(WORKFLOW, "c1")
     with pytest.raises(InstanceNotFoundError, match="no such instance to cancel"):
         await store.cancel_instance(WORKFLOW, "ghost")
@@ -274,14 +274,14 @@ async def test_retry_refuses_instances_that_did_not_fail(db_config: DBConfig) ->
     await make_instance(db_config, "c1", "completed")
     await make_instance(db_config, "r1", "running")
     store = db_config.store
-    with pytest.raises(WorkflowError, match="completed at seq 3: nothing to retry"):
+    with pytest.raises(InstanceStateError, match="completed at seq 3: nothing to retry"):
         await store.retry_instance(WORKFLOW, "c1")
-    with pytest.raises(WorkflowError, match="did not fail"):
+    with pytest.raises(InstanceStateError, match="did not fail"):
         await store.retry_instance(WORKFLOW, "r1")
     with pytest.raises(InstanceNotFoundError):
         await store.retry_instance(WORKFLOW, "ghost")
     await store.cancel_instance(WORKFLOW, "r1")
-    with pytest.raises(WorkflowError, match="stays cancelled"):
+    with pytest.raises(InstanceStateError, match="stays cancelled"):
         await store.retry_instance(WORKFLOW, "r1")
 
 
