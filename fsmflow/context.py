@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from typing import Any, Final
 
 from pydantic import BaseModel, Field
@@ -95,6 +96,49 @@ def check_json_value(value: Any, path: str = "ctx") -> None:
         )
 
 
+def _plainly_valid(items: Iterable[Any]) -> bool:
+    """The per-transition fast path of :func:`check_json_value`: builds no key paths.
+
+    False means "maybe invalid": :func:`check_json_value` then finds (and names) the
+    problem. Lone surrogates are left to the caller, which finds them in the JSON text.
+    """
+    for value in items:
+        kind = type(value)
+        if kind is str:
+            if "\x00" in value:
+                return False
+        elif kind is dict:
+            for key in value:
+                if type(key) is not str or "\x00" in key:
+                    return False
+            if not _plainly_valid(value.values()):
+                return False
+        elif kind is list:
+            if not _plainly_valid(value):
+                return False
+        elif kind is float:
+            if not -_FLOAT_REPR_MAX < value < _FLOAT_REPR_MAX or (
+                value == 0 and math.copysign(1.0, value) < 0
+            ):
+                return False
+        elif kind is int:
+            if value.bit_length() > 14_000:
+                return False
+        elif value is not None and kind is not bool:
+            return False
+    return True
+
+
+def _refuse(data: Any, where: str) -> None:
+    """Raise the :class:`ContextSerializationError` that names what is wrong in ``data``."""
+    try:
+        check_json_value(data)
+    except ContextSerializationError as exc:
+        if where:
+            raise ContextSerializationError(exc.path, exc.reason, where=where) from None
+        raise
+
+
 def encode_context(
     data: Any, *, max_bytes: int = DEFAULT_MAX_CONTEXT_BYTES, where: str = ""
 ) -> str:
@@ -103,14 +147,17 @@ def encode_context(
         raise ContextSerializationError(
             "ctx", f"context data must be a dict, not {type(data).__name__}"
         )
-    try:
-        check_json_value(data)
-    except ContextSerializationError as exc:
-        if where:
-            raise ContextSerializationError(exc.path, exc.reason, where=where) from None
-        raise
+    if not _plainly_valid((data,)):
+        _refuse(data, where)
     text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    if text.isascii():
+        size = len(text)
+    else:
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:  # a lone surrogate somewhere: say where
+            _refuse(data, where)
+            raise
     if size > max_bytes:
         raise ContextTooLargeError(size, max_bytes, where=where)
     return text

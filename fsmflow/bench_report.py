@@ -1,0 +1,199 @@
+"""The report of ``fsmflow bench``: targets met or missed, and the text it prints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+TARGET_RATIOS = {"sequential": 0.6, "concurrent": 0.5}
+TARGET_MEMORY_MB = 150.0
+_EXACT = 0.02  # "= 1 per transition" tolerates autovacuum/other sessions in the window
+
+
+def _target(name: str, met: bool, value: str) -> dict[str, Any]:
+    return {"target": name, "met": met, "value": value}
+
+
+def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each target of the performance issue that this report can judge."""
+    targets = []
+    for mode, minimum in TARGET_RATIOS.items():
+        result = report.get("throughput", {}).get(mode)
+        if result is None:
+            continue
+        ratio = result["ratio_median"]
+        targets.append(
+            _target(f"{mode}: fsmflow / baseline >= {minimum}", ratio >= minimum, f"{ratio:.2f}")
+        )
+        steady = result["accounting"]["fsmflow_per_step_steady"]
+        for key, what in (("statements", "statements"), ("write_transactions", "write xacts")):
+            value = steady[key]
+            targets.append(
+                _target(
+                    f"{mode}: {what} per transition = 1 (steady state)",
+                    abs(value - 1) <= _EXACT,
+                    f"{value:.3f}",
+                )
+            )
+    resume = report.get("resume")
+    if resume is not None:
+        small, large = resume["small"], resume["large"]
+        before, after = small["last_record"]["p50_ms"], large["last_record"]["p50_ms"]
+        flat = after <= max(2 * before, before + 0.5)
+        targets.append(
+            _target(
+                f"resume lookup flat from {small['rows_in_table']:,} to "
+                f"{large['rows_in_table']:,} rows, index used",
+                flat and small["index_used"] and large["index_used"],
+                f"{before:.3f} ms -> {after:.3f} ms",
+            )
+        )
+    memory = report.get("memory")
+    if memory is not None and "skipped" not in memory:
+        # With --tracemalloc, RSS also holds tracemalloc's own records: judge the traced heap.
+        traced = memory["tracemalloc_current_mb"]
+        delta = memory["rss_delta_mb"] if traced is None else traced
+        what = "RSS" if traced is None else "traced Python heap"
+        within = delta is not None and delta < TARGET_MEMORY_MB
+        targets.append(
+            _target(
+                f"{memory['instances']:,} instances in flight under {TARGET_MEMORY_MB:.0f} MB",
+                within and not memory["unexpected_failures"],
+                "unknown" if delta is None else f"{delta:.1f} MB ({what})",
+            )
+        )
+        same = memory["state_machines_after"] == memory["state_machines_before"]
+        targets.append(
+            _target(
+                "no state machine built per instance",
+                same,
+                f"{memory['state_machines_before']} -> {memory['state_machines_after']} "
+                f"AsyncMachine(s), {memory['models_on_the_machine']:,} models on it",
+            )
+        )
+    return targets
+
+
+def _rate(summary: dict[str, Any]) -> str:
+    return (
+        f"{summary['rate_median']:>8,.0f} ({summary['rate_min']:,.0f}-{summary['rate_max']:,.0f})"
+    )
+
+
+def _throughput_lines(throughput: dict[str, Any]) -> list[str]:
+    lines = [
+        f"{'mode':<11}{'run':<10}{'transitions/s median (min-max)':<34}"
+        f"{'p50 ms':>8}{'p99 ms':>8}{'cpu us':>8}   fsmflow/baseline (min-max)"
+    ]
+    for mode, result in throughput.items():
+        for kind in ("baseline", "fsmflow"):
+            summary = result[kind]
+            line = (
+                f"{mode:<11}{kind:<10}{_rate(summary):<34}"
+                f"{summary['latency_p50_ms']:>8.3f}{summary['latency_p99_ms']:>8.3f}"
+                f"{summary['client_cpu_us']:>8.0f}"
+            )
+            if kind == "fsmflow":
+                line += (
+                    f"   {result['ratio_median']:.2f} "
+                    f"({result['ratio_min']:.2f}-{result['ratio_max']:.2f})"
+                )
+            lines.append(line)
+    lines += ["", "SQL per transition (accounting passes; differences between passes):"]
+    lines.append(
+        f"{'mode':<11}{'per':<28}{'statements [client]':>20}{'xacts':>8}{'write xacts':>13}"
+    )
+    for mode, result in throughput.items():
+        counts = result["accounting"]
+        for key, label in (
+            ("baseline_per_row", "baseline row"),
+            ("fsmflow_per_transition", "fsmflow transition (all-in)"),
+            ("fsmflow_per_step_steady", "fsmflow step (steady state)"),
+        ):
+            c = counts[key]
+            lines.append(
+                f"{mode:<11}{label:<28}{c['statements']:>11.3f} [{c['statements_client']:.3f}]"
+                f"{c['transactions']:>8.3f}{c['write_transactions']:>13.3f}"
+            )
+        breakdown = counts["fsmflow_per_transition"]["breakdown"]
+        lines.append("           statements per instance (client):")
+        lines += [f"             {n:>7.2f}  {label}" for label, n in breakdown.items()]
+    return lines
+
+
+def _resume_lines(resume: dict[str, Any]) -> list[str]:
+    lines = ["resume: Store.last_record (the lookup a resuming instance makes) and a whole"]
+    lines.append("        resume (lock + lookup + restore, up to its unfinished step starting):")
+    for key in ("small", "large"):
+        r = resume[key]
+        lookup, whole = r["last_record"], r["resume_to_step"]
+        lines.append(
+            f"  {r['rows_in_table']:>10,} rows: lookup p50 {lookup['p50_ms']:.3f} ms, "
+            f"p99 {lookup['p99_ms']:.3f} ms; resume p50 {whole['p50_ms']:.3f} ms"
+        )
+    small, large = resume["small"], resume["large"]
+    lines.append(
+        f"  plan: {small['index_scan']}; buffers {small['buffers']} -> {large['buffers']}, "
+        f"execution {small['execution_ms']:.3f} -> {large['execution_ms']:.3f} ms"
+    )
+    lines.append(f"  plan at {resume['large']['rows_in_table']:,} rows:")
+    lines += [f"    {line}" for line in resume["large"]["plan"]]
+    return lines
+
+
+def _memory_lines(memory: dict[str, Any]) -> list[str]:
+    if "skipped" in memory:
+        return [f"memory: skipped: {memory['skipped']}"]
+    delta = memory["rss_delta_mb"]
+    line = (
+        f"memory: {memory['instances']:,} instances parked inside a step "
+        f"(all in after {memory['seconds_to_park_all']:.1f} s): "
+    )
+    line += (
+        "RSS unknown"
+        if delta is None
+        else (f"+{delta:.1f} MB RSS ({memory['rss_per_instance_kb']:.1f} KB each)")
+    )
+    lines = [line]
+    if memory["tracemalloc_current_mb"] is not None:
+        lines.append(
+            f"  tracemalloc: {memory['tracemalloc_current_mb']:.1f} MB traced, "
+            f"peak {memory['tracemalloc_peak_mb']:.1f} MB (RSS above includes its own records)"
+        )
+    lines.append(
+        f"  AsyncMachine objects: {memory['state_machines_before']} before, "
+        f"{memory['state_machines_after']} after; models on it: "
+        f"{memory['models_on_the_machine']:,}"
+    )
+    return lines
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The human-readable report."""
+    server, options = report["server"], report["options"]
+    lines = [
+        f"fsmflow bench against {report['target']}: PostgreSQL {server['version']}, "
+        f"synchronous_commit={server['synchronous_commit']}, fsync={server['fsync']}",
+    ]
+    throughput = report.get("throughput")
+    if throughput:
+        per_run = options["instances"] * options["steps"]
+        source = next(iter(throughput.values()))["accounting"]["source"]
+        lines += [
+            f"workflow: {options['steps']} trivial async steps, context ~{options['context_bytes']}"
+            f" bytes; per run {options['instances']} instances = {per_run:,} transitions "
+            f"(baseline: {per_run:,} INSERTs); {options['rounds']} interleaved rounds; "
+            f"statements counted by {source}",
+            "",
+            *_throughput_lines(throughput),
+        ]
+    if "resume" in report:
+        lines += ["", *_resume_lines(report["resume"])]
+    if "memory" in report:
+        lines += ["", *_memory_lines(report["memory"])]
+    if report["targets"]:
+        lines += ["", "targets:"]
+        lines += [
+            f"  {'MET   ' if t['met'] else 'MISSED'}  {t['target']}: {t['value']}"
+            for t in report["targets"]
+        ]
+    return "\n".join(lines)
