@@ -414,9 +414,10 @@ class PersistentWorkflowStateMachine:
         self.seq = seq
         self.status = status
         self._context_json = encoded
-        # Context values are never logged: only the size of what was stored. The
-        # arguments are formatted only when INFO is enabled for the logger.
-        logger.info(
+        # Context values are never logged: only the size of what was stored. Per
+        # transition at DEBUG (an INFO line costs ~13 us per transition once a handler
+        # formats it); INFO marks start, resume, completion and failure.
+        logger.debug(
             "workflow %r instance %r seq %d: %s -> %s (step %.1f ms, context %d bytes)",
             self.workflow_name,
             self.instance_id,

@@ -128,7 +128,7 @@ class DBConfig(BaseSettings):
         default=10, ge=1, validation_alias=AliasChoices("FSMFLOW_POOL_SIZE", "pool_size")
     )
     owner_connections: int = Field(
-        default=4,
+        default=10,
         ge=1,
         validation_alias=AliasChoices("FSMFLOW_OWNER_CONNECTIONS", "owner_connections"),
     )

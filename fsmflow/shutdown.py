@@ -42,8 +42,9 @@ class Interruptible(Protocol):
 class Shutdown:
     """Signal handling for the runners of one event loop.
 
-    Handlers are installed while at least one runner runs (and only where the process
-    still has Python's default handlers), then the previous behaviour is restored.
+    Handlers are installed with the first runner (only where the process still has
+    Python's or asyncio's default handlers) and stay; a signal that arrives while no runner
+    runs gets the previous handling (terminate, KeyboardInterrupt, asyncio's cancel).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, grace: float) -> None:
@@ -60,19 +61,24 @@ class Shutdown:
         return f"Shutdown(grace={self.grace}, requested={self.requested}, runners={runners})"
 
     def register(self, runner: Interruptible) -> None:
-        """Track a runner; installs the handlers with the first one."""
-        if not self._runners:
+        """Track a runner; installs the handlers if they are not installed yet."""
+        if not self._installed:
             self._install()
         self._runners.add(runner)
 
     def unregister(self, runner: Interruptible) -> None:
-        """Stop tracking a runner; restores default handling after the last one."""
+        """Stop tracking a runner. The handlers stay: installing them costs a third of a
+        millisecond, per instance; a signal that finds no runner is passed on instead."""
         self._runners.discard(runner)
-        if not self._runners:
-            self._uninstall()
 
     def request(self, signum: int = signal.SIGTERM) -> None:
-        """Ask runners to stop at their next step boundary; a second request forces it."""
+        """Ask runners to stop at their next step boundary; a second request forces it.
+
+        With no runner running, the signal gets the handling it had before fsmflow's.
+        """
+        if not self._runners and not self.requested:
+            self._pass_on(signal.Signals(signum))
+            return
         name = signal.Signals(signum).name
         if self.requested:
             logger.warning("%s again: cancelling running steps now", name)
@@ -104,6 +110,14 @@ class Shutdown:
                 except (NotImplementedError, RuntimeError):  # e.g. Windows
                     continue
                 self._installed.append((sig, previous))
+
+    def _pass_on(self, sig: signal.Signals) -> None:
+        previous = dict(self._installed).get(sig, signal.SIG_DFL)
+        self._uninstall()
+        if callable(previous):  # asyncio's SIGINT handler, or KeyboardInterrupt
+            previous(sig, None)
+        else:  # SIG_DFL: terminate as if fsmflow had never been there
+            signal.raise_signal(sig)
 
     def _uninstall(self) -> None:
         for sig, previous in self._installed:

@@ -282,7 +282,7 @@ def test_quick_start_kill_9_and_rerun_with_nothing_configured(tmp_path: Path) ->
                 stderr=subprocess.STDOUT,
             )
         killed = Child(process, log_path)
-        wait_for_output(killed, " seq 3: ")
+        wait_for_output(killed, "escalated to level 2")  # seq 3 is recorded
         sigkill(killed)
 
         rerun = run_python([script], env)  # no instance id: resumes the unfinished one

@@ -138,7 +138,7 @@ async def test_terminate_random_backends_while_instances_run(
 
 
 def _locks_per_owner_session(scenario: Scenario) -> list[int]:
-    """How many instance locks each owner session holds (FSMFLOW_OWNER_CONNECTIONS=4)."""
+    """How many instance locks each owner session holds (FSMFLOW_OWNER_CONNECTIONS lanes)."""
     counts = Counter(lock["pid"] for lock in scenario.admin.fsm_locks())
     return sorted(counts.values(), reverse=True)
 
