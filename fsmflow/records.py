@@ -1,15 +1,27 @@
-"""Typed views of stored history: what the store returns, never raw rows."""
+"""Typed views of stored history: what the store returns, never raw rows.
+
+:func:`to_record` and :func:`to_summary` build them from the store's rows; they only
+index rows by column name, so this module does not know the driver.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from .context import WorkflowContext
 
 Status = Literal["running", "completed", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+
+class Row(Protocol):
+    """A row read by the store, indexed by column name (an ``asyncpg.Record``)."""
+
+    def __getitem__(self, key: str, /) -> Any:
+        """The value of column ``key``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,3 +143,44 @@ class HealthReport:
     def healthy(self) -> bool:
         """True when nothing prevents running workflows against this table."""
         return not self.problems
+
+
+def _json_or_none(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
+
+
+def to_record(row: Row) -> TransitionRecord:
+    """Build a :class:`TransitionRecord` from a full table row."""
+    attempt = row["attempt_id"]
+    return TransitionRecord(
+        workflow_name=row["workflow_name"],
+        instance_id=row["instance_id"],
+        seq=row["seq"],
+        trigger=row["trigger"],
+        source_state=row["source_state"],
+        dest_state=row["dest_state"],
+        context=json.loads(row["context"]),
+        status=row["status"],
+        created_at=row["created_at"],
+        fingerprint=row["fingerprint"],
+        attempt_id=None if attempt is None else str(attempt),
+        duration_ms=row["duration_ms"],
+        error=_json_or_none(row["error"]),
+        definition=_json_or_none(row["definition"]),
+        forked_from_instance=row["forked_from_instance"],
+        forked_from_seq=row["forked_from_seq"],
+    )
+
+
+def to_summary(row: Row) -> InstanceSummary:
+    """Build an :class:`InstanceSummary` from a ``list_instances`` row."""
+    return InstanceSummary(
+        workflow_name=row["workflow_name"],
+        instance_id=row["instance_id"],
+        status=row["status"],
+        current_state=row["current_state"] or "",
+        seq=row["seq"],
+        started_at=row["started_at"],
+        updated_at=row["updated_at"],
+        forked_from_instance=row["forked_from_instance"],
+    )

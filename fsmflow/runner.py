@@ -8,52 +8,43 @@ it names. Persistence happens here and only here.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import logging
-import random
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, NoReturn
 
+from .choosing import choose_transition, declared_transition
 from .context import WorkflowContext, decode_context, encode_context
-from .definition import (
-    RetryPolicy,
-    StepFunction,
-    Transition,
-    WorkflowDefinition,
-    WorkflowStep,
-    check_identifier,
-    diff_summaries,
-)
+from .definition import RetryPolicy, Transition, WorkflowDefinition, WorkflowStep, check_identifier
 from .errors import (
     ConcurrentTransitionError,
-    DefinitionChangedError,
-    DefinitionError,
     FsmflowError,
-    InstanceCancelledError,
-    InstanceFailedError,
-    InvalidTransitionError,
-    NoTransitionError,
     StepFailedError,
-    UnknownStateError,
     WorkflowError,
     WorkflowInterruptedError,
 )
 from .machine import WorkflowMachine
 from .ownership import Ownership
 from .records import Status, TransitionRecord, WorkflowState
+from .resuming import check_ended_well, definition_changes, has_ended, resume_state, started_record
 from .settings import DBConfig
 from .shutdown import Shutdown, for_running_loop
-from .steps import StepCall
+from .steps import (
+    StepCall,
+    StepsArgument,
+    backoff_delay,
+    check_steps,
+    normalize_steps,
+    run_after,
+    should_retry,
+    step_outcome,
+)
 from .store import Store
 
 logger = logging.getLogger("fsmflow")
-
-StepsArgument = Mapping[str, WorkflowStep | StepFunction] | Sequence[WorkflowStep]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +60,6 @@ class RunnerEvent:
 
 
 Listener = Callable[[RunnerEvent], None]
-
-
-def _normalize_steps(steps: StepsArgument) -> dict[str, WorkflowStep]:
-    if isinstance(steps, Mapping):
-        return {
-            name: step if isinstance(step, WorkflowStep) else WorkflowStep(name=name, execute=step)
-            for name, step in steps.items()
-        }
-    return {step.name: step for step in steps}
 
 
 class PersistentWorkflowStateMachine:
@@ -158,7 +140,7 @@ class PersistentWorkflowStateMachine:
 
     @steps.setter
     def steps(self, steps: StepsArgument) -> None:
-        self._steps = _normalize_steps(steps)
+        self._steps = normalize_steps(steps)
 
     @property
     def machine(self) -> Any:
@@ -189,7 +171,7 @@ class PersistentWorkflowStateMachine:
         ``context`` seeds a new instance; it is ignored (with a warning) when an existing
         instance resumes, since that instance's stored context wins.
         """
-        self._check_steps()
+        check_steps(self.definition, self._steps)
         initial = self._initial_json(context)
         await self._choose_instance()
         assert self.instance_id is not None
@@ -202,7 +184,7 @@ class PersistentWorkflowStateMachine:
         self._owner.on_lost = lambda: self.interrupt("lost")
         try:
             record = await self._load_or_start(initial, given_context=context is not None)
-            if record.terminal and not (record.status == "failed" and self.retry_failed):
+            if has_ended(record, retry_failed=self.retry_failed):
                 return self._finished(record)
             self._restore(record)
             return await self._run_attached(await self._check_resumable(record))
@@ -224,20 +206,6 @@ class PersistentWorkflowStateMachine:
             self._machine.detach(self)
             if shutdown is not None:
                 shutdown.unregister(self)
-
-    def _check_steps(self) -> None:
-        states = self.definition.steps
-        problems = [f"state {s!r} has no step" for s in states if s not in self._steps]
-        problems += [
-            f"step {n!r} is not a state of the workflow" for n in self._steps if n not in states
-        ]
-        problems += [
-            f"step for state {name!r} is named {step.name!r}"
-            for name, step in self._steps.items()
-            if step.name != name
-        ]
-        if problems:
-            raise DefinitionError(self.workflow_name, problems)
 
     def _initial_json(self, context: WorkflowContext | Mapping[str, Any] | None) -> str:
         data = context.data if isinstance(context, WorkflowContext) else dict(context or {})
@@ -284,35 +252,11 @@ class PersistentWorkflowStateMachine:
             self.instance_id,
             state,
         )
-        return TransitionRecord(
-            workflow_name=self.workflow_name,
-            instance_id=self.instance_id,
-            seq=0,
-            trigger=None,
-            source_state=None,
-            dest_state=state,
-            context=json.loads(initial_json),
-            status="running",
-            created_at=datetime.now(UTC),
-            fingerprint=self.definition.fingerprint,
-            attempt_id=attempt,
-        )
+        return started_record(self.definition, self.instance_id, initial_json, attempt)
 
     def _finished(self, record: TransitionRecord) -> WorkflowState:
         self._restore(record)
-        if record.status == "failed":
-            error = record.error or {}
-            raise InstanceFailedError(
-                self.workflow_name,
-                record.instance_id,
-                f"failed at seq {record.seq} in state {record.source_state!r} "
-                f"({error.get('type', 'error')}); run it again with retry_failed=True "
-                "(or `fsmflow retry`) once the cause is fixed",
-            )
-        if record.status == "cancelled":
-            raise InstanceCancelledError(
-                self.workflow_name, record.instance_id, f"was cancelled at seq {record.seq}"
-            )
+        check_ended_well(self.workflow_name, record)
         logger.info(
             "workflow %r instance %r already %s",
             self.workflow_name,
@@ -329,9 +273,7 @@ class PersistentWorkflowStateMachine:
 
     async def _check_resumable(self, record: TransitionRecord) -> str:
         """The state to resume in; refuses unknown states and (unless allowed) drift."""
-        state = record.dest_state or record.source_state
-        if state is None or state not in self.definition.steps:
-            raise UnknownStateError(self.workflow_name, record.instance_id, record.seq, str(state))
+        state = resume_state(self.definition, record)
         if record.fingerprint not in (None, self.definition.fingerprint):
             await self._check_drift(record)
         if record.seq > 0:
@@ -348,9 +290,7 @@ class PersistentWorkflowStateMachine:
         first = record
         if record.seq != 0:
             first = await self.store.record_at(self.workflow_name, record.instance_id, 0) or record
-        changes = diff_summaries(first.definition or {}, self.definition.summary())
-        if not self.allow_definition_change:
-            raise DefinitionChangedError(self.workflow_name, record.instance_id, changes)
+        changes = definition_changes(self.definition, first, allowed=self.allow_definition_change)
         logger.warning(
             "workflow %r instance %r resumes under a changed definition: %s",
             self.workflow_name,
@@ -375,13 +315,15 @@ class PersistentWorkflowStateMachine:
                 continue
             where = f"context returned by step {state!r}"
             encoded = encode_context(context.data, max_bytes=self._max_bytes, where=where)
-            chosen = await self._choose(state, trigger, context)
+            assert self.instance_id is not None
+            chosen = await choose_transition(
+                self.definition, self.instance_id, state, trigger, context
+            )
             dest = None if chosen is None else chosen.dest
             await self._record(chosen, state, dest, encoded, duration_ms)
             self._emit("transition_recorded", state)
             self.context = context
-            if chosen is not None and chosen.after is not None:
-                await _call(chosen.after, context)
+            await run_after(chosen, context)
             if dest is None:
                 return self.workflow_state
             self._machine.move(self, dest)
@@ -394,26 +336,11 @@ class PersistentWorkflowStateMachine:
         encoded: str,
         duration_ms: float,
     ) -> None:
-        assert self.instance_id is not None
-        seq = self.seq + 1
         status: Status = "running" if dest is not None else "completed"
-        await self.store.append(
-            self.workflow_name,
-            self.instance_id,
-            seq,
-            trigger=None if chosen is None else chosen.trigger,
-            source=source,
-            dest=dest,
-            context_json=encoded,
-            status=status,
-            fingerprint=self.definition.fingerprint,
-            attempt_id=uuid.uuid4().hex,
-            duration_ms=duration_ms,
-            owner=self._owner,
+        trigger = None if chosen is None else chosen.trigger
+        seq = await self._append(
+            source, dest, encoded, status, trigger=trigger, duration_ms=duration_ms
         )
-        self.seq = seq
-        self.status = status
-        self._context_json = encoded
         # Context values are never logged: only the size of what was stored. Per
         # transition at DEBUG (an INFO line costs ~13 us per transition once a handler
         # formats it); INFO marks start, resume, completion and failure.
@@ -435,6 +362,38 @@ class PersistentWorkflowStateMachine:
                 seq,
                 source,
             )
+
+    async def _append(
+        self,
+        source: str,
+        dest: str | None,
+        encoded: str,
+        status: Status,
+        *,
+        trigger: str | None = None,
+        duration_ms: float | None = None,
+        error_json: str | None = None,
+    ) -> int:
+        """Append the instance's next row on the owning session, then advance to it."""
+        assert self.instance_id is not None
+        seq = self.seq + 1
+        await self.store.append(
+            self.workflow_name,
+            self.instance_id,
+            seq,
+            trigger=trigger,
+            source=source,
+            dest=dest,
+            context_json=encoded,
+            status=status,
+            fingerprint=self.definition.fingerprint,
+            attempt_id=uuid.uuid4().hex,
+            duration_ms=duration_ms,
+            error_json=error_json,
+            owner=self._owner,
+        )
+        self.seq, self.status, self._context_json = seq, status, encoded
+        return seq
 
     def _emit(self, point: str, state: str) -> None:
         if self._listeners:
@@ -476,7 +435,7 @@ class PersistentWorkflowStateMachine:
             except FsmflowError:
                 raise
             except Exception as exc:
-                if attempt >= policy.max_attempts or not _retriable(exc, policy):
+                if attempt >= policy.max_attempts or not should_retry(exc, policy):
                     await self._fail(state, attempt, exc)
                 # A timed-out sync step's thread cannot be stopped: the next attempt
                 # waits for it, so two executions of one step never overlap.
@@ -486,7 +445,8 @@ class PersistentWorkflowStateMachine:
                 continue
             finally:
                 self._call = None
-            return self._check_result(state, result)
+            assert self.instance_id is not None
+            return step_outcome(result, self.workflow_name, self.instance_id, state)
 
     def _take_interrupt(self) -> str | None:
         reason, self._interrupt_reason = self._interrupt_reason, None
@@ -524,7 +484,7 @@ class PersistentWorkflowStateMachine:
         )
 
     async def _backoff(self, state: str, attempt: int, policy: RetryPolicy, exc: Exception) -> None:
-        delay = policy.delay(attempt) * random.uniform(1 - policy.jitter, 1 + policy.jitter)
+        delay = backoff_delay(policy, attempt)
         logger.warning(
             "workflow %r instance %r step %r attempt %d/%d failed (%s); retrying in %.2fs",
             self.workflow_name,
@@ -537,44 +497,10 @@ class PersistentWorkflowStateMachine:
         )
         await asyncio.sleep(delay)
 
-    def _check_result(self, state: str, result: Any) -> tuple[WorkflowContext, str | None]:
-        if isinstance(result, WorkflowContext):
-            return result, None
-        if (
-            isinstance(result, tuple)
-            and len(result) == 2
-            and isinstance(result[0], WorkflowContext)
-            and (result[1] is None or isinstance(result[1], str))
-        ):
-            return result[0], result[1]
-        assert self.instance_id is not None
-        raise WorkflowError(
-            self.workflow_name,
-            self.instance_id,
-            f"step {state!r} returned {type(result).__name__}; a step must return "
-            "(WorkflowContext, next_trigger or None) or a WorkflowContext",
-        )
-
     async def _fail(self, state: str, attempts: int, exc: BaseException) -> NoReturn:
         assert self.instance_id is not None
         error = {"type": type(exc).__name__, "message": str(exc)[:2000], "attempts": attempts}
-        await self.store.append(
-            self.workflow_name,
-            self.instance_id,
-            self.seq + 1,
-            trigger=None,
-            source=state,
-            dest=state,
-            context_json=self._context_json,
-            status="failed",
-            fingerprint=self.definition.fingerprint,
-            attempt_id=uuid.uuid4().hex,
-            duration_ms=None,
-            error_json=json.dumps(error),
-            owner=self._owner,
-        )
-        self.seq += 1
-        self.status = "failed"
+        await self._append(state, state, self._context_json, "failed", error_json=json.dumps(error))
         logger.error(
             "workflow %r instance %r step %r failed after %d attempt(s): %s",
             self.workflow_name,
@@ -584,33 +510,6 @@ class PersistentWorkflowStateMachine:
             type(exc).__name__,
         )
         raise StepFailedError(self.workflow_name, self.instance_id, state, attempts, exc) from exc
-
-    async def _choose(
-        self, state: str, trigger: str | None, context: WorkflowContext
-    ) -> Transition | None:
-        """The transition to take after ``state``'s step; None completes the instance."""
-        outgoing = self.definition.outgoing(state)
-        candidates = (
-            outgoing if trigger is None else tuple(t for t in outgoing if t.trigger == trigger)
-        )
-        assert self.instance_id is not None
-        if trigger is not None and not candidates:
-            raise InvalidTransitionError(
-                self.workflow_name,
-                self.instance_id,
-                state,
-                trigger,
-                self.definition.triggers_from(state),
-            )
-        if not candidates:
-            return None
-        failed: list[str] = []
-        for transition in candidates:
-            unmet = [c for c in transition.conditions if not await c.evaluate(context.data)]
-            if not unmet:
-                return transition
-            failed.append(f"{transition.describe()}: " + ", ".join(c.describe() for c in unmet))
-        raise NoTransitionError(self.workflow_name, self.instance_id, state, failed)
 
     # -- triggers fired by hand --------------------------------------------------------
 
@@ -631,25 +530,7 @@ class PersistentWorkflowStateMachine:
             )
         context = self._call.context if self._call is not None else self.context
         encoded = encode_context(context.data, max_bytes=self._max_bytes, where="manual trigger")
-        chosen = next(
-            (
-                t
-                for t in self.definition.outgoing(source)
-                if t.trigger == trigger and t.dest == dest
-            ),
-            None,
-        )
+        chosen = declared_transition(self.definition, source, trigger, dest)
         await self._record(chosen, source, dest, encoded, 0.0)
         self.context = WorkflowContext(data=decode_context(encoded))
-        if chosen is not None and chosen.after is not None:
-            await _call(chosen.after, self.context)
-
-
-def _retriable(exc: BaseException, policy: RetryPolicy) -> bool:
-    return isinstance(exc, (*policy.retry_on, TimeoutError))
-
-
-async def _call(callback: Any, context: WorkflowContext) -> None:
-    result = callback(context)
-    if inspect.isawaitable(result):
-        await result
+        await run_after(chosen, self.context)

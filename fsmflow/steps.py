@@ -4,6 +4,10 @@ A sync step runs on its own daemon thread so it never blocks the event loop and 
 keeps a stopping process alive past its grace period (Python waits for executor threads
 at exit, not for daemon threads). A cancelled sync step cannot be stopped: its thread
 runs on, its result is dropped, and the runner waits for it before running the step again.
+
+Also here, what the runner decides around an attempt without any I/O: which step serves
+each state, whether a failed attempt is retried and after how long, and what a step's
+return value means.
 """
 
 from __future__ import annotations
@@ -12,11 +16,16 @@ import asyncio
 import contextvars
 import functools
 import inspect
+import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .context import WorkflowContext
+from .definition import RetryPolicy, StepFunction, Transition, WorkflowDefinition, WorkflowStep
+from .errors import DefinitionError, WorkflowError
+
+StepsArgument = Mapping[str, WorkflowStep | StepFunction] | Sequence[WorkflowStep]
 
 
 def is_async_callable(fn: Callable[..., Any]) -> bool:
@@ -85,3 +94,70 @@ class StepCall:
         """After a cancellation: wait until a sync step's thread has really finished."""
         if self.thread is not None and self.thread.is_alive():
             await asyncio.to_thread(self.thread.join)
+
+
+def normalize_steps(steps: StepsArgument) -> dict[str, WorkflowStep]:
+    """The steps as a dict state -> :class:`WorkflowStep` (plain functions are wrapped)."""
+    if isinstance(steps, Mapping):
+        return {
+            name: step if isinstance(step, WorkflowStep) else WorkflowStep(name=name, execute=step)
+            for name, step in steps.items()
+        }
+    return {step.name: step for step in steps}
+
+
+def check_steps(definition: WorkflowDefinition, steps: Mapping[str, WorkflowStep]) -> None:
+    """:class:`DefinitionError` unless every state has exactly its own step."""
+    states = definition.steps
+    problems = [f"state {s!r} has no step" for s in states if s not in steps]
+    problems += [f"step {n!r} is not a state of the workflow" for n in steps if n not in states]
+    problems += [
+        f"step for state {name!r} is named {step.name!r}"
+        for name, step in steps.items()
+        if step.name != name
+    ]
+    if problems:
+        raise DefinitionError(definition.name, problems)
+
+
+def should_retry(exc: BaseException, policy: RetryPolicy) -> bool:
+    """True if ``policy`` retries a step that raised ``exc`` (a timeout always qualifies)."""
+    return isinstance(exc, (*policy.retry_on, TimeoutError))
+
+
+def backoff_delay(policy: RetryPolicy, attempt: int) -> float:
+    """Seconds to sleep after failed attempt ``attempt``: the policy's delay, jittered."""
+    return policy.delay(attempt) * random.uniform(1 - policy.jitter, 1 + policy.jitter)
+
+
+def step_outcome(
+    result: Any, workflow: str, instance_id: str, state: str
+) -> tuple[WorkflowContext, str | None]:
+    """``(context, trigger or None)`` from what ``state``'s step returned.
+
+    :class:`WorkflowError` if it returned anything but that pair or a bare context.
+    """
+    if isinstance(result, WorkflowContext):
+        return result, None
+    if (
+        isinstance(result, tuple)
+        and len(result) == 2
+        and isinstance(result[0], WorkflowContext)
+        and (result[1] is None or isinstance(result[1], str))
+    ):
+        return result[0], result[1]
+    raise WorkflowError(
+        workflow,
+        instance_id,
+        f"step {state!r} returned {type(result).__name__}; a step must return "
+        "(WorkflowContext, next_trigger or None) or a WorkflowContext",
+    )
+
+
+async def run_after(transition: Transition | None, context: WorkflowContext) -> None:
+    """Run the ``after`` callback (sync or async) of ``transition``, if any, with ``context``."""
+    if transition is None or transition.after is None:
+        return
+    result = transition.after(context)
+    if inspect.isawaitable(result):
+        await result

@@ -2,16 +2,15 @@
 
 It owns the connection pool, applies the schema, appends transitions conditionally and
 reads history back as typed records. Driver errors are translated into fsmflow errors at
-this one boundary; messages name the target as ``host:port/db`` and never a password.
+this one boundary (the mapping is in :mod:`fsmflow.dberrors`); messages name the target as
+``host:port/db`` and never a password.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -19,12 +18,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
-from . import operations, sql
+from . import dberrors, operations, sql
+from .dberrors import is_retriable
 from .errors import (
     ConcurrentTransitionError,
-    DatabaseAuthError,
-    DatabaseNotFoundError,
-    DatabaseUnavailableError,
     FsmflowError,
     HistoryCorruptError,
     PermissionDeniedError,
@@ -33,8 +30,9 @@ from .errors import (
     StoreError,
 )
 from .ownership import LOCK_CLASS, Lane, Ownership, acquire, lock_key
-from .records import InstanceSummary, TransitionRecord
+from .records import InstanceSummary, TransitionRecord, to_record, to_summary
 from .settings import parse_table_name
+from .sql import REQUIRED_COLUMNS
 
 if TYPE_CHECKING:
     from .settings import DBConfig
@@ -42,45 +40,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("fsmflow.store")
 T = TypeVar("T")
 
-REQUIRED_COLUMNS = frozenset(
-    {
-        "workflow_name",
-        "instance_id",
-        "seq",
-        "trigger",
-        "source_state",
-        "dest_state",
-        "context",
-        "status",
-        "completed",
-        "created_at",
-        "fingerprint",
-        "attempt_id",
-        "duration_ms",
-        "error",
-        "definition",
-        "forked_from_instance",
-        "forked_from_seq",
-    }
-)
-_RETRIABLE_SQLSTATE_CLASSES = ("08", "53", "57")
-_CONFIGURATION_ERRORS = (asyncpg.ClientConfigurationError, ssl.SSLCertVerificationError)
 _ADVISORY_INIT_KEY = 0x0F5A1  # serializes concurrent init_db calls
-
-
-def is_retriable(exc: BaseException) -> bool:
-    """True for errors that a reconnect may cure (lost connection, server restarting...)."""
-    if isinstance(exc, _CONFIGURATION_ERRORS):
-        return False  # bad TLS/DSN settings: no reconnect cures them
-    if isinstance(exc, (asyncpg.InterfaceError, ConnectionError, TimeoutError, OSError)):
-        return not isinstance(exc, asyncpg.InterfaceWarning)
-    if isinstance(exc, asyncpg.InternalClientError):
-        # Seen when the server terminates an idle session (pg_terminate_backend, fast
-        # shutdown): the connection is broken before is_closed() says so. Reconnecting
-        # cures it; an append's outcome is then settled by reading the row back.
-        return True
-    state = getattr(exc, "sqlstate", None)
-    return isinstance(state, str) and state.startswith(_RETRIABLE_SQLSTATE_CLASSES)
 
 
 async def _no_reset(connection: asyncpg.Connection) -> None:
@@ -196,7 +156,9 @@ class Store:
                 "or migrate this one"
             )
         if not (row["can_select"] and row["can_insert"]):
-            raise PermissionDeniedError(self._grants_message())
+            raise PermissionDeniedError(
+                dberrors.grants_message(self.qualified_table, self.schema, self._target)
+            )
         self.resolved_table = f"{row['schema_name']}.{self.table}"
         self._check_durability(row["synchronous_commit"])
         self._schema_checked = True
@@ -213,57 +175,21 @@ class Store:
             raise StoreError(message + " (refused because FSMFLOW_STRICT_DURABILITY is set)")
         logger.warning(message)
 
-    def _grants_message(self) -> str:
-        schema = self.schema or "public"
-        return (
-            f"the database role lacks privileges on {self.qualified_table!r} in {self._target}; "
-            f"needed at run time: GRANT USAGE ON SCHEMA {schema} TO <role>; "
-            f"GRANT SELECT, INSERT ON {self.qualified_table} TO <role>; "
-            "init-db and reset-db also need CREATE on the schema / ownership of the table"
-        )
-
     # -- error handling ----------------------------------------------------------------
 
     def translate(self, exc: BaseException) -> FsmflowError:
         """Map a driver or OS error to the fsmflow error that says what to do."""
-        if isinstance(exc, FsmflowError):
-            return exc
-        if isinstance(
-            exc, asyncpg.InvalidPasswordError | asyncpg.InvalidAuthorizationSpecificationError
-        ):
-            return DatabaseAuthError(
-                f"authentication to {self._target} failed for the configured user; check "
-                "DB_USER/DB_PASSWORD (or the DSN in DB_URL)"
-            )
-        if isinstance(exc, asyncpg.InvalidCatalogNameError):
-            return DatabaseNotFoundError(
-                f"database at {self._target} does not exist; create it or fix DB_NAME/DB_URL"
-            )
-        if isinstance(exc, asyncpg.UndefinedTableError):
-            return SchemaMissingError(
-                f"table {self.qualified_table!r} does not exist in {self._target}; "
-                "run `fsmflow init-db`"
-            )
-        if isinstance(exc, asyncpg.InsufficientPrivilegeError):
-            return PermissionDeniedError(self._grants_message())
-        if isinstance(exc, _CONFIGURATION_ERRORS):
-            return StoreError(
-                self.scrub(
-                    f"cannot connect to {self._target}: {type(exc).__name__}: {exc}; check "
-                    "DB_SSLMODE and the TLS files (sslrootcert, ~/.postgresql/root.crt) or DB_URL"
-                )
-            )
-        if is_retriable(exc):
-            return DatabaseUnavailableError(self._target, type(exc).__name__)
-        return StoreError(
-            self.scrub(f"database error on {self._target}: {type(exc).__name__}: {exc}")
+        return dberrors.translate(
+            exc,
+            target=self._target,
+            table=self.qualified_table,
+            schema=self.schema,
+            secrets=self.config.secrets(),
         )
 
     def scrub(self, text: str) -> str:
         """``text`` with every configured secret replaced by ``***``."""
-        for secret in self.config.secrets():
-            text = text.replace(secret, "***")
-        return text
+        return dberrors.scrub(text, self.config.secrets())
 
     def is_retriable(self, exc: BaseException) -> bool:
         """True for errors that a reconnect may cure."""
@@ -567,44 +493,3 @@ class Store:
         expected = f"fsmflow schema_version={sql.SCHEMA_VERSION}"
         facts["schema_version_ok"] = row["comment"] == expected
         return facts
-
-
-def _json_or_none(value: str | None) -> Any:
-    return None if value is None else json.loads(value)
-
-
-def to_record(row: asyncpg.Record) -> TransitionRecord:
-    """Build a :class:`TransitionRecord` from a full table row."""
-    attempt = row["attempt_id"]
-    return TransitionRecord(
-        workflow_name=row["workflow_name"],
-        instance_id=row["instance_id"],
-        seq=row["seq"],
-        trigger=row["trigger"],
-        source_state=row["source_state"],
-        dest_state=row["dest_state"],
-        context=json.loads(row["context"]),
-        status=row["status"],
-        created_at=row["created_at"],
-        fingerprint=row["fingerprint"],
-        attempt_id=None if attempt is None else str(attempt),
-        duration_ms=row["duration_ms"],
-        error=_json_or_none(row["error"]),
-        definition=_json_or_none(row["definition"]),
-        forked_from_instance=row["forked_from_instance"],
-        forked_from_seq=row["forked_from_seq"],
-    )
-
-
-def to_summary(row: asyncpg.Record) -> InstanceSummary:
-    """Build an :class:`InstanceSummary` from a ``list_instances`` row."""
-    return InstanceSummary(
-        workflow_name=row["workflow_name"],
-        instance_id=row["instance_id"],
-        status=row["status"],
-        current_state=row["current_state"] or "",
-        seq=row["seq"],
-        started_at=row["started_at"],
-        updated_at=row["updated_at"],
-        forked_from_instance=row["forked_from_instance"],
-    )

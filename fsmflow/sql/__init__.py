@@ -9,6 +9,28 @@ from typing import Final
 
 PLACEHOLDER: Final = "fsmflow_transitions"
 SCHEMA_VERSION: Final = 1
+# The columns of a schema-version-1 table; the store refuses a table that lacks one.
+REQUIRED_COLUMNS: Final = frozenset(
+    {
+        "workflow_name",
+        "instance_id",
+        "seq",
+        "trigger",
+        "source_state",
+        "dest_state",
+        "context",
+        "status",
+        "completed",
+        "created_at",
+        "fingerprint",
+        "attempt_id",
+        "duration_ms",
+        "error",
+        "definition",
+        "forked_from_instance",
+        "forked_from_seq",
+    }
+)
 _NAME: Final = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 _TABLE_WORD: Final = re.compile(rf"\b{PLACEHOLDER}(\w*)")
 

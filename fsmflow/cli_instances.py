@@ -1,0 +1,266 @@
+"""The ``fsmflow`` sub-commands about instances: list, show, graph, fork, retry, cancel.
+
+Handlers follow the CLI convention (see :mod:`fsmflow.cli`): ``async def handler(args,
+config) -> int``. They print results on stdout (a table, or JSON with ``--json``); logs
+go to stderr. None of them deletes anything: fork writes a new instance, retry and
+cancel append one row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from .cli_arguments import (
+    assignment,
+    command_parser,
+    identifier,
+    instance_arguments,
+    json_flag,
+    positive,
+    seq_number,
+)
+from .cli_output import dumps, history_notes, history_table, instances_table, record_json, timestamp
+from .definition import WorkflowDefinition
+from .errors import ConfigError, FsmflowError, InstanceNotFoundError
+from .machine import WorkflowMachine
+from .operations import STATUSES
+from .records import WorkflowState
+from .settings import DBConfig
+from .shutdown import EXIT_OK
+
+if TYPE_CHECKING:
+    from .cli_arguments import Commands
+
+
+# -- list, show, graph -------------------------------------------------------------------
+
+
+def add_list(commands: Commands, common: argparse.ArgumentParser, epilog: str) -> None:
+    """``fsmflow list``."""
+    parser = command_parser(
+        commands, common, epilog, "list", "list instances, newest first",
+        "List instances, newest first: status (running, completed, failed, cancelled), "
+        "current state, last seq, and how long ago each started and was last updated.",
+    )  # fmt: skip
+    parser.add_argument("--workflow", type=identifier, help="only this workflow")
+    parser.add_argument(
+        "--status", action="append", choices=STATUSES, help="only this status (repeatable)"
+    )
+    parser.add_argument("--limit", type=positive, default=50, help="at most this many (50)")
+    json_flag(parser)
+    parser.set_defaults(handler=list_command)
+
+
+async def list_command(args: argparse.Namespace, config: DBConfig) -> int:
+    """Print the newest instances."""
+    store = config.store
+    found = await store.list_instances(args.workflow, status=args.status, limit=args.limit + 1)
+    shown = found[: args.limit]
+    if args.json:
+        print(dumps(shown))
+    elif not shown:
+        print(f"no instances in table {store.qualified_table}")
+    else:
+        print(instances_table(shown))
+        if len(found) > args.limit:
+            print(f"(only the newest {args.limit} shown: raise --limit to see more)")
+    return EXIT_OK
+
+
+def add_show(commands: Commands, common: argparse.ArgumentParser, epilog: str) -> None:
+    """``fsmflow show`` (alias ``history``)."""
+    parser = command_parser(
+        commands, common, epilog, "show", "one instance's transitions, in order",
+        "Show one instance's transitions in order. Context values are not printed: the "
+        "table shows each context's key count and size, and the keys of the latest one. "
+        "--context prints the values too (also with --json).",
+        aliases=["history"],
+    )  # fmt: skip
+    instance_arguments(parser)
+    parser.add_argument(
+        "--context", action="store_true", help="also print context values (may be sensitive)"
+    )
+    json_flag(parser)
+    parser.set_defaults(handler=show_command)
+
+
+async def show_command(args: argparse.Namespace, config: DBConfig) -> int:
+    """Print an instance's history."""
+    records = await config.store.history(args.workflow, args.instance)
+    if not records:
+        raise InstanceNotFoundError(
+            args.workflow, args.instance, "no such instance; `fsmflow list` shows the instances"
+        )
+    last = records[-1]
+    state = WorkflowState.from_record(last).current_state
+    if args.json:
+        rows = [record_json(r, with_context=args.context) for r in records]
+        head = {"workflow_name": args.workflow, "instance_id": args.instance}
+        print(dumps({**head, "status": last.status, "current_state": state, "rows": rows}))
+        return EXIT_OK
+    print(
+        f"workflow {args.workflow!r}, instance {args.instance!r}: {last.status}, state "
+        f"{state!r}, seq {last.seq}, started {timestamp(records[0].created_at)} UTC"
+    )
+    print(history_table(records))
+    print("\n".join(history_notes(records)))
+    if args.context:
+        for record in records:
+            print(f"context at seq {record.seq}: {json.dumps(record.context, ensure_ascii=False)}")
+    return EXIT_OK
+
+
+def add_graph(commands: Commands, common: argparse.ArgumentParser, epilog: str) -> None:
+    """``fsmflow graph``."""
+    parser = command_parser(
+        commands, common, epilog, "graph", "Mermaid state diagram of a workflow",
+        "Print a Mermaid stateDiagram-v2 of a workflow definition, loaded from "
+        "MODULE:ATTRIBUTE (importable from the current directory), e.g. "
+        "examples.support_ticket:DEFINITION. With --instance, that instance's current "
+        "state is highlighted (this reads the database).",
+    )  # fmt: skip
+    parser.add_argument("target", metavar="MODULE:ATTRIBUTE", help="the WorkflowDefinition")
+    parser.add_argument("--instance", type=identifier, help="highlight this instance's state")
+    parser.set_defaults(handler=graph_command)
+
+
+async def graph_command(args: argparse.Namespace, config: DBConfig) -> int:
+    """Print the Mermaid diagram."""
+    definition = load_definition(args.target)
+    highlight = None
+    if args.instance is not None:
+        last = await config.store.last_record(definition.name, args.instance)
+        if last is None:
+            raise InstanceNotFoundError(definition.name, args.instance, "no such instance")
+        highlight = WorkflowState.from_record(last).current_state
+    print(WorkflowMachine.of(definition).get_graph_mermaid(highlight), end="")
+    return EXIT_OK
+
+
+def load_definition(target: str) -> WorkflowDefinition:
+    """The :class:`WorkflowDefinition` at ``module:attribute`` (:class:`ConfigError` if not)."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(
+            f"{target!r}: name the definition as MODULE:ATTRIBUTE, "
+            "e.g. examples.support_ticket:DEFINITION"
+        )
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: modules of the current directory
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    except FsmflowError:
+        raise
+    except Exception as exc:
+        raise ConfigError(f"cannot load {target!r}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(found, WorkflowDefinition):
+        raise ConfigError(f"{target!r} is a {type(found).__name__}, not a WorkflowDefinition")
+    return found
+
+
+# -- fork, retry, cancel -----------------------------------------------------------------
+
+
+def add_fork(commands: Commands, common: argparse.ArgumentParser, epilog: str) -> None:
+    """``fsmflow fork``."""
+    parser = command_parser(
+        commands, common, epilog, "fork", "start a new instance from another's state",
+        "Start a new instance from INSTANCE's row --seq (default: its last row). It "
+        "resumes in the state the source was about to run after that row, with that row's "
+        "context plus --set overrides. The source's history is not touched. A completion "
+        "row cannot be forked (nothing left to run): give an earlier --seq. The new "
+        "instance runs when a program runs it by id.",
+    )  # fmt: skip
+    instance_arguments(parser)
+    parser.add_argument("--seq", type=seq_number, help="fork from this row (default: the last)")
+    parser.add_argument("--new-id", type=identifier, help="id of the new instance (default: new)")
+    parser.add_argument(
+        "--set",
+        type=assignment,
+        action="append",
+        metavar="KEY=VALUE",
+        help="set a top-level context key in the fork (VALUE as JSON, else text; repeatable)",
+    )
+    json_flag(parser)
+    parser.set_defaults(handler=fork_command)
+
+
+async def fork_command(args: argparse.Namespace, config: DBConfig) -> int:
+    """Fork; print the new instance."""
+    record = await config.store.fork_instance(
+        args.workflow,
+        args.instance,
+        seq=args.seq,
+        new_instance_id=args.new_id,
+        overrides=dict(args.set or []),
+    )
+    if args.json:
+        print(dumps(record_json(record, with_context=False)))
+        return EXIT_OK
+    print(
+        f"forked instance {args.instance!r} at seq {record.forked_from_seq} into instance "
+        f"{record.instance_id!r}: its first run by that id starts with the step of state "
+        f"{record.dest_state!r}"
+    )
+    return EXIT_OK
+
+
+def add_retry(commands: Commands, common: argparse.ArgumentParser, epilog: str) -> None:
+    """``fsmflow retry``."""
+    parser = command_parser(
+        commands, common, epilog, "retry", "make a failed instance runnable again",
+        "Mark a failed instance for retry: append a running row in the state whose step "
+        "failed, with the context that step started from. The next run of the instance "
+        "(your program, by id or as the latest unfinished one) runs that step again. "
+        "Refused while a runner owns the instance, and for an instance that did not fail.",
+    )  # fmt: skip
+    instance_arguments(parser)
+    json_flag(parser)
+    parser.set_defaults(handler=retry_command)
+
+
+async def retry_command(args: argparse.Namespace, config: DBConfig) -> int:
+    """Append the retry row."""
+    record = await config.store.retry_instance(args.workflow, args.instance)
+    if args.json:
+        print(dumps(record_json(record, with_context=False)))
+    else:
+        print(
+            f"instance {args.instance!r} is marked for retry (seq {record.seq}): its next run "
+            f"runs the step of state {record.dest_state!r} again"
+        )
+    return EXIT_OK
+
+
+def add_cancel(commands: Commands, common: argparse.ArgumentParser, epilog: str) -> None:
+    """``fsmflow cancel``."""
+    parser = command_parser(
+        commands, common, epilog, "cancel", "end an unfinished instance",
+        "Append a cancelled row: the instance ends and runs of it raise "
+        "InstanceCancelledError. Refused while a live runner owns the instance (stop it "
+        "first) and for an instance that already ended. Fork it to run it again later.",
+    )  # fmt: skip
+    instance_arguments(parser)
+    parser.add_argument("--reason", help="why (stored with the cancelled row)")
+    json_flag(parser)
+    parser.set_defaults(handler=cancel_command)
+
+
+async def cancel_command(args: argparse.Namespace, config: DBConfig) -> int:
+    """Append the cancelled row."""
+    record = await config.store.cancel_instance(args.workflow, args.instance, reason=args.reason)
+    if args.json:
+        print(dumps(record_json(record, with_context=False)))
+    else:
+        print(
+            f"cancelled instance {args.instance!r} at seq {record.seq}, in state "
+            f"{record.dest_state!r}"
+        )
+    return EXIT_OK
