@@ -27,7 +27,6 @@ from pydantic import AliasChoices, ValidationError
 from . import __version__
 from .bench import add_bench_parser
 from .cli_commands import COMMANDS
-from .cli_output import scrub
 from .errors import ConfigError, FsmflowError
 from .settings import DBConfig
 from .shutdown import EXIT_FAILED, EXIT_USAGE
@@ -181,5 +180,5 @@ def _error_line(message: str, config: DBConfig | None = None) -> None:
     """``fsmflow: error: ...`` on stderr, on one line, scrubbed of configured secrets."""
     text = " ".join(line.strip() for line in message.splitlines() if line.strip())
     if config is not None:
-        text = scrub(text, config)
+        text = config.scrub(text)
     print(f"fsmflow: error: {text}", file=sys.stderr)

@@ -27,7 +27,7 @@ from .cli_arguments import (
     yes_flag,
 )
 from .cli_instances import add_cancel, add_fork, add_graph, add_list, add_retry, add_show
-from .cli_output import dumps, instances_table, jsonable, scrub, timestamp
+from .cli_output import dumps, instances_table, jsonable, timestamp
 from .errors import ConfigError, FsmflowError
 from .records import HealthReport, InstanceSummary, PruneResult
 from .settings import DBConfig
@@ -110,7 +110,7 @@ async def check_command(args: argparse.Namespace, config: DBConfig) -> int:
         report = await config.store.check_health()
     except FsmflowError as exc:
         if args.json and not isinstance(exc, ConfigError):
-            error = scrub(f"{type(exc).__name__}: {exc}", config)
+            error = config.scrub(f"{type(exc).__name__}: {exc}")
             print(dumps({"healthy": False, "target": config.display_target(), "error": error}))
         raise
     if args.json:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .records import InstanceSummary, TransitionRecord
 
 if TYPE_CHECKING:
-    from .settings import DBConfig
+    pass
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: Sequence[int] = ()) -> str:
@@ -161,10 +161,3 @@ def jsonable(value: Any) -> Any:
 def dumps(value: Any) -> str:
     """Indented JSON of ``value`` (see :func:`jsonable`)."""
     return json.dumps(jsonable(value), indent=2, ensure_ascii=False)
-
-
-def scrub(text: str, config: DBConfig) -> str:
-    """``text`` with every secret of ``config`` (password, DSN parts) replaced by ``***``."""
-    for secret in config.secrets():
-        text = text.replace(secret, "***")
-    return text

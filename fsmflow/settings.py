@@ -205,6 +205,12 @@ class DBConfig(BaseSettings):
         pieces = [p for s in found for p in re.split(r"[/#?@:&=]", s) if len(p) >= 3]
         return sorted({s for s in [*found, *pieces] if s}, key=len, reverse=True)
 
+    def scrub(self, text: str) -> str:
+        """``text`` with every secret of these settings replaced by ``***``."""
+        for secret in self.secrets():
+            text = text.replace(secret, "***")
+        return text
+
     def connect_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``asyncpg.connect`` (contains the secret: never log it)."""
         kwargs: dict[str, Any] = {

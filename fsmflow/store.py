@@ -146,7 +146,7 @@ class Store:
                 "`fsmflow init-db` (or `await DBConfig().init_db()`) once with a role that may "
                 "CREATE, or apply sql/schema.sql with psql"
             )
-        expected = f"fsmflow schema_version={sql.SCHEMA_VERSION}"
+        expected = sql.SCHEMA_COMMENT
         missing = REQUIRED_COLUMNS - set(row["columns"])
         if missing or row["comment"] != expected:
             raise SchemaMismatchError(
@@ -189,7 +189,7 @@ class Store:
 
     def scrub(self, text: str) -> str:
         """``text`` with every configured secret replaced by ``***``."""
-        return dberrors.scrub(text, self.config.secrets())
+        return self.config.scrub(text)
 
     def is_retriable(self, exc: BaseException) -> bool:
         """True for errors that a reconnect may cure."""
@@ -490,6 +490,6 @@ class Store:
         assert row is not None
         facts = dict(row.items())
         facts["missing_columns"] = sorted(REQUIRED_COLUMNS - set(row["columns"]))
-        expected = f"fsmflow schema_version={sql.SCHEMA_VERSION}"
+        expected = sql.SCHEMA_COMMENT
         facts["schema_version_ok"] = row["comment"] == expected
         return facts

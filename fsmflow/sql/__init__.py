@@ -9,6 +9,7 @@ from typing import Final
 
 PLACEHOLDER: Final = "fsmflow_transitions"
 SCHEMA_VERSION: Final = 1
+SCHEMA_COMMENT: Final = f"fsmflow schema_version={SCHEMA_VERSION}"  # as schema.sql sets it
 # The columns of a schema-version-1 table; the store refuses a table that lacks one.
 REQUIRED_COLUMNS: Final = frozenset(
     {
