@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
 from typing import Any, Final
 
 from pydantic import BaseModel, Field
@@ -35,108 +34,96 @@ class WorkflowContext(BaseModel):
     __str__ = __repr__
 
 
-def _check_str(value: str, path: str) -> None:
+# A problem found while walking a value: the key path, innermost part first (formatted
+# only when there is a problem, so the walk over a valid context builds no strings), and
+# the reason.
+_Problem = tuple[list[str], str]
+
+
+def _str_problem(value: str, *, surrogates: bool) -> str | None:
     if "\x00" in value:
-        raise ContextSerializationError(path, "contains a NUL character (\\u0000)")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ContextSerializationError(path, "contains a lone surrogate") from None
+        return "contains a NUL character (\\u0000)"
+    if surrogates:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "contains a lone surrogate"
+    return None
 
 
-def _check_float(value: float, path: str) -> None:
+def _float_problem(value: float) -> str | None:
     if not math.isfinite(value):
-        raise ContextSerializationError(path, f"float {value} is not finite")
-    magnitude = abs(value)
-    if magnitude >= _FLOAT_REPR_MAX:
-        raise ContextSerializationError(
-            path, "float of 1e16 or more would come back from jsonb as an int; store it as a string"
-        )
+        return f"float {value} is not finite"
+    if abs(value) >= _FLOAT_REPR_MAX:
+        return "float of 1e16 or more would come back from jsonb as an int; store it as a string"
     if value == 0 and math.copysign(1.0, value) < 0:
-        raise ContextSerializationError(path, "negative zero does not round-trip through jsonb")
+        return "negative zero does not round-trip through jsonb"
+    return None
 
 
-def _check_int(value: int, path: str) -> None:
+def _int_problem(value: int) -> str | None:
     # Python refuses to print ints of more than 4300 digits (a DoS guard): say so here
     # rather than fail with a bare ValueError inside json.dumps.
     if value.bit_length() > 14_000:
         try:
             str(value)
         except ValueError:
-            raise ContextSerializationError(
-                path, "int has too many digits to serialize; store it as a string"
-            ) from None
+            return "int has too many digits to serialize; store it as a string"
+    return None
 
 
-def check_json_value(value: Any, path: str = "ctx") -> None:
-    """Raise :class:`ContextSerializationError` naming ``path`` if ``value`` won't round-trip."""
+def _dict_problem(value: dict[Any, Any], surrogates: bool) -> _Problem | None:
+    for key, item in value.items():
+        if type(key) is not str:
+            return [f"[{key!r}]"], f"key of type {type(key).__name__}; keys must be str"
+        reason = _str_problem(key, surrogates=surrogates)
+        if reason is not None:
+            return [f" key {key!r}"], reason
+        found = _problem(item, surrogates)
+        if found is not None:
+            found[0].append(f"[{key!r}]")
+            return found
+    return None
+
+
+def _problem(value: Any, surrogates: bool) -> _Problem | None:
+    """The first part of ``value`` that JSON/jsonb would not give back unchanged.
+
+    Lone surrogates are looked for only with ``surrogates`` (encode_context finds them
+    far more cheaply in the JSON text, and walks again only if there is one).
+    """
     kind = type(value)
+    reason: str | None = None
     if kind is str:
-        _check_str(value, path)
+        if surrogates or "\x00" in value:  # the common case calls nothing
+            reason = _str_problem(value, surrogates=surrogates)
     elif kind is dict:
-        for key, item in value.items():
-            if type(key) is not str:
-                raise ContextSerializationError(
-                    f"{path}[{key!r}]", f"key of type {type(key).__name__}; keys must be str"
-                )
-            _check_str(key, f"{path} key {key!r}")
-            check_json_value(item, f"{path}[{key!r}]")
+        return _dict_problem(value, surrogates)
     elif kind is list:
         for index, item in enumerate(value):
-            check_json_value(item, f"{path}[{index}]")
+            found = _problem(item, surrogates)
+            if found is not None:
+                found[0].append(f"[{index}]")
+                return found
     elif kind is float:
-        _check_float(value, path)
+        reason = _float_problem(value)
     elif kind is int:
-        _check_int(value, path)
-    elif value is None or kind is bool:
-        return
-    else:
-        raise ContextSerializationError(
-            path, f"{kind.__name__} is not a JSON value (convert it to str, int, list or dict)"
-        )
+        reason = _int_problem(value)
+    elif value is not None and kind is not bool:
+        reason = f"{kind.__name__} is not a JSON value (convert it to str, int, list or dict)"
+    return None if reason is None else ([], reason)
 
 
-def _plainly_valid(items: Iterable[Any]) -> bool:
-    """The per-transition fast path of :func:`check_json_value`: builds no key paths.
-
-    False means "maybe invalid": :func:`check_json_value` then finds (and names) the
-    problem. Lone surrogates are left to the caller, which finds them in the JSON text.
-    """
-    for value in items:
-        kind = type(value)
-        if kind is str:
-            if "\x00" in value:
-                return False
-        elif kind is dict:
-            for key in value:
-                if type(key) is not str or "\x00" in key:
-                    return False
-            if not _plainly_valid(value.values()):
-                return False
-        elif kind is list:
-            if not _plainly_valid(value):
-                return False
-        elif kind is float:
-            if not -_FLOAT_REPR_MAX < value < _FLOAT_REPR_MAX or (
-                value == 0 and math.copysign(1.0, value) < 0
-            ):
-                return False
-        elif kind is int:
-            if value.bit_length() > 14_000:
-                return False
-        elif value is not None and kind is not bool:
-            return False
-    return True
+def check_json_value(value: Any, path: str = "ctx", *, where: str = "") -> None:
+    """Raise :class:`ContextSerializationError` naming the key path (``ctx['a'][2]``) of
+    the first part of ``value`` that won't round-trip."""
+    _raise(_problem(value, surrogates=True), path, where)
 
 
-def _refuse(data: Any, where: str) -> None:
-    """Raise the :class:`ContextSerializationError` that names what is wrong in ``data``."""
-    try:
-        check_json_value(data)
-    except ContextSerializationError as exc:
-        if where:
-            raise ContextSerializationError(exc.path, exc.reason, where=where) from None
-        raise
+def _raise(found: _Problem | None, path: str, where: str) -> None:
+    if found is not None:
+        parts, reason = found
+        raise ContextSerializationError(path + "".join(reversed(parts)), reason, where=where)
 
 
 def encode_context(
@@ -145,10 +132,9 @@ def encode_context(
     """Validate ``data`` and return its JSON text; the only serializer fsmflow uses."""
     if type(data) is not dict:
         raise ContextSerializationError(
-            "ctx", f"context data must be a dict, not {type(data).__name__}"
+            "ctx", f"context data must be a dict, not {type(data).__name__}", where=where
         )
-    if not _plainly_valid((data,)):
-        _refuse(data, where)
+    _raise(_problem(data, surrogates=False), "ctx", where)
     text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
     if text.isascii():
         size = len(text)
@@ -156,7 +142,7 @@ def encode_context(
         try:
             size = len(text.encode("utf-8"))
         except UnicodeEncodeError:  # a lone surrogate somewhere: say where
-            _refuse(data, where)
+            check_json_value(data, where=where)
             raise
     if size > max_bytes:
         raise ContextTooLargeError(size, max_bytes, where=where)
