@@ -29,7 +29,7 @@ from .definition import WorkflowDefinition
 from .errors import ConfigError, FsmflowError, InstanceNotFoundError
 from .machine import WorkflowMachine
 from .operations import STATUSES
-from .records import WorkflowState
+from .records import TransitionRecord, WorkflowState
 from .settings import DBConfig
 from .shutdown import EXIT_OK
 
@@ -201,14 +201,18 @@ async def fork_command(args: argparse.Namespace, config: DBConfig) -> int:
         new_instance_id=args.new_id,
         overrides=dict(args.set or []),
     )
-    if args.json:
-        print(dumps(record_json(record, with_context=False)))
-        return EXIT_OK
-    print(
+    return _report(
+        args,
+        record,
         f"forked instance {args.instance!r} at seq {record.forked_from_seq} into instance "
         f"{record.instance_id!r}: its first run by that id starts with the step of state "
-        f"{record.dest_state!r}"
+        f"{record.dest_state!r}",
     )
+
+
+def _report(args: argparse.Namespace, record: TransitionRecord, text: str) -> int:
+    """Print the row a command wrote: as JSON (without context values) or as ``text``."""
+    print(dumps(record_json(record, with_context=False)) if args.json else text)
     return EXIT_OK
 
 
@@ -229,14 +233,12 @@ def add_retry(commands: Commands, common: argparse.ArgumentParser, epilog: str) 
 async def retry_command(args: argparse.Namespace, config: DBConfig) -> int:
     """Append the retry row."""
     record = await config.store.retry_instance(args.workflow, args.instance)
-    if args.json:
-        print(dumps(record_json(record, with_context=False)))
-    else:
-        print(
-            f"instance {args.instance!r} is marked for retry (seq {record.seq}): its next run "
-            f"runs the step of state {record.dest_state!r} again"
-        )
-    return EXIT_OK
+    return _report(
+        args,
+        record,
+        f"instance {args.instance!r} is marked for retry (seq {record.seq}): its next run "
+        f"runs the step of state {record.dest_state!r} again",
+    )
 
 
 def add_cancel(commands: Commands, common: argparse.ArgumentParser, epilog: str) -> None:
@@ -256,11 +258,8 @@ def add_cancel(commands: Commands, common: argparse.ArgumentParser, epilog: str)
 async def cancel_command(args: argparse.Namespace, config: DBConfig) -> int:
     """Append the cancelled row."""
     record = await config.store.cancel_instance(args.workflow, args.instance, reason=args.reason)
-    if args.json:
-        print(dumps(record_json(record, with_context=False)))
-    else:
-        print(
-            f"cancelled instance {args.instance!r} at seq {record.seq}, in state "
-            f"{record.dest_state!r}"
-        )
-    return EXIT_OK
+    return _report(
+        args,
+        record,
+        f"cancelled instance {args.instance!r} at seq {record.seq}, in state {record.dest_state!r}",
+    )
