@@ -168,7 +168,7 @@ class PersistentWorkflowStateMachine:
     ) -> WorkflowState:
         """Run the instance until it completes; return its final :class:`WorkflowState`.
 
-        ``context`` seeds a new instance; it is ignored (with a warning) when an existing
+        ``context`` seeds a new instance; it is ignored (logged at INFO) when an existing
         instance resumes, since that instance's stored context wins.
         """
         check_steps(self.definition, self._steps)
