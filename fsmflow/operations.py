@@ -132,7 +132,7 @@ async def fork_instance(
         max_bytes=store.config.max_context_bytes,
         where=f"fork of instance {instance_id!r} at seq {row.seq}",
     )
-    new_id = await _new_instance_id(store, workflow, new_instance_id)
+    new_id = _new_instance_id(new_instance_id)
     assert row.dest_state is not None
     try:
         await store.start(
@@ -180,13 +180,9 @@ async def _fork_point(
     return row
 
 
-async def _new_instance_id(store: Store, workflow: str, pinned: str | None) -> str:
-    if pinned is None:
-        return uuid.uuid4().hex
-    check_identifier(pinned, "new instance_id")
-    if await store.last_record(workflow, pinned) is not None:
-        raise _exists(workflow, pinned)
-    return pinned
+def _new_instance_id(pinned: str | None) -> str:
+    # An existing pinned id is refused by store.start itself (seq 0 exists: unique key).
+    return uuid.uuid4().hex if pinned is None else check_identifier(pinned, "new instance_id")
 
 
 def _exists(workflow: str, instance_id: str) -> InstanceExistsError:
