@@ -23,6 +23,9 @@
     │   ├── InstanceFailedError      the instance ended failed earlier
     │   ├── InstanceCancelledError   the instance was cancelled
     │   ├── OwnershipLostError       the runner lost its lock and could not retake it
+    │   ├── LockTableFullError       the server's lock table is full (raise a setting)
+    │   ├── TransitionLimitError     an instance reached its definition's max_transitions
+    │   ├── HistoryDeletedError      the instance's history was deleted under its runner
     │   ├── WorkflowInterruptedError stopped early on SIGTERM/SIGINT; rerun resumes
     │   └── StepFailedError          a step raised / timed out after its retries
     ├── StoreError                   the database could not do what was asked
@@ -31,6 +34,7 @@
     │   ├── DatabaseNotFoundError    the configured database does not exist
     │   ├── SchemaMissingError       the table does not exist: run init-db
     │   ├── SchemaMismatchError      table shape / schema version unexpected
+    │   ├── ResetRefusedError        reset_db while runners hold instances (use force)
     │   └── PermissionDeniedError    missing grants (lists them)
     └── EmbeddedServerError          the zero-config local server is unavailable
 
@@ -216,6 +220,22 @@ class OwnershipLostError(WorkflowError):
     not be taken back: another runner may own the instance now. Nothing was written."""
 
 
+class LockTableFullError(WorkflowError):
+    """The server could not take this instance's advisory lock because its shared lock
+    table is full (SQLSTATE 53200); other instances' locks are untouched. Raise
+    ``max_locks_per_transaction`` (or run fewer instances per server)."""
+
+
+class TransitionLimitError(WorkflowError):
+    """The instance recorded its definition's ``max_transitions`` transitions (a loop that
+    never ends?); it is recorded as failed and can be retried after a fix."""
+
+
+class HistoryDeletedError(WorkflowError):
+    """The instance's stored history disappeared while this runner ran it (``reset_db``
+    with ``force``, ``prune`` or a hand-run DELETE); nothing was written."""
+
+
 class WorkflowInterruptedError(WorkflowError):
     """The runner stopped early on SIGTERM/SIGINT; running the instance again resumes it."""
 
@@ -278,6 +298,11 @@ class SchemaMissingError(StoreError):
 
 class SchemaMismatchError(StoreError):
     """The table exists but its columns or schema version are not what fsmflow expects."""
+
+
+class ResetRefusedError(StoreError):
+    """``reset_db`` refused: runners hold instances of the table right now (their number is
+    in the message). Stop them first, or pass ``force=True`` / ``--force``."""
 
 
 class PermissionDeniedError(StoreError):
