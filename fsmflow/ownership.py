@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("fsmflow.ownership")
 
-LOCK_CLASS: Final = 0x46534D  # "FSM": the first int of the two-int advisory lock form
 HEARTBEAT_SECONDS: Final = 5.0
 LANE_SETTINGS: Final = {
     "application_name": "fsmflow-owner",
@@ -46,14 +45,19 @@ LANE_SETTINGS: Final = {
     "idle_session_timeout": "0",
     "idle_in_transaction_session_timeout": "0",
 }
-_LOCK_SQL: Final = "SELECT pg_try_advisory_lock($1::int4, $2::int4)"
-_UNLOCK_SQL: Final = "SELECT pg_advisory_unlock($1::int4, $2::int4)"
+# The one-bigint form: the whole 64-bit key space (the two-int form left 32 bits for the
+# key, and instances like order-29028 / order-42028 shared a lock).
+_LOCK_SQL: Final = "SELECT pg_try_advisory_lock($1::int8)"
+_UNLOCK_SQL: Final = "SELECT pg_advisory_unlock($1::int8)"
 
 
 def lock_key(table: str, workflow: str, instance_id: str) -> int:
-    """A stable signed 32-bit key for an instance (same in every process; never ``hash()``)."""
-    raw = f"{table}\0{workflow}\0{instance_id}".encode()
-    return int.from_bytes(hashlib.blake2b(raw, digest_size=4).digest(), "big", signed=True)
+    """A stable signed 64-bit key for an instance (same in every process; never ``hash()``).
+
+    ``pg_locks`` shows it as ``(classid::bigint << 32) | objid::bigint``.
+    """
+    raw = f"fsmflow\0{table}\0{workflow}\0{instance_id}".encode()
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True)
 
 
 class Lane:
@@ -176,7 +180,7 @@ class Ownership:
             await lane.ensure_connected()
             assert lane.conn is not None
             try:
-                got = bool(await lane.conn.fetchval(_LOCK_SQL, LOCK_CLASS, self.key))
+                got = bool(await lane.conn.fetchval(_LOCK_SQL, self.key))
             except Exception:
                 lane.lost("lock query failed")
                 raise
@@ -276,7 +280,7 @@ class Ownership:
             if lane.alive and self.generation == lane.generation:
                 assert lane.conn is not None
                 try:
-                    await lane.conn.fetchval(_UNLOCK_SQL, LOCK_CLASS, self.key)
+                    await lane.conn.fetchval(_UNLOCK_SQL, self.key)
                 except Exception as exc:
                     lane.lost(type(exc).__name__)
 

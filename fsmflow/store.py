@@ -29,7 +29,7 @@ from .errors import (
     SchemaMissingError,
     StoreError,
 )
-from .ownership import LOCK_CLASS, Lane, Ownership, acquire, lock_key
+from .ownership import Lane, Ownership, acquire, lock_key
 from .records import InstanceSummary, TransitionRecord, to_record, to_summary
 from .settings import parse_table_name
 from .sql import REQUIRED_COLUMNS
@@ -473,7 +473,7 @@ class Store:
 
         async def delete() -> tuple[int, int]:
             async with pool.acquire() as conn, conn.transaction():
-                locked = await conn.fetch(self._q["lock_instances"], names, ids, keys, LOCK_CLASS)
+                locked = await conn.fetch(self._q["lock_instances"], names, ids, keys)
                 if not locked:
                     return 0, 0
                 args = ([r["workflow_name"] for r in locked], [r["instance_id"] for r in locked])

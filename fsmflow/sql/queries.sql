@@ -115,11 +115,11 @@ LIMIT $4::integer;
 SELECT clock_timestamp() AS now;
 
 -- name: lock_instances
--- Inside prune's transaction: take the transaction advisory lock (class $4, keys $3) of
+-- Inside prune's transaction: take the transaction advisory lock (64-bit keys $3) of
 -- each instance ($1, $2) that no runner owns right now; returns the instances locked.
 SELECT c.workflow_name, c.instance_id
-FROM unnest($1::text[], $2::text[], $3::integer[]) AS c(workflow_name, instance_id, key)
-WHERE pg_try_advisory_xact_lock($4::integer, c.key);
+FROM unnest($1::text[], $2::text[], $3::bigint[]) AS c(workflow_name, instance_id, key)
+WHERE pg_try_advisory_xact_lock(c.key);
 
 -- name: delete_instances
 -- Inside prune's transaction, after lock_instances: delete every row of the instances

@@ -170,13 +170,11 @@ class Admin:
 
     def fsm_locks(self) -> list[dict[str, Any]]:
         """Granted fsmflow advisory locks in this database: (pid, key)."""
-        from fsmflow.ownership import LOCK_CLASS
-
         return self.sql(
-            "SELECT l.pid, l.objid FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+            "SELECT l.pid, ((l.classid::bigint << 32) | l.objid::bigint) AS objid "
+            "FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
             "WHERE d.datname = current_database() AND l.locktype = 'advisory' "
-            "AND l.classid = %s AND l.granted",
-            (LOCK_CLASS,),
+            "AND l.objsubid = 1 AND l.granted",
         )
 
     def terminate(self, pid: int) -> bool:

@@ -70,7 +70,6 @@ from fsmflow import (
     WorkflowInterruptedError,
     run_program,
 )
-from fsmflow.ownership import LOCK_CLASS
 
 WORKFLOW = "faults"
 logger = logging.getLogger("tests.faults.worker")
@@ -318,8 +317,7 @@ async def held_locks(config: DBConfig) -> int:
         count = await conn.fetchval(
             "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
             "WHERE d.datname = current_database() AND l.locktype = 'advisory' "
-            "AND l.classid = $1 AND l.granted",
-            LOCK_CLASS,
+            "AND l.objsubid = 1 AND l.granted",
         )
     finally:
         await conn.close()

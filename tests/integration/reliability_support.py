@@ -31,7 +31,6 @@ from fsmflow import (
     WorkflowContext,
     WorkflowDefinition,
 )
-from fsmflow.ownership import LOCK_CLASS
 from tests.conftest import config_for
 
 OWNER_APPLICATION_NAME = "fsmflow-owner"
@@ -173,12 +172,11 @@ class Harness:
     def fsm_locks(self) -> list[tuple[int, int]]:
         """(pid, key) of every granted fsmflow advisory lock in this database."""
         rows = self.sql(
-            "SELECT l.pid, l.objid::bigint FROM pg_locks l "
+            f"SELECT l.pid, {PG_LOCK_KEY} FROM pg_locks l "
             "JOIN pg_database d ON d.oid = l.database AND d.datname = current_database() "
-            "WHERE l.locktype = 'advisory' AND l.classid = %s AND l.objsubid = 2 AND l.granted",
-            (LOCK_CLASS,),
+            "WHERE l.locktype = 'advisory' AND l.objsubid = 1 AND l.granted",
         )
-        return sorted((int(pid), as_int4(int(objid))) for pid, objid in rows)
+        return sorted((int(pid), int(key)) for pid, key in rows)
 
     def owner_pids(self) -> list[int]:
         """Backends of this database that fsmflow opened as lock/append connections."""
@@ -249,11 +247,11 @@ class Harness:
                     (SELECT reset_val FROM pg_settings WHERE name = 'tcp_keepalives_count'),
                     current_setting('idle_session_timeout'),
                     current_setting('idle_in_transaction_session_timeout'),
-                    ARRAY(SELECT objid::bigint FROM pg_locks WHERE pid = pg_backend_pid()
-                          AND locktype = 'advisory' AND classid = %s AND granted);
+                    ARRAY(SELECT %s FROM pg_locks l WHERE pid = pg_backend_pid()
+                          AND locktype = 'advisory' AND objsubid = 1 AND granted);
                 RETURN NEW;
             END $$;
-            """.replace("%s", str(LOCK_CLASS))
+            """.replace("%s", PG_LOCK_KEY)
         )
         self.sql(
             f"CREATE TRIGGER append_audit BEFORE INSERT ON {table} "
@@ -266,7 +264,7 @@ class Harness:
             cur.execute("SELECT * FROM append_audit ORDER BY seq")
             rows = cur.fetchall()
         for row in rows:
-            row["fsm_locks"] = [as_int4(int(k)) for k in row["fsm_locks"]]
+            row["fsm_locks"] = [int(k) for k in row["fsm_locks"]]
         return rows
 
     async def aclose(self) -> None:
@@ -288,9 +286,8 @@ class Harness:
             self.sql(f"DROP ROLE {role}")
 
 
-def as_int4(objid: int) -> int:
-    """pg_locks shows the second int4 of an advisory lock as an unsigned oid."""
-    return objid - (1 << 32) if objid >= (1 << 31) else objid
+# pg_locks splits a one-bigint advisory lock key into two unsigned oids.
+PG_LOCK_KEY = "((l.classid::bigint << 32) | l.objid::bigint)"
 
 
 def assert_gap_free(rows: Sequence[dict[str, Any]]) -> None:

@@ -28,7 +28,7 @@ from fsmflow import (
     WorkflowDefinition,
 )
 from fsmflow import sql as fsql
-from fsmflow.ownership import LOCK_CLASS, lock_key
+from fsmflow.ownership import lock_key
 from fsmflow.records import CANCEL_TRIGGER, RETRY_TRIGGER
 
 from .reliability_support import Harness, Tracker, linear_definition, running
@@ -341,7 +341,7 @@ async def test_prune_skips_an_instance_whose_lock_is_held(h: Harness) -> None:
     await make_instance(config, "c1", "completed")
     key = lock_key(config.store.resolved_table, WORKFLOW, "f1")
     holder = h.connect_as(h.info.user)  # a runner retrying f1, in another session
-    holder.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_CLASS, key))
+    holder.execute("SELECT pg_advisory_lock(%s::int8)", (key,))
 
     result = await config.store.prune_instances(timedelta(0))
 

@@ -242,7 +242,7 @@ async def test_lock_key_is_stable_across_processes_and_is_the_held_lock(
     key = key_of("i6")
     assert probes[0]["key"] == probes[1]["key"] == key
     assert probes[0]["hash"] != probes[1]["hash"]  # hash() would differ per process
-    assert -(2**31) <= key < 2**31
+    assert -(2**63) <= key < 2**63
 
     tracker = Tracker()
     release = tracker.hold_first("fetch")
