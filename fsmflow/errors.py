@@ -140,8 +140,9 @@ class NoTransitionError(WorkflowError):
         super().__init__(
             workflow,
             instance_id,
-            f"no transition out of state {state!r} matched; the instance stays in "
-            f"{state!r} and its step will run again on the next run. Failed:\n{lines}",
+            f"no transition out of state {state!r} matched; the instance is recorded as "
+            "failed (fix the definition or the step, then `fsmflow retry` it). "
+            f"Failed:\n{lines}",
         )
 
 
@@ -240,13 +241,25 @@ class WorkflowInterruptedError(WorkflowError):
     """The runner stopped early on SIGTERM/SIGINT; running the instance again resumes it."""
 
     def __init__(
-        self, workflow: str, instance_id: str, state: str, *, step_cancelled: bool
+        self,
+        workflow: str,
+        instance_id: str,
+        state: str,
+        *,
+        step_cancelled: bool,
+        second_signal: bool = False,
     ) -> None:
         self.state = state
         self.step_cancelled = step_cancelled
+        self.second_signal = second_signal
+        why = (
+            "a second signal arrived"
+            if second_signal
+            else "it did not finish within the grace period"
+        )
         detail = (
-            f"the step of state {state!r} did not finish within the grace period and was "
-            "cancelled; it runs again from its start on the next run"
+            f"the step of state {state!r} was cancelled because {why}; it runs again from "
+            "its start on the next run"
             if step_cancelled
             else f"stopped at a step boundary; the next run resumes in state {state!r}"
         )
@@ -257,15 +270,27 @@ class StepFailedError(WorkflowError):
     """A step raised (or timed out) and exhausted its attempts."""
 
     def __init__(
-        self, workflow: str, instance_id: str, state: str, attempts: int, error: BaseException
+        self,
+        workflow: str,
+        instance_id: str,
+        state: str,
+        attempts: int,
+        error: BaseException,
+        *,
+        redact: bool = False,
+        location: str | None = None,
     ) -> None:
         self.state = state
         self.attempts = attempts
         self.error_type = type(error).__name__
+        # With FSMFLOW_REDACT_ERRORS the exception's message (which may quote context
+        # values) is left out; the type and where it was raised remain.
+        shown = self.error_type if redact else f"{self.error_type}: {error}"
+        where = f" (raised at {location})" if location else ""
         super().__init__(
             workflow,
             instance_id,
-            f"step {state!r} failed after {attempts} attempt(s): {self.error_type}: {error}",
+            f"step {state!r} failed after {attempts} attempt(s): {shown}{where}",
         )
 
 

@@ -17,12 +17,18 @@ from transitions.core import EventData
 from transitions.extensions.asyncio import AsyncEvent, AsyncMachine
 
 from .conditions import Condition
+from .context import WorkflowContext
 from .definition import WorkflowDefinition
 from .errors import InvalidTransitionError
 
 
 class MachineModel(Protocol):
-    """What a model must offer so that manually fired triggers are recorded too."""
+    """What a model must offer so that manually fired triggers are recorded too, and
+    their conditions judged on the context as it is when they fire."""
+
+    @property
+    def condition_context(self) -> WorkflowContext:
+        """The context that conditions read."""
 
     async def on_manual_transition(self, trigger: str, source: str, dest: str | None) -> None:
         """Record a transition fired through a trigger method (``await model.next()``)."""
@@ -30,8 +36,8 @@ class MachineModel(Protocol):
 
 def _condition_callback(condition: Condition) -> Callable[[EventData], bool | Awaitable[bool]]:
     def check(event: EventData) -> bool | Awaitable[bool]:
-        model: Any = event.model
-        return condition.holds(model.context.data)
+        model: MachineModel = event.model  # type: ignore[assignment]
+        return condition.holds(model.condition_context.data)
 
     check.__qualname__ = f"condition({condition.describe()})"
     return check

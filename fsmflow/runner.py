@@ -12,20 +12,25 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn, TypeVar
 
 from .choosing import choose_transition, declared_transition
 from .context import WorkflowContext, decode_context, encode_context
 from .definition import RetryPolicy, Transition, WorkflowDefinition, WorkflowStep, check_identifier
 from .errors import (
     ConcurrentTransitionError,
-    FsmflowError,
+    ContextSerializationError,
+    HistoryDeletedError,
+    OwnershipLostError,
     StepFailedError,
+    StoreError,
+    TransitionLimitError,
     WorkflowError,
     WorkflowInterruptedError,
 )
+from .failures import error_json, location, traceback_text
 from .machine import WorkflowMachine
 from .ownership import Ownership
 from .records import Status, TransitionRecord, WorkflowState
@@ -45,6 +50,7 @@ from .steps import (
 from .store import Store
 
 logger = logging.getLogger("fsmflow")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +128,11 @@ class PersistentWorkflowStateMachine:
         self._owner: Ownership | None = None
         self._task: asyncio.Task[Any] | None = None
         self._call: StepCall | None = None
+        self._shutdown: Shutdown | None = None
+        self._phase: str | None = None  # what the run awaits: step, append, wait, or None
         self._interrupt_reason: str | None = None
+        self._resumed = False  # the instance existed before this run
+        self._redact = self.store.config.redact_errors
         self._listeners = tuple(listeners)
         if steps is not None:
             self.steps = steps
@@ -170,45 +180,68 @@ class PersistentWorkflowStateMachine:
 
         ``context`` seeds a new instance; it is ignored (logged at INFO) when an existing
         instance resumes, since that instance's stored context wins.
+
+        A step that raises after its last attempt, returns a context that breaks the
+        context rules, or leaves no transition to take records the instance as failed
+        (retry it with ``fsmflow retry`` once fixed); so does reaching the definition's
+        ``max_transitions``.
         """
         check_steps(self.definition, self._steps)
         initial = self._initial_json(context)
-        await self._choose_instance()
+        self._task = asyncio.current_task()
+        if self.options["handle_signals"]:
+            # From the very start: a signal while connecting or waiting for the lock
+            # stops the run like any other (exit 75), never the default termination.
+            self._shutdown = for_running_loop(self.store.config.shutdown_grace)
+            self._shutdown.register(self)
+        try:
+            return await self._run(initial, given_context=context is not None)
+        finally:
+            self._task = None
+            if self._shutdown is not None:
+                self._shutdown.unregister(self)
+                self._shutdown = None
+
+    async def _run(self, initial: str, *, given_context: bool) -> WorkflowState:
+        start_state = self.definition.initial_state
+        await self._guarded("wait", start_state, self._choose_instance())
         assert self.instance_id is not None
-        self._owner = await self.store.acquire(
+        acquiring = self.store.acquire(
             self.workflow_name,
             self.instance_id,
             wait=bool(self.options["wait"]),
             lock_timeout=self.options["lock_timeout"],
         )
+        self._owner = await self._guarded("wait", start_state, acquiring)
         self._owner.on_lost = lambda: self.interrupt("lost")
         try:
-            record = await self._load_or_start(initial, given_context=context is not None)
+            loading = self._load_or_start(initial, given_context=given_context)
+            record = await self._guarded("wait", start_state, loading)
             if has_ended(record, retry_failed=self.retry_failed):
                 return self._finished(record)
             self._restore(record)
-            return await self._run_attached(await self._check_resumable(record))
+            state = await self._check_resumable(record)
+            self._machine.attach(self, state)
+            try:
+                return await self._run_loop()
+            finally:
+                self._machine.detach(self)
         finally:
             owner, self._owner = self._owner, None
             await owner.release()
 
-    async def _run_attached(self, state: str) -> WorkflowState:
-        shutdown = None
-        if self.options["handle_signals"]:
-            shutdown = for_running_loop(self.store.config.shutdown_grace)
-            shutdown.register(self)
-        self._machine.attach(self, state)
-        self._task = asyncio.current_task()
-        try:
-            return await self._run_loop(shutdown)
-        finally:
-            self._task = None
-            self._machine.detach(self)
-            if shutdown is not None:
-                shutdown.unregister(self)
-
     def _initial_json(self, context: WorkflowContext | Mapping[str, Any] | None) -> str:
-        data = context.data if isinstance(context, WorkflowContext) else dict(context or {})
+        if isinstance(context, WorkflowContext):
+            data: Any = context.data
+        elif context is None or isinstance(context, Mapping):
+            data = dict(context or {})
+        else:
+            raise ContextSerializationError(
+                "ctx",
+                f"the seed context must be a dict, a Mapping or a WorkflowContext, not "
+                f"{type(context).__name__}",
+                where="initial context",
+            )
         return encode_context(data, max_bytes=self._max_bytes, where="initial context")
 
     async def _choose_instance(self) -> None:
@@ -222,7 +255,8 @@ class PersistentWorkflowStateMachine:
         last = await self.store.last_record(self.workflow_name, self.instance_id)
         if last is None:
             return await self._start(initial_json)
-        if given_context and last.seq > 0:
+        self._resumed = True
+        if given_context:
             # Programs pass their seed context on every start, not knowing whether they
             # resume: that is normal, so INFO, not WARNING.
             logger.info(
@@ -276,7 +310,7 @@ class PersistentWorkflowStateMachine:
         state = resume_state(self.definition, record)
         if record.fingerprint not in (None, self.definition.fingerprint):
             await self._check_drift(record)
-        if record.seq > 0:
+        if self._resumed:
             logger.info(
                 "workflow %r instance %r resumed in state %r after seq %d",
                 self.workflow_name,
@@ -298,27 +332,33 @@ class PersistentWorkflowStateMachine:
             "; ".join(changes),
         )
 
-    async def _run_loop(self, shutdown: Shutdown | None) -> WorkflowState:
+    async def _run_loop(self) -> WorkflowState:
         while True:
             state = self.state
-            assert state is not None
-            if shutdown is not None and shutdown.requested:
-                raise self._interrupted(state, step_cancelled=False)
+            assert state is not None and self.instance_id is not None
+            self._check_stop(state)
+            await self._check_limit(state)
             self._emit("step_started", state)
             started, seq_before = time.perf_counter(), self.seq
-            context, trigger = await self._execute(state)
+            result = await self._execute(state)
             duration_ms = (time.perf_counter() - started) * 1000.0
             self._emit("step_finished", state)
             if self.seq != seq_before:  # the step fired a trigger by hand: already recorded
                 if self.status == "completed":
                     return self.workflow_state
                 continue
-            where = f"context returned by step {state!r}"
-            encoded = encode_context(context.data, max_bytes=self._max_bytes, where=where)
-            assert self.instance_id is not None
-            chosen = await choose_transition(
-                self.definition, self.instance_id, state, trigger, context
-            )
+            try:
+                context, trigger = step_outcome(result, self.workflow_name, self.instance_id, state)
+                where = f"context returned by step {state!r}"
+                encoded = encode_context(context.data, max_bytes=self._max_bytes, where=where)
+                chosen = await choose_transition(
+                    self.definition, self.instance_id, state, trigger, context
+                )
+            except Exception as exc:
+                # A bug in the step or the definition: running the step again would repeat
+                # it (an LLM call each time), so the instance fails here, visibly.
+                await self._record_failure(state, 1, exc)
+                raise
             dest = None if chosen is None else chosen.dest
             await self._record(chosen, state, dest, encoded, duration_ms)
             self._emit("transition_recorded", state)
@@ -327,6 +367,21 @@ class PersistentWorkflowStateMachine:
             if dest is None:
                 return self.workflow_state
             self._machine.move(self, dest)
+
+    async def _check_limit(self, state: str) -> None:
+        limit: int = getattr(self.definition, "max_transitions", 10_000)  # TODO(merge)
+        if self.seq < limit:
+            return
+        assert self.instance_id is not None
+        exc = TransitionLimitError(
+            self.workflow_name,
+            self.instance_id,
+            f"reached max_transitions={limit} (seq {self.seq}) before the step of state "
+            f"{state!r}: a loop that never ends? The instance is recorded as failed; raise "
+            "the definition's max_transitions, or fix the loop, then `fsmflow retry` it",
+        )
+        await self._record_failure(state, 0, exc)
+        raise exc
 
     async def _record(
         self,
@@ -377,7 +432,7 @@ class PersistentWorkflowStateMachine:
         """Append the instance's next row on the owning session, then advance to it."""
         assert self.instance_id is not None
         seq = self.seq + 1
-        await self.store.append(
+        appending = self.store.append(
             self.workflow_name,
             self.instance_id,
             seq,
@@ -392,8 +447,28 @@ class PersistentWorkflowStateMachine:
             error_json=error_json,
             owner=self._owner,
         )
+        try:
+            await self._guarded("append", source, appending)
+        except ConcurrentTransitionError:
+            await self._check_not_deleted(seq)
+            raise
         self.seq, self.status, self._context_json = seq, status, encoded
         return seq
+
+    async def _check_not_deleted(self, seq: int) -> None:
+        """After a refused append: :class:`HistoryDeletedError` if the history is gone
+        (``reset_db`` with force, ``prune`` or a DELETE), rather than blaming a runner."""
+        assert self.instance_id is not None
+        last = await self.store.last_record(self.workflow_name, self.instance_id)
+        if last is None or last.seq < seq - 1:
+            found = "no rows" if last is None else f"rows up to seq {last.seq}"
+            raise HistoryDeletedError(
+                self.workflow_name,
+                self.instance_id,
+                f"its stored history was deleted while this runner ran it (expected seq "
+                f"{seq - 1}, found {found}); nothing was written. Start the instance again "
+                "if that was not intended",
+            )
 
     def _emit(self, point: str, state: str) -> None:
         if self._listeners:
@@ -402,51 +477,35 @@ class PersistentWorkflowStateMachine:
             for listener in self._listeners:
                 listener(event)
 
-    # -- one step ----------------------------------------------------------------------
+    # -- stopping: signals, lost sessions ------------------------------------------------
 
     def interrupt(self, reason: str) -> None:
-        """Cancel the running step (``reason``: ``"shutdown"`` or ``"lost"``), if any."""
-        if self._call is not None and self._task is not None and self._interrupt_reason is None:
-            self._interrupt_reason = reason
-            self._task.cancel(f"fsmflow: {reason}")
+        """Stop what the runner awaits, if ``reason`` may stop it.
 
-    async def _execute(self, state: str) -> tuple[WorkflowContext, str | None]:
-        step = self._steps[state]
-        policy = step.retry or self.definition.default_retry
-        attempt = 1
-        while True:
-            # The session may have died while no step ran (backoff, an `after` callback):
-            # never start a step without the lock, or it could overlap another runner's.
-            if self._owner is not None and self._owner.is_lost:
-                await self._regain_ownership()
-            # Each attempt gets a fresh copy of the stored context: exactly what a
-            # resumed process would see, whatever an earlier attempt mutated.
-            call = StepCall(step.execute, WorkflowContext(data=decode_context(self._context_json)))
-            self._call = call
-            try:
-                result = await call.run(policy.timeout)
-            except asyncio.CancelledError:
-                self._call = None  # no further interrupt may cancel the recovery below
-                reason = self._take_interrupt()
-                if reason is None:
-                    raise
-                await self._after_interrupt(reason, state, call)
-                continue
-            except FsmflowError:
+        ``"lost"`` (the session holding the lock died) cancels a running step only;
+        ``"stop"`` (a first SIGTERM/SIGINT) cancels anything but a step or an append, which
+        may finish within the grace period; ``"shutdown"`` cancels whatever runs.
+        """
+        phase = self._phase
+        if self._task is None or phase is None or self._interrupt_reason is not None:
+            return
+        if reason not in _CANCELLED_BY[phase]:
+            return
+        self._interrupt_reason = reason
+        self._task.cancel(f"fsmflow: {reason}")
+
+    async def _guarded(self, phase: str, state: str, work: Awaitable[T]) -> T:
+        """Await ``work`` in ``phase`` (``"wait"`` or ``"append"``): an interrupt that
+        may stop this phase raises :class:`WorkflowInterruptedError`."""
+        self._phase = phase
+        try:
+            return await work
+        except asyncio.CancelledError:
+            if self._take_interrupt() is None:
                 raise
-            except Exception as exc:
-                if attempt >= policy.max_attempts or not should_retry(exc, policy):
-                    await self._fail(state, attempt, exc)
-                # A timed-out sync step's thread cannot be stopped: the next attempt
-                # waits for it, so two executions of one step never overlap.
-                await call.wait_abandoned()
-                await self._backoff(state, attempt, policy, exc)
-                attempt += 1
-                continue
-            finally:
-                self._call = None
-            assert self.instance_id is not None
-            return step_outcome(result, self.workflow_name, self.instance_id, state)
+            raise self._interrupted(state, step_cancelled=False) from None
+        finally:
+            self._phase = None
 
     def _take_interrupt(self) -> str | None:
         reason, self._interrupt_reason = self._interrupt_reason, None
@@ -454,11 +513,79 @@ class PersistentWorkflowStateMachine:
             self._task.uncancel()
         return reason
 
-    async def _after_interrupt(self, reason: str, state: str, call: StepCall) -> None:
-        if reason == "shutdown":
-            raise self._interrupted(state, step_cancelled=True)
-        # Ownership was lost mid-step: never let two executions overlap, retake the
-        # lock, and make sure nobody advanced the instance meanwhile; then run it again.
+    def _check_stop(self, state: str) -> None:
+        if self._shutdown is not None and self._shutdown.requested:
+            raise self._interrupted(state, step_cancelled=False)
+
+    def _interrupted(self, state: str, *, step_cancelled: bool) -> WorkflowInterruptedError:
+        second = self._shutdown is not None and self._shutdown.second_signal
+        return WorkflowInterruptedError(
+            self.workflow_name,
+            self.instance_id or "(not chosen yet)",
+            state,
+            step_cancelled=step_cancelled,
+            second_signal=second,
+        )
+
+    # -- one step ----------------------------------------------------------------------
+
+    async def _execute(self, state: str) -> Any:
+        """Attempt ``state``'s step until it returns (its raw result) or fails for good."""
+        step = self._steps[state]
+        policy = step.retry or self.definition.default_retry
+        attempt = 1
+        while True:
+            self._check_stop(state)  # e.g. a signal that came during recovery
+            # The session may have died while no step ran (backoff, an `after` callback):
+            # never start a step without the lock, or it could overlap another runner's.
+            if self._owner is not None and self._owner.is_lost:
+                await self._guarded("wait", state, self._regain_ownership())
+            # Each attempt gets a fresh copy of the stored context: exactly what a
+            # resumed process would see, whatever an earlier attempt mutated.
+            call = StepCall(step.execute, WorkflowContext(data=decode_context(self._context_json)))
+            seq_before = self.seq
+            outcome = await self._attempt(call, policy, state)
+            if outcome is _LOST:
+                await self._guarded("wait", state, self._after_lost(state, call))
+                continue
+            if not isinstance(outcome, _Failed):
+                return outcome
+            exc = outcome.error
+            if self.seq != seq_before:
+                # A trigger fired by hand was recorded before the step raised: the
+                # instance has moved on, and its committed step must not run again.
+                assert self.state is not None
+                await self._fail(self.state, attempt, exc, raised_in=state)
+            if attempt >= policy.max_attempts or not should_retry(exc, policy):
+                await self._fail(state, attempt, exc)
+            # Outside the except block that caught the failure: a cancellation during
+            # the pause must reach the handlers above, not escape from a handler.
+            await self._guarded("wait", state, self._pause(call, state, attempt, policy, exc))
+            attempt += 1
+
+    async def _attempt(self, call: StepCall, policy: RetryPolicy, state: str) -> Any:
+        """One attempt: the step's result, a :class:`_Failed`, or ``_LOST``."""
+        self._call, self._phase = call, "step"
+        try:
+            return await call.run(policy.timeout, name=state)
+        except asyncio.CancelledError:
+            reason = self._take_interrupt()
+            if reason is None:
+                raise
+            if reason == "lost":
+                return _LOST
+            raise self._interrupted(state, step_cancelled=True) from None
+        except _CONTROL_ERRORS:
+            raise
+        except Exception as exc:
+            return _Failed(exc)
+        finally:
+            self._call, self._phase = None, None
+
+    async def _after_lost(self, state: str, call: StepCall) -> None:
+        # Ownership was lost mid-step: never let two executions overlap in this process,
+        # retake the lock, and make sure nobody advanced the instance meanwhile; then run
+        # the step again.
         await call.wait_abandoned()
         await self._regain_ownership()
         logger.warning(
@@ -474,16 +601,17 @@ class PersistentWorkflowStateMachine:
         assert self._owner is not None and self.instance_id is not None
         await self._owner.reacquire()
         last = await self.store.last_record(self.workflow_name, self.instance_id)
+        if last is None or last.seq < self.seq:
+            await self._check_not_deleted(self.seq + 1)
         if last is None or last.seq != self.seq:
             raise ConcurrentTransitionError(self.workflow_name, self.instance_id, self.seq + 1)
 
-    def _interrupted(self, state: str, *, step_cancelled: bool) -> WorkflowInterruptedError:
-        assert self.instance_id is not None
-        return WorkflowInterruptedError(
-            self.workflow_name, self.instance_id, state, step_cancelled=step_cancelled
-        )
-
-    async def _backoff(self, state: str, attempt: int, policy: RetryPolicy, exc: Exception) -> None:
+    async def _pause(
+        self, call: StepCall, state: str, attempt: int, policy: RetryPolicy, exc: Exception
+    ) -> None:
+        """Between attempts: wait for a timed-out sync step's thread (it cannot be
+        stopped, and two executions of one step never overlap), then back off."""
+        await call.wait_abandoned()
         delay = backoff_delay(policy, attempt)
         logger.warning(
             "workflow %r instance %r step %r attempt %d/%d failed (%s); retrying in %.2fs",
@@ -495,23 +623,53 @@ class PersistentWorkflowStateMachine:
             type(exc).__name__,
             delay,
         )
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "attempt %d failed:\n%s", attempt, traceback_text(exc, redact=self._redact)
+            )
         await asyncio.sleep(delay)
 
-    async def _fail(self, state: str, attempts: int, exc: BaseException) -> NoReturn:
+    async def _fail(
+        self, state: str, attempts: int, exc: Exception, *, raised_in: str | None = None
+    ) -> NoReturn:
+        await self._record_failure(state, attempts, exc, raised_in=raised_in)
         assert self.instance_id is not None
-        error = {"type": type(exc).__name__, "message": str(exc)[:2000], "attempts": attempts}
-        await self._append(state, state, self._context_json, "failed", error_json=json.dumps(error))
-        logger.error(
-            "workflow %r instance %r step %r failed after %d attempt(s): %s",
+        raise StepFailedError(
             self.workflow_name,
             self.instance_id,
-            state,
+            raised_in or state,
             attempts,
+            exc,
+            redact=self._redact,
+            location=location(exc),
+        ) from exc
+
+    async def _record_failure(
+        self, state: str, attempts: int, exc: Exception, *, raised_in: str | None = None
+    ) -> None:
+        """Append the terminal failed row (in ``state``, with the last stored context) and
+        log the failure with its traceback, once, at ERROR."""
+        error = error_json(exc, attempts, redact=self._redact, raised_in=raised_in)
+        await self._append(state, state, self._context_json, "failed", error_json=error)
+        logger.error(
+            "workflow %r instance %r step %r failed after %d attempt(s) and is recorded as "
+            "failed at seq %d: %s\n%s",
+            self.workflow_name,
+            self.instance_id,
+            raised_in or state,
+            attempts,
+            self.seq,
             type(exc).__name__,
+            traceback_text(exc, redact=self._redact),
         )
-        raise StepFailedError(self.workflow_name, self.instance_id, state, attempts, exc) from exc
 
     # -- triggers fired by hand --------------------------------------------------------
+
+    @property
+    def condition_context(self) -> WorkflowContext:
+        """The context conditions of a trigger fired by hand are judged on: the running
+        step's context as it is at that moment, else the last recorded one."""
+        return self._call.context if self._call is not None else self.context
 
     async def on_manual_transition(self, trigger: str, source: str, dest: str | None) -> None:
         """Record a transition fired through a trigger method before the state changes.
@@ -528,9 +686,41 @@ class PersistentWorkflowStateMachine:
                 f"(status {self.status}); fire triggers only while run_workflow() runs, "
                 "e.g. from a step — or return the trigger's name from the step",
             )
-        context = self._call.context if self._call is not None else self.context
+        context = self.condition_context
         encoded = encode_context(context.data, max_bytes=self._max_bytes, where="manual trigger")
         chosen = declared_transition(self.definition, source, trigger, dest)
-        await self._record(chosen, source, dest, encoded, 0.0)
+        phase = self._phase
+        try:
+            await self._record(chosen, source, dest, encoded, 0.0)
+        finally:
+            self._phase = phase  # the append ran inside the step's attempt
         self.context = WorkflowContext(data=decode_context(encoded))
         await run_after(chosen, self.context)
+
+
+# What each interrupt reason may cancel, by what the runner is awaiting.
+_CANCELLED_BY: Final[dict[str, frozenset[str]]] = {
+    "step": frozenset({"lost", "shutdown"}),
+    "append": frozenset({"shutdown"}),
+    "wait": frozenset({"stop", "shutdown"}),
+}
+# Raised inside a step by fsmflow's own machinery (a trigger fired by hand records a row):
+# they are about the runner, not the step, and end the run instead of failing the step.
+_CONTROL_ERRORS: Final = (
+    WorkflowInterruptedError,
+    ConcurrentTransitionError,
+    OwnershipLostError,
+    HistoryDeletedError,
+    TransitionLimitError,
+    StoreError,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    """An attempt that raised ``error``."""
+
+    error: Exception
+
+
+_LOST: Final = object()  # an attempt interrupted by a lost session

@@ -161,6 +161,10 @@ class DBConfig(BaseSettings):
         default=False,
         validation_alias=AliasChoices("FSMFLOW_STRICT_DURABILITY", "strict_durability"),
     )
+    redact_errors: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("FSMFLOW_REDACT_ERRORS", "redact_errors"),
+    )
     embedded_dir: Path | None = Field(
         default=None, validation_alias=AliasChoices("FSMFLOW_EMBEDDED_DIR", "embedded_dir")
     )

@@ -2,8 +2,10 @@
 
 On the first signal, runners stop at their next step boundary: the running step may
 finish within the grace period, its transition is recorded, locks are released and
-:class:`~fsmflow.errors.WorkflowInterruptedError` is raised. Past the grace period (or on
-a second signal) the step is cancelled; it runs again when the instance resumes.
+:class:`~fsmflow.errors.WorkflowInterruptedError` is raised. A runner that is not running
+a step (starting up, waiting for a lock, sleeping before a retry, recovering a lost
+session) stops at once. Past the grace period (or on a second signal) the step is
+cancelled; it runs again when the instance resumes.
 
 Exit codes used by :func:`run_program`: ``0`` completed, ``1`` failed, ``2`` usage/configuration,
 ``75`` (EX_TEMPFAIL) stopped early by a signal, resume by starting again.
@@ -33,10 +35,11 @@ SIGNALS: Final = (signal.SIGTERM, signal.SIGINT)
 
 
 class Interruptible(Protocol):
-    """A runner that can be told to cancel the step it is running."""
+    """A runner that can be told to stop: ``"stop"`` (a first signal: stop now unless a
+    step is running) or ``"shutdown"`` (cancel whatever runs, the step included)."""
 
     def interrupt(self, reason: str) -> None:
-        """Cancel the running step, if any, for ``reason``."""
+        """Stop for ``reason`` if the runner is at a point that reason may cancel."""
 
 
 class Shutdown:
@@ -52,6 +55,7 @@ class Shutdown:
         self.grace = grace
         self.requested = False
         self.expired = False
+        self.second_signal = False
         self._runners: set[Interruptible] = set()
         self._installed: list[tuple[signal.Signals, Any]] = []
         self._timer: asyncio.TimerHandle | None = None
@@ -82,6 +86,7 @@ class Shutdown:
         name = signal.Signals(signum).name
         if self.requested:
             logger.warning("%s again: cancelling running steps now", name)
+            self.second_signal = True
             self.expire()
             return
         self.requested = True
@@ -92,9 +97,11 @@ class Shutdown:
             self.grace,
         )
         self._timer = self.loop.call_later(self.grace, self.expire)
+        for runner in list(self._runners):
+            runner.interrupt("stop")
 
     def expire(self) -> None:
-        """The grace period is over: cancel every running step."""
+        """The grace period is over (or a second signal came): cancel every running step."""
         self.expired = True
         for runner in list(self._runners):
             runner.interrupt("shutdown")

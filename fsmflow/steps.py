@@ -50,14 +50,24 @@ class StepCall:
         self.context = context
         self.thread: threading.Thread | None = None
 
-    async def run(self, time_limit: float | None) -> Any:
+    async def run(self, time_limit: float | None, *, name: str = "") -> Any:
         """Run the attempt (bounded by ``time_limit`` seconds) and return the step's result.
 
         The time limit covers the whole attempt, including awaiting a coroutine that a
-        callable returned.
+        callable returned; running out raises a :class:`TimeoutError` naming the step
+        ``name`` and the limit.
         """
-        work = self._attempt()
-        return await (work if time_limit is None else asyncio.wait_for(work, time_limit))
+        if time_limit is None:
+            return await self._attempt()
+        try:
+            async with asyncio.timeout(time_limit) as scope:
+                return await self._attempt()
+        except TimeoutError:
+            if not scope.expired():
+                raise  # the step's own TimeoutError, not the limit
+            raise TimeoutError(
+                f"step {name!r} did not finish within its timeout of {time_limit:g}s"
+            ) from None
 
     async def _attempt(self) -> Any:
         if is_async_callable(self.execute):

@@ -81,11 +81,15 @@ async def test_unstorable_context_returned_by_a_step_is_refused_before_its_row(
     assert [(r["dest_state"], r["status"]) for r in rows] == [
         ("fetch", "running"),
         ("think", "running"),
+        ("think", "failed"),  # a bug in the step fails the instance; nothing unstorable
     ]
+    assert rows[-1]["context"] == rows[-2]["context"]
+    assert rows[-1]["error"]["type"] == "ContextSerializationError"
 
-    # The instance is intact: a fixed step resumes it in "think".
+    # The history is intact: retried with a fixed step, it resumes in "think".
     steps["think"] = tracker.step("think")
-    state = await h.runner(h.config(), DEFINITION, steps, instance_id="c2").run_workflow()
+    runner = h.runner(h.config(), DEFINITION, steps, instance_id="c2", retry_failed=True)
+    state = await runner.run_workflow()
     assert state.completed and state.context.data == {"visited": list(STATES)}
     assert tracker.runs == {"fetch": 1, "think": 1, "report": 1}
 
@@ -107,7 +111,9 @@ async def test_unstorable_value_put_in_a_condition_checked_context_is_refused(
     steps = {"a": a, "b": Tracker().step("b")}
     with pytest.raises(ContextSerializationError, match=r"ctx\['when'\]"):
         await h.runner(h.config(), definition, steps, instance_id="c3").run_workflow()
-    assert [r["seq"] for r in h.rows(WORKFLOW, "c3")] == [0]
+    rows = h.rows(WORKFLOW, "c3")
+    assert [(r["seq"], r["status"]) for r in rows] == [(0, "running"), (1, "failed")]
+    assert rows[1]["error"]["type"] == "ContextSerializationError"  # not the trigger's error
 
 
 # -- contexts over the size cap ----------------------------------------------------------------
@@ -152,7 +158,12 @@ async def test_context_grown_over_the_cap_by_a_step_is_refused_before_its_row(
         await h.runner(config, DEFINITION, steps, instance_id="grow").run_workflow()
     assert raised.value.limit == LIMIT and raised.value.size > 2 * LIMIT
     assert "step 'think'" in str(raised.value)
-    assert [r["dest_state"] for r in h.rows(WORKFLOW, "grow")] == ["fetch", "think"]
+    rows = h.rows(WORKFLOW, "grow")
+    assert [(r["dest_state"], r["status"]) for r in rows][1:] == [
+        ("think", "running"),
+        ("think", "failed"),
+    ]
+    assert rows[-1]["context"] == rows[-2]["context"]  # the blob was never stored
 
 
 # -- identifiers -----------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import copy
 import logging
 import threading
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -58,7 +59,7 @@ class Flaky:
         ctx.data.setdefault("visited", []).append("think")
         error = self.errors[attempt - 1] if attempt <= len(self.errors) else None
         if error is not None:
-            raise error
+            raise error  # RAISE_LINE
         return ctx, None
 
     def step(self, retry: RetryPolicy | None = None) -> WorkflowStep:
@@ -66,9 +67,14 @@ class Flaky:
             return WorkflowStep(name="think", execute=self._run, retry=retry)
 
         async def run_async(ctx: WorkflowContext) -> tuple[WorkflowContext, None]:
-            return self._run(ctx)
+            return self._run(ctx)  # RUN_ASYNC_LINE
 
         return WorkflowStep(name="think", execute=run_async, retry=retry)
+
+
+_SOURCE = Path(__file__).read_text().splitlines()
+RAISE_LINE = next(i for i, line in enumerate(_SOURCE, 1) if line.endswith("# RAISE_LINE"))
+RUN_ASYNC_LINE = next(i for i, line in enumerate(_SOURCE, 1) if line.endswith("# RUN_ASYNC_LINE"))
 
 
 def steps_with(think: WorkflowStep) -> dict[str, Any]:
@@ -152,11 +158,12 @@ async def test_error_not_in_retry_on_fails_at_once(h: Harness) -> None:
         1,
         "ValueError",
     )
-    assert h.rows(WORKFLOW, "r3")[-1]["error"] == {
-        "type": "ValueError",
-        "message": "unparseable answer",
-        "attempts": 1,
-    }
+    error = h.rows(WORKFLOW, "r3")[-1]["error"]
+    assert error.pop("traceback") == [
+        {"file": __file__, "line": RUN_ASYNC_LINE, "function": "run_async"},
+        {"file": __file__, "line": RAISE_LINE, "function": "_run"},
+    ]
+    assert error == {"type": "ValueError", "message": "unparseable answer", "attempts": 1}
 
 
 async def test_error_in_retry_on_is_retried(h: Harness) -> None:
@@ -277,11 +284,9 @@ async def test_exhausted_step_records_failure_and_never_its_context(h: Harness) 
         "think",
         "think",
     )
-    assert failure["error"] == {
-        "type": "RuntimeError",
-        "message": "model overloaded",
-        "attempts": 2,
-    }
+    error = failure["error"]
+    assert [f["function"] for f in error.pop("traceback")] == ["run_async", "_run"]
+    assert error == {"type": "RuntimeError", "message": "model overloaded", "attempts": 2}
     # The failed row carries the context as it was before the step, not what it produced.
     assert failure["context"] == before["context"] == {"visited": ["fetch"]}
     # Nor does the runner's in-memory view: still in the failed state with the old context.

@@ -25,6 +25,7 @@ from fsmflow import (
     Condition,
     DefinitionChangedError,
     FsmflowError,
+    InstanceFailedError,
     InstanceLockedError,
     InvalidTransitionError,
     NoTransitionError,
@@ -183,7 +184,16 @@ async def test_step_returning_something_else_is_an_error(h: Harness, returned: A
     steps["think"] = think
     with pytest.raises(WorkflowError, match="step 'think' returned"):
         await h.runner(h.config(), LINEAR, steps, instance_id="i1").run_workflow()
-    assert [r["seq"] for r in h.rows(WORKFLOW, "i1")] == [0, 1]
+    # A bug in the step: recorded as failed (in its state, with the context it was
+    # given), so that no rerun repeats the step until someone retries it.
+    rows = h.rows(WORKFLOW, "i1")
+    assert [(r["seq"], r["status"], r["source_state"]) for r in rows] == [
+        (0, "running", None),
+        (1, "running", "fetch"),
+        (2, "failed", "think"),
+    ]
+    assert rows[2]["error"]["type"] == "WorkflowError"
+    assert rows[2]["context"] == rows[1]["context"]
 
 
 # -- branching and loops ---------------------------------------------------------------------
@@ -318,13 +328,15 @@ async def test_a_returned_trigger_whose_conditions_fail_is_no_transition(h: Harn
         await h.runner(h.config(), REVIEW, steps, instance_id="r1").run_workflow()
     assert raised.value.state == "review"
     assert raised.value.failed == ["revise: review -> draft: rounds lt 3"]
-    assert [r["seq"] for r in h.rows(WORKFLOW, "r1")] == [0, 1]
+    rows = h.rows(WORKFLOW, "r1")
+    assert [r["status"] for r in rows] == ["running", "running", "failed"]
+    assert rows[-1]["error"]["type"] == "NoTransitionError"
 
 
 # -- choosing the next state: errors -------------------------------------------------------------
 
 
-async def test_invalid_trigger_names_state_and_valid_triggers_and_records_nothing(
+async def test_invalid_trigger_names_state_and_valid_triggers_and_fails_the_instance(
     h: Harness,
 ) -> None:
     recorder = Recorder()
@@ -338,11 +350,18 @@ async def test_invalid_trigger_names_state_and_valid_triggers_and_records_nothin
     for text in ("'review'", "'publish_now'", "'approve'", "'decline'", "'revise'", "'r1'"):
         assert text in str(error)
     rows = h.rows(WORKFLOW, "r1")
-    assert [r["seq"] for r in rows] == [0, 1] and rows[-1]["dest_state"] == "review"
+    assert [r["status"] for r in rows] == ["running", "running", "failed"]
+    assert (rows[-1]["source_state"], rows[-1]["error"]["type"]) == (
+        "review",
+        "InvalidTransitionError",
+    )
 
-    # The instance is still in "review": a fixed step resumes it there.
+    # Failed in "review": a plain rerun refuses; a retry with the fixed step resumes there.
     steps["review"] = recorder.step("review", "approve")
-    state = await h.runner(h.config(), REVIEW, steps, instance_id="r1").run_workflow()
+    with pytest.raises(InstanceFailedError):
+        await h.runner(h.config(), REVIEW, steps, instance_id="r1").run_workflow()
+    runner = h.runner(h.config(), REVIEW, steps, instance_id="r1", retry_failed=True)
+    state = await runner.run_workflow()
     assert state.completed and recorder.runs == {"draft": 1, "review": 2, "publish": 1}
 
 
@@ -352,10 +371,10 @@ async def test_invalid_trigger_from_a_final_state(h: Harness) -> None:
     with pytest.raises(InvalidTransitionError, match=r"none \(final state\)") as raised:
         await h.runner(h.config(), LINEAR, steps, instance_id="i1").run_workflow()
     assert raised.value.valid_triggers == []
-    assert h.rows(WORKFLOW, "i1")[-1]["status"] == "running"
+    assert h.rows(WORKFLOW, "i1")[-1]["status"] == "failed"
 
 
-async def test_no_matching_transition_names_the_conditions_and_never_completes(
+async def test_no_matching_transition_names_the_conditions_and_fails_the_instance(
     h: Harness,
 ) -> None:
     definition = WorkflowDefinition(
@@ -394,11 +413,13 @@ async def test_no_matching_transition_names_the_conditions_and_never_completes(
         assert line in str(error)
     assert "GBP" not in str(error)  # never a context value
     rows = h.rows(WORKFLOW, "o1")
-    assert [r["status"] for r in rows] == ["running"]  # not completed, nothing recorded
+    assert [r["status"] for r in rows] == ["running", "failed"]  # failed, never completed
+    assert "GBP" not in str(rows[-1]["error"])
 
-    # Still in "check": once its step produces a matching context, the run continues.
+    # Failed in "check": retried once its step produces a matching context, it continues.
     steps["check"] = recorder.step("check", update={"order": {"total": 5, "currency": "EUR"}})
-    state = await h.runner(h.config(), definition, steps, instance_id="o1").run_workflow()
+    runner = h.runner(h.config(), definition, steps, instance_id="o1", retry_failed=True)
+    state = await runner.run_workflow()
     assert state.completed and recorder.runs == {"check": 2, "pay": 1}
 
 
