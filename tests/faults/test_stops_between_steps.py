@@ -1,0 +1,140 @@
+"""Signals and lost sessions that arrive while no step runs: during a step's retry backoff,
+and while the runner recovers from a database that went away.
+
+A shutdown always wins: the program exits 75 (resume by starting it again) without a
+traceback, whatever the runner was waiting for; a lost session during a backoff is
+recovered like one between steps. Real processes, a real server stopped and restarted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+
+from .support import SAFETY_TIMEOUT, external_server
+from .test_server_restart import server_restored, start_server, stop_server
+from .waits_program import starts
+
+UNCLEAN = ("Traceback", "CancelledError", "Exception ignored", "Task was destroyed")
+
+
+class Program:
+    """``tests/faults/waits_program.py`` running in a child process."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str], instances: list[str]) -> None:
+        self.ledger = tmp_path / "ledger"
+        run = len(list(tmp_path.glob("stderr-*")))
+        self.out, self.err = tmp_path / f"stdout-{run}", tmp_path / f"stderr-{run}"
+        with self.out.open("w") as out, self.err.open("w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.faults.waits_program", str(self.ledger), *instances],
+                cwd=ROOT,
+                env=env,
+                stdout=out,
+                stderr=err,
+            )
+
+    @property
+    def stdout(self) -> str:
+        return self.out.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self.err.read_text()
+
+    async def until(self, text: str) -> None:
+        """Wait until the program's log says ``text``."""
+        deadline = time.monotonic() + SAFETY_TIMEOUT
+        while text not in self.stderr:
+            assert self.proc.poll() is None, f"exited {self.proc.returncode}: {self.stderr}"
+            assert time.monotonic() < deadline, f"never logged {text!r}: {self.stderr}"
+            await asyncio.sleep(0.05)
+
+    async def wait(self) -> int:
+        return await asyncio.to_thread(self.proc.wait, SAFETY_TIMEOUT)
+
+
+def _env(db_env: dict[str, str], **extra: str) -> dict[str, str]:
+    return {**db_env, "FSMFLOW_SHUTDOWN_GRACE_SECONDS": "20", **extra}
+
+
+@pytest.mark.timeout(300)
+async def test_sigterm_during_a_retry_backoff_stops_at_once(
+    tmp_path: Path, db_env: dict[str, str]
+) -> None:
+    program = Program(tmp_path, _env(db_env, WAITS_BACKOFF_SECONDS="30"), ["flaky1"])
+    await program.until("retrying in")  # attempt 1 failed; a 30 s backoff has begun
+    program.proc.send_signal(signal.SIGTERM)
+    code = await program.wait()
+
+    print(f"[SIGTERM in backoff] exit {code}")
+    assert code == 75, program.stderr
+    assert not [m for m in UNCLEAN if m in program.stderr], program.stderr
+    assert "WorkflowInterruptedError" in program.stderr
+    assert starts(program.ledger, "flaky1", "a") == 1  # the retry never started
+
+    again = Program(tmp_path, _env(db_env, WAITS_BACKOFF_SECONDS="0"), ["flaky1"])
+    assert await again.wait() == 0, again.stderr
+    assert (starts(again.ledger, "flaky1", "a"), starts(again.ledger, "flaky1", "b")) == (2, 1)
+
+
+@pytest.mark.timeout(300)
+async def test_lost_session_during_a_retry_backoff_is_recovered(
+    tmp_path: Path, db_env: dict[str, str], pg_server: Any
+) -> None:
+    if external_server():
+        pytest.skip("restarts the embedded server; FSMFLOW_TEST_DATABASE_URL names another one")
+    instances = ["flaky1", "steady1", "steady2"]
+    env = _env(db_env, WAITS_BACKOFF_SECONDS="6", WAITS_STEP_SECONDS="1", WAITS_STEADY_SECONDS="4")
+    program = Program(tmp_path, env, instances)
+    await program.until("retrying in")  # flaky1 sleeps 6 s; the others are in their step
+    with server_restored(pg_server.server):
+        await asyncio.to_thread(stop_server, pg_server.server)  # every session is lost
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(start_server, pg_server.server)
+    code = await program.wait()
+
+    print(f"[restart in backoff] exit {code}, executions of a: "
+          f"{[starts(program.ledger, i, 'a') for i in instances]}")  # fmt: skip
+    assert code == 0, program.stderr
+    assert not [m for m in UNCLEAN if m in program.stderr], program.stderr
+    assert program.stdout.split() == ["completed", *instances]
+    assert starts(program.ledger, "flaky1", "a") == 2  # the failure and its one retry
+    for instance in ("steady1", "steady2"):  # in their step at the restart: run again
+        assert starts(program.ledger, instance, "a") == 2
+    for instance in instances:
+        assert starts(program.ledger, instance, "b") == 1
+
+
+@pytest.mark.timeout(300)
+async def test_sigterm_while_recovering_from_a_stopped_database_wins(
+    tmp_path: Path, db_env: dict[str, str], pg_server: Any
+) -> None:
+    if external_server():
+        pytest.skip("stops the embedded server; FSMFLOW_TEST_DATABASE_URL names another one")
+    env = _env(db_env, WAITS_STEP_SECONDS="3", FSMFLOW_DB_RETRY_SECONDS="120")
+    program = Program(tmp_path, env, ["steady1"])
+    await program.until("started in state 'a'")
+    with server_restored(pg_server.server):
+        await asyncio.to_thread(stop_server, pg_server.server)
+        await program.until("retrying in")  # reconnecting, with a budget of 120 s
+        program.proc.send_signal(signal.SIGTERM)
+        code = await program.wait()
+    print(f"[SIGTERM in recovery] exit {code}")
+    assert code == 75, program.stderr
+    assert not [m for m in UNCLEAN if m in program.stderr], program.stderr
+    assert "WorkflowInterruptedError" in program.stderr
+
+    start_server(pg_server.server)
+    again = Program(tmp_path, _env(db_env), ["steady1"])
+    assert await again.wait() == 0, again.stderr
+    assert starts(again.ledger, "steady1", "b") == 1
