@@ -4,7 +4,8 @@ instances, check health, draw a workflow.
 ``fsmflow COMMAND --help`` documents each command. The database comes from the same
 settings as the library (:class:`~fsmflow.settings.DBConfig`: environment, ``./.env``,
 ``~/.env``). Exit codes: ``0`` ok, ``1`` failure (one line ``fsmflow: error: ...`` on
-stderr, no traceback, no secrets), ``2`` usage or configuration error, ``130`` Ctrl-C.
+stderr, no traceback, no secrets), ``2`` usage or configuration error, ``3`` reset-db
+refused because runners hold instances, ``130`` Ctrl-C.
 
 Each sub-command registers ``set_defaults(handler=fn)`` with
 ``async def fn(args: argparse.Namespace, config: DBConfig) -> int``; a command that
@@ -27,10 +28,11 @@ from pydantic import AliasChoices, ValidationError
 from . import __version__
 from .bench import add_bench_parser
 from .cli_commands import COMMANDS
-from .errors import ConfigError, FsmflowError
+from .errors import ConfigError, FsmflowError, ResetRefusedError
 from .settings import DBConfig
 from .shutdown import EXIT_FAILED, EXIT_USAGE
 
+EXIT_REFUSED: Final = 3
 EXIT_INTERRUPTED_BY_USER: Final = 130
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 Handler = Callable[[argparse.Namespace, DBConfig], Any]
@@ -55,7 +57,8 @@ def _epilog() -> str:
         "environment (also read from ./.env, then ~/.env; real variables win):\n"
         + textwrap.indent(variables, "  ")
         + "\n  With neither DB_URL nor DB_HOST, a local embedded PostgreSQL is used.\n\n"
-        "exit codes: 0 ok, 1 failure, 2 usage or configuration error, 130 interrupted"
+        "exit codes: 0 ok, 1 failure, 2 usage or configuration error, 3 reset-db refused,\n"
+        "  130 interrupted"
     )
 
 
@@ -118,7 +121,13 @@ def _execute(handler: Handler, args: argparse.Namespace, config: DBConfig) -> in
         return EXIT_INTERRUPTED_BY_USER
     except FsmflowError as exc:
         _error_line(f"{type(exc).__name__}: {exc}", config)
-        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
+        return _exit_code(exc)
+
+
+def _exit_code(exc: FsmflowError) -> int:
+    if isinstance(exc, ConfigError):
+        return EXIT_USAGE
+    return EXIT_REFUSED if isinstance(exc, ResetRefusedError) else EXIT_FAILED
 
 
 async def _run(handler: Handler, args: argparse.Namespace, config: DBConfig) -> int:

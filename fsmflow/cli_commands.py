@@ -68,10 +68,16 @@ def add_reset_db(commands: Commands, common: argparse.ArgumentParser, epilog: st
     parser = command_parser(
         commands, common, epilog, "reset-db", "delete ALL history (asks first)",
         "Delete every row of the history table: all instances of all workflows. "
-        "Irreversible. Asks for confirmation on a terminal; without one, --yes is required "
-        "(else exit 2).",
+        "Irreversible. Refused (exit 3, nothing deleted) while a runner holds an instance, "
+        "unless --force. Asks for confirmation on a terminal; without one, --yes is "
+        "required (else exit 2).",
     )  # fmt: skip
     yes_flag(parser)
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="delete even while runners hold instances (those runners then fail)",
+    )
     parser.set_defaults(handler=reset_db_command, confirm=_reset_question)
 
 
@@ -84,7 +90,7 @@ def _reset_question(args: argparse.Namespace, config: DBConfig) -> str:
 
 async def reset_db_command(args: argparse.Namespace, config: DBConfig) -> int:
     """Truncate the table."""
-    await config.reset_db()
+    await config.reset_db(force=args.force)
     store = config.store
     print(f"deleted all history in table {store.qualified_table} at {store.target}")
     return EXIT_OK

@@ -391,3 +391,29 @@ async def test_prune_dry_run_deletes_nothing_then_prune_deletes_finished_ones(
     assert done.returncode == 0, done.stderr
     assert (json.loads(done.stdout)["instances"], json.loads(done.stdout)["rows"]) == (2, 7)
     assert [s.instance_id for s in await instances.store.list_instances()] == ["r1"]
+
+
+async def test_reset_db_refuses_while_a_runner_owns_an_instance_unless_forced(
+    db_config: DBConfig, db_env: dict[str, str], postgresql: Any
+) -> None:
+    from fsmflow import PersistentWorkflowStateMachine
+
+    tracker = Tracker()
+    release = tracker.hold_first("think")
+    runner = PersistentWorkflowStateMachine(
+        db_config, DEFINITION, steps=tracker.steps(DEFINITION), instance_id="live",
+        handle_signals=False,
+    )  # fmt: skip
+    async with running(runner.run_workflow()) as task:
+        await tracker.started("think")
+        before = table_text(postgresql)
+        refused = fsmflow(db_env, "reset-db", "--yes")
+        kept = table_text(postgresql)
+        release.set()
+        assert (await task).completed
+    assert_one_error_line(refused, 3, "ResetRefusedError")
+    assert "1 instance" in refused.stderr and "--force" in refused.stderr
+    assert kept == before
+    forced = fsmflow(db_env, "reset-db", "--yes", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert table_text(postgresql) == []

@@ -448,3 +448,51 @@ def test_queries_are_index_backed_at_200k_rows(postgresql: Any, mode: str) -> No
             cur.execute("DEALLOCATE q")
             assert "Seq Scan" not in plan, f"{title}:\n{plan}"
             assert "Index" in plan, f"{title}:\n{plan}"
+
+
+# -- reset_db ----------------------------------------------------------------------------
+
+
+async def test_reset_db_refuses_while_a_runner_holds_an_instance_mid_step(h: Harness) -> None:
+    from fsmflow import PersistentWorkflowStateMachine, ResetRefusedError
+
+    config = h.config()
+    await make_instance(config, "c1")
+    tracker = Tracker()
+    release = tracker.hold_first("think")
+    runner = PersistentWorkflowStateMachine(
+        config, DEFINITION, steps=tracker.steps(DEFINITION), instance_id="live",
+        handle_signals=False,
+    )  # fmt: skip
+    async with running(runner.run_workflow()) as task:
+        await tracker.started("think")
+        before = h.count()
+        with pytest.raises(ResetRefusedError, match=r"1 instance.*'live'.*--force"):
+            await config.reset_db()
+        assert h.count() == before > 0
+        release.set()
+        assert (await task).completed  # no false ConcurrentTransitionError
+    await config.reset_db()
+    assert h.count() == 0
+
+
+async def test_reset_db_refuses_while_another_session_holds_a_lock_unless_forced(
+    h: Harness,
+) -> None:
+    from fsmflow import ResetRefusedError
+
+    config = h.config()
+    for instance in ("a1", "b1", "c1"):
+        await make_instance(config, instance)
+    holder = h.connect_as(h.info.user)
+    for instance in ("a1", "b1"):
+        key = lock_key(config.store.resolved_table, WORKFLOW, instance)
+        holder.execute("SELECT pg_advisory_lock(%s::int8)", (key,))
+
+    with pytest.raises(ResetRefusedError, match=r"2 instance") as refused:
+        await config.store.reset_db()
+    assert "'a1'" in str(refused.value) and "'b1'" in str(refused.value)
+    assert h.count() == 12
+
+    await config.store.reset_db(force=True)
+    assert h.count() == 0
