@@ -507,7 +507,7 @@ class Store:
         facts["schema_version_ok"] = row["comment"] == expected
         return facts
 
-    async def _refuse_if_held(self, conn: asyncpg.Connection) -> None:
+    async def _refuse_if_held(self, conn: asyncpg.pool.PoolConnectionProxy) -> None:
         """:class:`ResetRefusedError` if a session holds the lock of an instance in the table
         (run inside ``reset_db``'s transaction, under its table lock)."""
         instances = await conn.fetch(self._q["reset_instances"])
