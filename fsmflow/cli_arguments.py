@@ -128,3 +128,12 @@ def yes_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--yes", action="store_true", help="do not ask for confirmation (needed without a TTY)"
     )
+
+
+def definition_change_flag(parser: argparse.ArgumentParser) -> None:
+    """``--allow-definition-change``."""
+    parser.add_argument(
+        "--allow-definition-change",
+        action="store_true",
+        help="accept a definition that differs from the one the instance started with",
+    )

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .cli_arguments import (
     assignment,
     command_parser,
+    definition_change_flag,
     identifier,
     instance_arguments,
     json_flag,
@@ -175,8 +176,11 @@ def add_fork(commands: Commands, common: argparse.ArgumentParser, epilog: str) -
         "Start a new instance from INSTANCE's row --seq (default: its last row). It "
         "resumes in the state the source was about to run after that row, with that row's "
         "context plus --set overrides. The source's history is not touched. A completion "
-        "row cannot be forked (nothing left to run): give an earlier --seq. The new "
-        "instance runs when a program runs it by id.",
+        "row cannot be forked (nothing left to run): give an earlier --seq, or --state. "
+        "--state resumes the fork in that state instead; --definition makes the fork run "
+        "under that definition (its fingerprint and summary), the way out of an "
+        "UnknownStateError after a state was dropped from the code. The new instance runs "
+        "when a program runs it by id.",
     )  # fmt: skip
     instance_arguments(parser)
     parser.add_argument("--seq", type=seq_number, help="fork from this row (default: the last)")
@@ -188,6 +192,13 @@ def add_fork(commands: Commands, common: argparse.ArgumentParser, epilog: str) -
         metavar="KEY=VALUE",
         help="set a top-level context key in the fork (VALUE as JSON, else text; repeatable)",
     )
+    parser.add_argument("--state", help="resume the fork in this state (a state of the definition)")
+    parser.add_argument(
+        "--definition",
+        metavar="MODULE:ATTRIBUTE",
+        help="the WorkflowDefinition the fork runs under, e.g. examples.support_ticket:DEFINITION",
+    )
+    definition_change_flag(parser)
     json_flag(parser)
     parser.set_defaults(handler=fork_command)
 
@@ -200,6 +211,9 @@ async def fork_command(args: argparse.Namespace, config: DBConfig) -> int:
         seq=args.seq,
         new_instance_id=args.new_id,
         overrides=dict(args.set or []),
+        state=args.state,
+        definition=None if args.definition is None else load_definition(args.definition),
+        allow_definition_change=args.allow_definition_change,
     )
     return _report(
         args,

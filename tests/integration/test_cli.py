@@ -217,6 +217,32 @@ async def test_graph_draws_the_definition_and_highlights_an_instance(
 # -- fork, retry, cancel -----------------------------------------------------------------
 
 
+async def test_fork_onto_a_state_of_the_current_code_then_the_fork_runs(
+    db_config: DBConfig, db_env: dict[str, str]
+) -> None:
+    from fsmflow import PersistentWorkflowStateMachine
+
+    from .test_fork import RENAMED, _noop
+
+    await make_instance(db_config, "old", "running", at="think")  # 'think' is gone in RENAMED
+    target = "tests.integration.test_fork:RENAMED"
+    args = ("fork", WORKFLOW, "old", "--new-id", "new", "--state", "ponder")
+    refused = fsmflow(db_env, *args, "--definition", target)
+    assert_one_error_line(refused, 1, "DefinitionChangedError")
+    assert "--allow-definition-change" in refused.stderr
+    unknown = fsmflow(db_env, "fork", WORKFLOW, "old", "--state", "nowhere")
+    assert_one_error_line(unknown, 1, "is not a state")
+
+    done = fsmflow(db_env, *args, "--definition", target, "--allow-definition-change")
+    assert done.returncode == 0, done.stderr
+    assert "state 'ponder'" in done.stdout
+    runner = PersistentWorkflowStateMachine(
+        db_config, RENAMED, steps={s: _noop for s in RENAMED.steps}, instance_id="new",
+        handle_signals=False,
+    )  # fmt: skip
+    assert (await runner.run_workflow()).completed
+
+
 async def test_fork_cases(instances: DBConfig, db_env: dict[str, str], postgresql: Any) -> None:
     before = table_text(postgresql)
     pinned = fsmflow(
