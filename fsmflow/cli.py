@@ -28,6 +28,7 @@ from pydantic import AliasChoices, ValidationError
 from . import __version__
 from .bench import add_bench_parser
 from .cli_commands import COMMANDS
+from .cli_output import printable, printable_lines
 from .errors import ConfigError, FsmflowError, ResetRefusedError
 from .settings import DBConfig
 from .shutdown import EXIT_FAILED, EXIT_USAGE
@@ -157,11 +158,19 @@ def _configure_logging(args: argparse.Namespace, config: DBConfig) -> bool:
     if level not in LOG_LEVELS:
         _error_line(f"FSMFLOW_LOG_LEVEL={config.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
         return False
-    logging.basicConfig(
-        stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PrintableFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(handlers=[handler])
     logging.getLogger().setLevel(level)
     return True
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log lines with control characters escaped: a logged id cannot restyle the terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The formatted record, escaped (newlines of tracebacks kept)."""
+        return printable_lines(super().format(record))
 
 
 def _confirm(args: argparse.Namespace, config: DBConfig) -> int | None:
@@ -176,7 +185,7 @@ def _confirm(args: argparse.Namespace, config: DBConfig) -> int | None:
         _error_line(f"{question}; refusing without a terminal to confirm on: pass --yes")
         return EXIT_USAGE
     try:
-        answer = input(f"{question}.\nContinue? [y/N] ")
+        answer = input(f"{printable(question)}.\nContinue? [y/N] ")
     except EOFError:  # Ctrl-D
         answer = ""
     if answer.strip().lower() in ("y", "yes"):
@@ -190,4 +199,4 @@ def _error_line(message: str, config: DBConfig | None = None) -> None:
     text = " ".join(line.strip() for line in message.splitlines() if line.strip())
     if config is not None:
         text = config.scrub(text)
-    print(f"fsmflow: error: {text}", file=sys.stderr)
+    print(f"fsmflow: error: {printable(text)}", file=sys.stderr)

@@ -25,7 +25,15 @@ from .cli_arguments import (
     positive,
     seq_number,
 )
-from .cli_output import dumps, history_notes, history_table, instances_table, record_json, timestamp
+from .cli_output import (
+    dumps,
+    history_notes,
+    history_table,
+    instances_table,
+    record_json,
+    say,
+    timestamp,
+)
 from .definition import WorkflowDefinition
 from .errors import ConfigError, FsmflowError, InstanceNotFoundError
 from .machine import WorkflowMachine
@@ -65,11 +73,11 @@ async def list_command(args: argparse.Namespace, config: DBConfig) -> int:
     if args.json:
         print(dumps(shown))
     elif not shown:
-        print(f"no instances in table {store.qualified_table}")
+        say(f"no instances in table {store.qualified_table}")
     else:
-        print(instances_table(shown))
+        say(instances_table(shown))
         if len(found) > args.limit:
-            print(f"(only the newest {args.limit} shown: raise --limit to see more)")
+            say(f"(only the newest {args.limit} shown: raise --limit to see more)")
     return EXIT_OK
 
 
@@ -79,12 +87,17 @@ def add_show(commands: Commands, common: argparse.ArgumentParser, epilog: str) -
         commands, common, epilog, "show", "one instance's transitions, in order",
         "Show one instance's transitions in order. Context values are not printed: the "
         "table shows each context's key count and size, and the keys of the latest one. "
-        "--context prints the values too (also with --json).",
+        "--context prints the values too (also with --json). Stored error messages may "
+        "quote context values: without --errors (or --context) only the error type, the "
+        "attempts and where it was raised are shown.",
         aliases=["history"],
     )  # fmt: skip
     instance_arguments(parser)
     parser.add_argument(
         "--context", action="store_true", help="also print context values (may be sensitive)"
+    )
+    parser.add_argument(
+        "--errors", action="store_true", help="also print stored error messages (may quote values)"
     )
     json_flag(parser)
     parser.set_defaults(handler=show_command)
@@ -100,19 +113,20 @@ async def show_command(args: argparse.Namespace, config: DBConfig) -> int:
     last = records[-1]
     state = WorkflowState.from_record(last).current_state
     if args.json:
-        rows = [record_json(r, with_context=args.context) for r in records]
+        shown = args.errors or args.context
+        rows = [record_json(r, with_context=args.context, with_errors=shown) for r in records]
         head = {"workflow_name": args.workflow, "instance_id": args.instance}
         print(dumps({**head, "status": last.status, "current_state": state, "rows": rows}))
         return EXIT_OK
-    print(
+    say(
         f"workflow {args.workflow!r}, instance {args.instance!r}: {last.status}, state "
         f"{state!r}, seq {last.seq}, started {timestamp(records[0].created_at)} UTC"
     )
-    print(history_table(records))
-    print("\n".join(history_notes(records)))
+    say(history_table(records))
+    say("\n".join(history_notes(records, with_errors=args.errors or args.context)))
     if args.context:
         for record in records:
-            print(f"context at seq {record.seq}: {json.dumps(record.context, ensure_ascii=False)}")
+            say(f"context at seq {record.seq}: {json.dumps(record.context, ensure_ascii=False)}")
     return EXIT_OK
 
 
@@ -226,7 +240,10 @@ async def fork_command(args: argparse.Namespace, config: DBConfig) -> int:
 
 def _report(args: argparse.Namespace, record: TransitionRecord, text: str) -> int:
     """Print the row a command wrote: as JSON (without context values) or as ``text``."""
-    print(dumps(record_json(record, with_context=False)) if args.json else text)
+    if args.json:
+        print(dumps(record_json(record, with_context=False)))
+    else:
+        say(text)
     return EXIT_OK
 
 

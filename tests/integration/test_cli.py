@@ -191,8 +191,61 @@ async def test_show_never_prints_context_values_unless_asked(
     assert full["rows"][-1]["context"]["secret"] == SECRET_VALUE
 
     failed = fsmflow(db_env, "show", WORKFLOW, "f1").stdout
-    assert "seq 2 failed: RuntimeError: boom (1 attempt(s))" in failed
+    assert "seq 2 failed: RuntimeError (1 attempt(s))" in failed and "boom" not in failed
+    assert "--errors shows it" in failed
+    shown = fsmflow(db_env, "show", WORKFLOW, "f1", "--errors").stdout
+    assert "seq 2 failed: RuntimeError: boom (1 attempt(s))" in shown
+    rows = json.loads(fsmflow(db_env, "show", WORKFLOW, "f1", "--json").stdout)["rows"]
+    assert rows[-1]["error"]["type"] == "RuntimeError" and "boom" not in str(rows)
+    rows = json.loads(fsmflow(db_env, "history", WORKFLOW, "f1", "--json", "--errors").stdout)
+    assert rows["rows"][-1]["error"]["message"] == "boom"
     assert_one_error_line(fsmflow(db_env, "show", WORKFLOW, "ghost"), 1, "InstanceNotFoundError")
+
+
+async def test_hand_altered_rows_give_a_clear_error_or_a_normalized_note(
+    instances: DBConfig, db_env: dict[str, str], postgresql: Any
+) -> None:
+    with postgresql.cursor() as cur:
+        cur.execute(
+            "UPDATE fsmflow_transitions SET error = to_jsonb('disk full'::text) "
+            "WHERE instance_id = 'f1' AND seq = 2"
+        )
+        cur.execute(
+            "UPDATE fsmflow_transitions SET context = '[1, 2]' WHERE instance_id = 'c1' AND seq = 2"
+        )
+    postgresql.commit()
+    plain = fsmflow(db_env, "show", WORKFLOW, "f1", "--errors")
+    assert plain.returncode == 0, plain.stderr
+    assert "seq 2 failed: error: disk full" in plain.stdout
+    for command in ("show", "history"):
+        corrupt = fsmflow(db_env, command, WORKFLOW, "c1")
+        assert_one_error_line(corrupt, 1, "HistoryCorruptError")
+        assert (
+            "seq 2" in corrupt.stderr and "fork the instance from an intact seq" in corrupt.stderr
+        )
+
+
+async def test_stored_control_characters_are_escaped_except_in_json(
+    instances: DBConfig, db_env: dict[str, str], postgresql: Any
+) -> None:
+    spoof = "r1\n\x1b[2Kops_flow  c9  completed\u202e"
+    with postgresql.cursor() as cur:
+        cur.execute(
+            "UPDATE fsmflow_transitions SET instance_id = %s WHERE instance_id = 'r1'", (spoof,)
+        )
+    postgresql.commit()
+    listed = fsmflow(db_env, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "\x1b" not in listed.stdout and "\u202e" not in listed.stdout
+    assert len(listed.stdout.splitlines()) == 4  # header and three instances, no spoofed row
+    assert "r1\\n\\x1b[2K" in listed.stdout
+    exact = json.loads(fsmflow(db_env, "list", "--json").stdout)
+    assert spoof in [i["instance_id"] for i in exact]
+    shown = fsmflow(db_env, "show", WORKFLOW, spoof)
+    assert shown.returncode == 0, shown.stderr
+    assert "\x1b" not in shown.stdout and "\u202e" not in shown.stdout
+    missing = fsmflow(db_env, "show", WORKFLOW, "ghost\x1b[31m")
+    assert "\x1b" not in missing.stderr and "InstanceNotFoundError" in missing.stderr
 
 
 async def test_graph_draws_the_definition_and_highlights_an_instance(

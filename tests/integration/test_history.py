@@ -496,3 +496,16 @@ async def test_reset_db_refuses_while_another_session_holds_a_lock_unless_forced
 
     await config.store.reset_db(force=True)
     assert h.count() == 0
+
+
+# -- hand-altered rows -------------------------------------------------------------------
+
+
+async def test_a_hand_altered_context_stops_the_runner_with_a_clear_error(h: Harness) -> None:
+    from fsmflow import HistoryCorruptError
+
+    config = h.config()
+    await make_instance(config, "r1", "running", at="think")
+    h.sql("UPDATE fsmflow_transitions SET context = '[1]' WHERE instance_id = 'r1' AND seq = 1")
+    with pytest.raises(HistoryCorruptError, match=r"'r1'.*seq 1 is a JSON array.*intact seq"):
+        await run_to_end(config, "r1")
