@@ -2,10 +2,11 @@
 instances, check health, draw a workflow.
 
 ``fsmflow COMMAND --help`` documents each command. The database comes from the same
-settings as the library (:class:`~fsmflow.settings.DBConfig`: environment, ``./.env``,
-``~/.env``). Exit codes: ``0`` ok, ``1`` failure (one line ``fsmflow: error: ...`` on
-stderr, no traceback, no secrets), ``2`` usage or configuration error, ``3`` reset-db
-refused because runners hold instances, ``130`` Ctrl-C.
+settings as the library (:class:`~fsmflow.settings.DBConfig`: ``~/.env``, then ``./.env``,
+which wins; the environment beats both). Exit codes: ``0`` ok, ``1`` failure (one line
+``fsmflow: error: ...`` on stderr, no traceback, no secrets), ``2`` usage or configuration
+error, ``3`` reset-db refused because runners hold instances, ``130`` Ctrl-C, ``141``
+stdout was a closed pipe.
 
 Each sub-command registers ``set_defaults(handler=fn)`` with
 ``async def fn(args: argparse.Namespace, config: DBConfig) -> int``; a command that
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -34,6 +36,7 @@ from .settings import DBConfig
 from .shutdown import EXIT_FAILED, EXIT_USAGE
 
 EXIT_REFUSED: Final = 3
+EXIT_BROKEN_PIPE: Final = 141  # 128 + SIGPIPE, what a shell reports for a killed writer
 EXIT_INTERRUPTED_BY_USER: Final = 130
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 Handler = Callable[[argparse.Namespace, DBConfig], Any]
@@ -55,11 +58,12 @@ def environment_variables() -> list[str]:
 def _epilog() -> str:
     variables = textwrap.fill(", ".join(environment_variables()), 86)
     return (
-        "environment (also read from ./.env, then ~/.env; real variables win):\n"
+        "environment (also read from ~/.env, then ./.env (which wins); real environment\n"
+        "variables beat both):\n"
         + textwrap.indent(variables, "  ")
         + "\n  With neither DB_URL nor DB_HOST, a local embedded PostgreSQL is used.\n\n"
         "exit codes: 0 ok, 1 failure, 2 usage or configuration error, 3 reset-db refused,\n"
-        "  130 interrupted"
+        "  130 interrupted, 141 output pipe closed"
     )
 
 
@@ -94,7 +98,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one ``fsmflow`` command; returns its exit code (see the module docstring)."""
+    """Run one ``fsmflow`` command; returns its exit code (see the module docstring).
+
+    Output to a closed pipe (``fsmflow list | head -1``) ends quietly with exit 141, like
+    a program killed by SIGPIPE.
+    """
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at interpreter exit, where the error would print
+    except BrokenPipeError:
+        return _stdout_closed()
+    return code
+
+
+def _stdout_closed() -> int:
+    """Point stdout at /dev/null so the final flush at exit cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -24,6 +24,7 @@ from .cli_arguments import (
     json_flag,
     positive,
     seq_number,
+    text_assignment,
 )
 from .cli_output import (
     dumps,
@@ -173,6 +174,12 @@ def load_definition(target: str) -> WorkflowDefinition:
             found = getattr(found, part)
     except FsmflowError:
         raise
+    except SystemExit as exc:  # the module is a script: it exited while being imported
+        raise ConfigError(
+            f"cannot load {target!r}: importing {module_name!r} exited with code "
+            f"{exc.code if exc.code is not None else 0}; name a module that defines the "
+            "definition without running a program at import"
+        ) from None
     except Exception as exc:
         raise ConfigError(f"cannot load {target!r}: {type(exc).__name__}: {exc}") from None
     if not isinstance(found, WorkflowDefinition):
@@ -204,7 +211,16 @@ def add_fork(commands: Commands, common: argparse.ArgumentParser, epilog: str) -
         type=assignment,
         action="append",
         metavar="KEY=VALUE",
-        help="set a top-level context key in the fork (VALUE as JSON, else text; repeatable)",
+        help="set a top-level context key in the fork (repeatable): VALUE is JSON when it "
+        'starts like JSON ([ { " a digit - true false null) and must then parse; else text',
+    )
+    parser.add_argument(
+        "--set-str",
+        dest="set",
+        type=text_assignment,
+        action="append",
+        metavar="KEY=TEXT",
+        help="set a top-level context key to TEXT as a string, e.g. --set-str code=007",
     )
     parser.add_argument("--state", help="resume the fork in this state (a state of the definition)")
     parser.add_argument(

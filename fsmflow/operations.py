@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from .context import encode_context
@@ -377,7 +377,7 @@ async def prune_instances(
         raise ValueError("older_than must not be negative and batch_size must be at least 1")
     if workflow is not None:
         check_identifier(workflow, "workflow name")
-    totals = PruneResult(cutoff=await store._server_now() - older_than, dry_run=dry_run)
+    totals = PruneResult(cutoff=_cutoff(await store._server_now(), older_than), dry_run=dry_run)
     after: InstanceSummary | None = None
     while batch := await store._instance_page(
         workflow, sorted(TERMINAL_STATUSES), totals.cutoff, batch_size, after
@@ -393,6 +393,15 @@ async def prune_instances(
         if on_batch is not None:
             on_batch(batch, totals)
     return totals
+
+
+def _cutoff(now: datetime, older_than: timedelta) -> datetime:
+    try:
+        return now - older_than
+    except OverflowError:
+        raise ValueError(
+            f"older_than={older_than.days} days reaches back before year 1: use a shorter span"
+        ) from None
 
 
 async def _prune_batch(

@@ -496,3 +496,43 @@ async def test_reset_db_refuses_while_a_runner_owns_an_instance_unless_forced(
     forced = fsmflow(db_env, "reset-db", "--yes", "--force")
     assert forced.returncode == 0, forced.stderr
     assert table_text(postgresql) == []
+
+
+# -- edge cases --------------------------------------------------------------------------
+
+
+def test_output_to_a_closed_pipe_exits_141_quietly(db_env: dict[str, str]) -> None:
+    # --help and --version are printed by argparse, which ignores the error: exit 0.
+    for args, code in ((["check"], 141), (["list", "--json"], 141), (["--help"], 0)):
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # like `fsmflow check | head -0`: the reader is gone
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "fsmflow", *args], cwd=ROOT, env=db_env,
+                stdin=subprocess.DEVNULL, stdout=write_end, stderr=subprocess.PIPE, text=True,
+                timeout=120, check=False,
+            )  # fmt: skip
+        finally:
+            os.close(write_end)
+        assert result.returncode == code, result.stderr
+        assert result.stderr == "", result.stderr
+
+
+def test_graph_of_a_module_that_exits_at_import_is_a_usage_error(
+    db_env: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "exits_at_import.py").write_text("import sys\nsys.exit(0)\n")
+    path = os.pathsep.join([str(tmp_path), db_env.get("PYTHONPATH", str(ROOT))])
+    result = fsmflow({**db_env, "PYTHONPATH": path}, "graph", "exits_at_import:DEFINITION")
+    assert_one_error_line(result, 2, "importing 'exits_at_import' exited with code 0")
+    assert result.stdout == ""
+
+
+def test_fork_set_values_that_look_like_json_must_parse(
+    instances: DBConfig, db_env: dict[str, str]
+) -> None:
+    broken = fsmflow(db_env, "fork", WORKFLOW, "r1", "--set", "k=[1,")
+    assert broken.returncode == 2 and "'k'" in broken.stderr and "--set-str" in broken.stderr
+    text = fsmflow(db_env, "fork", WORKFLOW, "r1", "--set-str", "k=[1,", "--json")
+    assert text.returncode == 0, text.stderr
+    assert "k" in json.loads(text.stdout)["context_keys"]

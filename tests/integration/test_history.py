@@ -365,6 +365,11 @@ async def test_prune_works_in_batches_and_reports_progress(h: Harness) -> None:
     assert h.count() == 0
 
 
+async def test_prune_refuses_a_span_reaching_before_year_one(db_config: DBConfig) -> None:
+    with pytest.raises(ValueError, match="before year 1"):
+        await db_config.store.prune_instances(timedelta(days=740000))
+
+
 async def test_prune_needs_delete_and_says_so(h: Harness) -> None:
     await make_instance(h.config(), "c1")
     runtime = h.create_role("runtime")
