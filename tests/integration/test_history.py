@@ -514,3 +514,21 @@ async def test_a_hand_altered_context_stops_the_runner_with_a_clear_error(h: Har
     h.sql("UPDATE fsmflow_transitions SET context = '[1]' WHERE instance_id = 'r1' AND seq = 1")
     with pytest.raises(HistoryCorruptError, match=r"'r1'.*seq 1 is a JSON array.*intact seq"):
         await run_to_end(config, "r1")
+
+
+async def test_a_run_without_an_id_after_a_failure_starts_a_new_instance(
+    db_config: DBConfig,
+) -> None:
+    # As the README says where it describes how an instance is chosen.
+    await make_instance(db_config, "f1", "failed", at="think")
+    from fsmflow import PersistentWorkflowStateMachine
+
+    tracker = Tracker()
+    runner = PersistentWorkflowStateMachine(
+        db_config, DEFINITION, steps=tracker.steps(DEFINITION), handle_signals=False
+    )
+    state = await runner.run_workflow()
+    assert state.completed and state.instance_id != "f1"
+    assert tracker.runs == {"fetch": 1, "think": 1, "report": 1}
+    statuses = {s.instance_id: s.status for s in await db_config.store.list_instances()}
+    assert statuses == {"f1": "failed", state.instance_id: "completed"}
