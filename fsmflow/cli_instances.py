@@ -31,6 +31,7 @@ from .cli_output import (
     history_notes,
     history_table,
     instances_table,
+    printable_lines,
     record_json,
     say,
     timestamp,
@@ -154,7 +155,8 @@ async def graph_command(args: argparse.Namespace, config: DBConfig) -> int:
         if last is None:
             raise InstanceNotFoundError(definition.name, args.instance, "no such instance")
         highlight = WorkflowState.from_record(last).current_state
-    print(WorkflowMachine.of(definition).get_graph_mermaid(highlight), end="")
+    diagram = WorkflowMachine.of(definition).get_graph_mermaid(highlight)
+    print(printable_lines(diagram), end="")  # the highlighted state is read from the table
     return EXIT_OK
 
 
