@@ -2,9 +2,11 @@
 instances, check health, draw a workflow.
 
 ``fsmflow COMMAND --help`` documents each command. The database comes from the same
-settings as the library (:class:`~fsmflow.settings.DBConfig`: environment, ``./.env``,
-``~/.env``). Exit codes: ``0`` ok, ``1`` failure (one line ``fsmflow: error: ...`` on
-stderr, no traceback, no secrets), ``2`` usage or configuration error, ``130`` Ctrl-C.
+settings as the library (:class:`~fsmflow.settings.DBConfig`: ``~/.env``, then ``./.env``,
+which wins; the environment beats both). Exit codes: ``0`` ok, ``1`` failure (one line
+``fsmflow: error: ...`` on stderr, no traceback, no secrets), ``2`` usage or configuration
+error, ``3`` reset-db refused because runners hold instances, ``130`` Ctrl-C, ``141``
+stdout was a closed pipe.
 
 Each sub-command registers ``set_defaults(handler=fn)`` with
 ``async def fn(args: argparse.Namespace, config: DBConfig) -> int``; a command that
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -27,10 +30,13 @@ from pydantic import AliasChoices, ValidationError
 from . import __version__
 from .bench import add_bench_parser
 from .cli_commands import COMMANDS
-from .errors import ConfigError, FsmflowError
+from .cli_output import printable, printable_lines
+from .errors import ConfigError, FsmflowError, ResetRefusedError
 from .settings import DBConfig
 from .shutdown import EXIT_FAILED, EXIT_USAGE
 
+EXIT_REFUSED: Final = 3
+EXIT_BROKEN_PIPE: Final = 141  # 128 + SIGPIPE, what a shell reports for a killed writer
 EXIT_INTERRUPTED_BY_USER: Final = 130
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 Handler = Callable[[argparse.Namespace, DBConfig], Any]
@@ -52,10 +58,12 @@ def environment_variables() -> list[str]:
 def _epilog() -> str:
     variables = textwrap.fill(", ".join(environment_variables()), 86)
     return (
-        "environment (also read from ./.env, then ~/.env; real variables win):\n"
+        "environment (also read from ~/.env, then ./.env (which wins); real environment\n"
+        "variables beat both):\n"
         + textwrap.indent(variables, "  ")
         + "\n  With neither DB_URL nor DB_HOST, a local embedded PostgreSQL is used.\n\n"
-        "exit codes: 0 ok, 1 failure, 2 usage or configuration error, 130 interrupted"
+        "exit codes: 0 ok, 1 failure, 2 usage or configuration error, 3 reset-db refused,\n"
+        "  130 interrupted, 141 output pipe closed"
     )
 
 
@@ -90,7 +98,28 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one ``fsmflow`` command; returns its exit code (see the module docstring)."""
+    """Run one ``fsmflow`` command; returns its exit code (see the module docstring).
+
+    Output to a closed pipe (``fsmflow list | head -1``) ends quietly with exit 141, like
+    a program killed by SIGPIPE.
+    """
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at interpreter exit, where the error would print
+    except BrokenPipeError:
+        return _stdout_closed()
+    return code
+
+
+def _stdout_closed() -> int:
+    """Point stdout at /dev/null so the final flush at exit cannot fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -118,7 +147,13 @@ def _execute(handler: Handler, args: argparse.Namespace, config: DBConfig) -> in
         return EXIT_INTERRUPTED_BY_USER
     except FsmflowError as exc:
         _error_line(f"{type(exc).__name__}: {exc}", config)
-        return EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILED
+        return _exit_code(exc)
+
+
+def _exit_code(exc: FsmflowError) -> int:
+    if isinstance(exc, ConfigError):
+        return EXIT_USAGE
+    return EXIT_REFUSED if isinstance(exc, ResetRefusedError) else EXIT_FAILED
 
 
 async def _run(handler: Handler, args: argparse.Namespace, config: DBConfig) -> int:
@@ -148,11 +183,19 @@ def _configure_logging(args: argparse.Namespace, config: DBConfig) -> bool:
     if level not in LOG_LEVELS:
         _error_line(f"FSMFLOW_LOG_LEVEL={config.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
         return False
-    logging.basicConfig(
-        stream=sys.stderr, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PrintableFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    logging.basicConfig(handlers=[handler])
     logging.getLogger().setLevel(level)
     return True
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log lines with control characters escaped: a logged id cannot restyle the terminal."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The formatted record, escaped (newlines of tracebacks kept)."""
+        return printable_lines(super().format(record))
 
 
 def _confirm(args: argparse.Namespace, config: DBConfig) -> int | None:
@@ -167,7 +210,7 @@ def _confirm(args: argparse.Namespace, config: DBConfig) -> int | None:
         _error_line(f"{question}; refusing without a terminal to confirm on: pass --yes")
         return EXIT_USAGE
     try:
-        answer = input(f"{question}.\nContinue? [y/N] ")
+        answer = input(f"{printable(question)}.\nContinue? [y/N] ")
     except EOFError:  # Ctrl-D
         answer = ""
     if answer.strip().lower() in ("y", "yes"):
@@ -181,4 +224,4 @@ def _error_line(message: str, config: DBConfig | None = None) -> None:
     text = " ".join(line.strip() for line in message.splitlines() if line.strip())
     if config is not None:
         text = config.scrub(text)
-    print(f"fsmflow: error: {text}", file=sys.stderr)
+    print(f"fsmflow: error: {printable(text)}", file=sys.stderr)

@@ -26,6 +26,10 @@ if TYPE_CHECKING:
 
 _DURATION: Final = re.compile(r"(\d+)([smhdw])")
 _UNITS: Final = {"w": 604800, "d": 86400, "h": 3600, "m": 60, "s": 1}
+_LOOKS_LIKE_JSON: Final = re.compile(r"\s*([\[{\"\d-]|(true|false|null)\b)")
+MAX_DURATION: Final = timedelta(days=36500)
+MAX_COUNT: Final = 1_000_000  # --limit, --batch-size: far below PostgreSQL's int4 bounds
+MAX_SEQ: Final = 2**31 - 1  # seq is an integer column
 
 
 # -- argument types ----------------------------------------------------------------------
@@ -40,14 +44,20 @@ def identifier(value: str) -> str:
 
 
 def duration(value: str) -> timedelta:
-    """argparse type: ``30d``, ``12h``, ``90m``, ``1d12h`` (units w, d, h, m, s)."""
+    """argparse type: ``30d``, ``12h``, ``90m``, ``1d12h`` (units w, d, h, m, s), at most
+    :data:`MAX_DURATION` (a cutoff that far back is still a valid timestamp)."""
     text = value.strip().lower()
     parts = _DURATION.findall(text)
     if not parts or "".join(n + u for n, u in parts) != text:
         raise argparse.ArgumentTypeError(
             f"{value!r} is not a duration: use e.g. 30d, 12h, 90m or 1d12h"
         )
-    return timedelta(seconds=sum(int(n) * _UNITS[u] for n, u in parts))
+    seconds = sum(int(n) * _UNITS[u] for n, u in parts)
+    if seconds > MAX_DURATION.total_seconds():
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is too long: at most {MAX_DURATION.days}d (100 years)"
+        )
+    return timedelta(seconds=seconds)
 
 
 def duration_text(span: timedelta) -> str:
@@ -60,30 +70,53 @@ def duration_text(span: timedelta) -> str:
 
 
 def assignment(value: str) -> tuple[str, Any]:
-    """argparse type: ``KEY=VALUE``; VALUE is parsed as JSON, else taken as a string."""
-    key, sep, raw = value.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"{value!r}: use KEY=VALUE (VALUE as JSON, or text)")
+    """argparse type: ``KEY=VALUE``; VALUE is JSON if it starts like JSON (``[``, ``{``,
+    ``"``, a digit, ``-``, ``true``/``false``/``null``) and must then parse; else text."""
+    key, raw = _key_value(value, "VALUE as JSON, or text")
+    if not _LOOKS_LIKE_JSON.match(raw):
+        return key, raw
     try:
         return key, json.loads(raw)
-    except json.JSONDecodeError:
-        return key, raw
+    except json.JSONDecodeError as exc:
+        reason = f"{exc.msg} at character {exc.pos}"
+    except RecursionError:
+        reason = "nested too deeply"
+    raise argparse.ArgumentTypeError(
+        f"key {key!r}: the value starts like JSON but is not valid JSON ({reason}); "
+        f"pass text with --set-str {key}=TEXT"
+    )
 
 
-def positive(value: str) -> int:
-    """argparse type: an integer of at least 1."""
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"{value} is not at least 1")
-    return number
+def text_assignment(value: str) -> tuple[str, str]:
+    """argparse type: ``KEY=TEXT``; TEXT is kept as a string, whatever it looks like."""
+    return _key_value(value, "TEXT is kept as a string")
 
 
-def seq_number(value: str) -> int:
-    """argparse type: a seq (an integer of at least 0)."""
-    number = int(value)
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"seq {value} is negative")
-    return number
+def _key_value(value: str, hint: str) -> tuple[str, str]:
+    key, sep, raw = value.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{value!r}: use KEY=VALUE ({hint})")
+    return key, raw
+
+
+def bounded(low: int, high: int, what: str = "") -> Callable[[str], int]:
+    """argparse type: an integer from ``low`` to ``high``."""
+
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"{what}{value} is not between {low} and {high}")
+        return number
+
+    parse.__name__ = "integer"
+    return parse
+
+
+positive = bounded(1, MAX_COUNT)
+seq_number = bounded(0, MAX_SEQ, "seq ")
 
 
 # -- registration helpers ----------------------------------------------------------------
@@ -127,4 +160,13 @@ def yes_flag(parser: argparse.ArgumentParser) -> None:
     """``--yes``."""
     parser.add_argument(
         "--yes", action="store_true", help="do not ask for confirmation (needed without a TTY)"
+    )
+
+
+def definition_change_flag(parser: argparse.ArgumentParser) -> None:
+    """``--allow-definition-change``."""
+    parser.add_argument(
+        "--allow-definition-change",
+        action="store_true",
+        help="accept a definition that differs from the one the instance started with",
     )

@@ -27,7 +27,7 @@ from .cli_arguments import (
     yes_flag,
 )
 from .cli_instances import add_cancel, add_fork, add_graph, add_list, add_retry, add_show
-from .cli_output import dumps, instances_table, jsonable, timestamp
+from .cli_output import dumps, instances_table, jsonable, say, timestamp
 from .errors import ConfigError, FsmflowError
 from .records import HealthReport, InstanceSummary, PruneResult
 from .settings import DBConfig
@@ -56,7 +56,7 @@ async def init_db_command(args: argparse.Namespace, config: DBConfig) -> int:
     """Create the table; print where."""
     await config.init_db()
     store = config.store
-    print(
+    say(
         f"table {store.qualified_table} is ready in {store.target} "
         f"(fsmflow schema version {sql.SCHEMA_VERSION})"
     )
@@ -68,10 +68,16 @@ def add_reset_db(commands: Commands, common: argparse.ArgumentParser, epilog: st
     parser = command_parser(
         commands, common, epilog, "reset-db", "delete ALL history (asks first)",
         "Delete every row of the history table: all instances of all workflows. "
-        "Irreversible. Asks for confirmation on a terminal; without one, --yes is required "
-        "(else exit 2).",
+        "Irreversible. Refused (exit 3, nothing deleted) while a runner holds an instance, "
+        "unless --force. Asks for confirmation on a terminal; without one, --yes is "
+        "required (else exit 2).",
     )  # fmt: skip
     yes_flag(parser)
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="delete even while runners hold instances (those runners then fail)",
+    )
     parser.set_defaults(handler=reset_db_command, confirm=_reset_question)
 
 
@@ -84,9 +90,9 @@ def _reset_question(args: argparse.Namespace, config: DBConfig) -> str:
 
 async def reset_db_command(args: argparse.Namespace, config: DBConfig) -> int:
     """Truncate the table."""
-    await config.reset_db()
+    await config.reset_db(force=args.force)
     store = config.store
-    print(f"deleted all history in table {store.qualified_table} at {store.target}")
+    say(f"deleted all history in table {store.qualified_table} at {store.target}")
     return EXIT_OK
 
 
@@ -116,7 +122,7 @@ async def check_command(args: argparse.Namespace, config: DBConfig) -> int:
     if args.json:
         print(dumps({"healthy": report.healthy, **jsonable(report)}))
     else:
-        print("\n".join(_health_lines(report)))
+        say("\n".join(_health_lines(report)))
     return EXIT_OK if report.healthy else EXIT_FAILED
 
 
@@ -183,9 +189,7 @@ async def prune_command(args: argparse.Namespace, config: DBConfig) -> int:
         sample.extend(batch[: SAMPLE_SIZE - len(sample)])
         if len(batch) == args.batch_size and not args.json:
             verb = "found" if totals.dry_run else "deleted"
-            print(
-                f"{verb} {totals.instances} instances ({totals.rows} rows) so far", file=sys.stderr
-            )
+            say(f"{verb} {totals.instances} instances ({totals.rows} rows) so far", file=sys.stderr)
 
     result = await config.store.prune_instances(
         args.older_than,
@@ -197,7 +201,7 @@ async def prune_command(args: argparse.Namespace, config: DBConfig) -> int:
     if args.json:
         print(dumps({**jsonable(result), "sample": sample if args.dry_run else []}))
     else:
-        print("\n".join(_prune_lines(result, sample)))
+        say("\n".join(_prune_lines(result, sample)))
     return EXIT_OK
 
 

@@ -18,13 +18,24 @@ from typing import TYPE_CHECKING, Any
 from .cli_arguments import (
     assignment,
     command_parser,
+    definition_change_flag,
     identifier,
     instance_arguments,
     json_flag,
     positive,
     seq_number,
+    text_assignment,
 )
-from .cli_output import dumps, history_notes, history_table, instances_table, record_json, timestamp
+from .cli_output import (
+    dumps,
+    history_notes,
+    history_table,
+    instances_table,
+    printable_lines,
+    record_json,
+    say,
+    timestamp,
+)
 from .definition import WorkflowDefinition
 from .errors import ConfigError, FsmflowError, InstanceNotFoundError
 from .machine import WorkflowMachine
@@ -64,11 +75,11 @@ async def list_command(args: argparse.Namespace, config: DBConfig) -> int:
     if args.json:
         print(dumps(shown))
     elif not shown:
-        print(f"no instances in table {store.qualified_table}")
+        say(f"no instances in table {store.qualified_table}")
     else:
-        print(instances_table(shown))
+        say(instances_table(shown))
         if len(found) > args.limit:
-            print(f"(only the newest {args.limit} shown: raise --limit to see more)")
+            say(f"(only the newest {args.limit} shown: raise --limit to see more)")
     return EXIT_OK
 
 
@@ -78,12 +89,17 @@ def add_show(commands: Commands, common: argparse.ArgumentParser, epilog: str) -
         commands, common, epilog, "show", "one instance's transitions, in order",
         "Show one instance's transitions in order. Context values are not printed: the "
         "table shows each context's key count and size, and the keys of the latest one. "
-        "--context prints the values too (also with --json).",
+        "--context prints the values too (also with --json). Stored error messages may "
+        "quote context values: without --errors (or --context) only the error type, the "
+        "attempts and where it was raised are shown.",
         aliases=["history"],
     )  # fmt: skip
     instance_arguments(parser)
     parser.add_argument(
         "--context", action="store_true", help="also print context values (may be sensitive)"
+    )
+    parser.add_argument(
+        "--errors", action="store_true", help="also print stored error messages (may quote values)"
     )
     json_flag(parser)
     parser.set_defaults(handler=show_command)
@@ -99,19 +115,20 @@ async def show_command(args: argparse.Namespace, config: DBConfig) -> int:
     last = records[-1]
     state = WorkflowState.from_record(last).current_state
     if args.json:
-        rows = [record_json(r, with_context=args.context) for r in records]
+        shown = args.errors or args.context
+        rows = [record_json(r, with_context=args.context, with_errors=shown) for r in records]
         head = {"workflow_name": args.workflow, "instance_id": args.instance}
         print(dumps({**head, "status": last.status, "current_state": state, "rows": rows}))
         return EXIT_OK
-    print(
+    say(
         f"workflow {args.workflow!r}, instance {args.instance!r}: {last.status}, state "
         f"{state!r}, seq {last.seq}, started {timestamp(records[0].created_at)} UTC"
     )
-    print(history_table(records))
-    print("\n".join(history_notes(records)))
+    say(history_table(records))
+    say("\n".join(history_notes(records, with_errors=args.errors or args.context)))
     if args.context:
         for record in records:
-            print(f"context at seq {record.seq}: {json.dumps(record.context, ensure_ascii=False)}")
+            say(f"context at seq {record.seq}: {json.dumps(record.context, ensure_ascii=False)}")
     return EXIT_OK
 
 
@@ -138,7 +155,8 @@ async def graph_command(args: argparse.Namespace, config: DBConfig) -> int:
         if last is None:
             raise InstanceNotFoundError(definition.name, args.instance, "no such instance")
         highlight = WorkflowState.from_record(last).current_state
-    print(WorkflowMachine.of(definition).get_graph_mermaid(highlight), end="")
+    diagram = WorkflowMachine.of(definition).get_graph_mermaid(highlight)
+    print(printable_lines(diagram), end="")  # the highlighted state is read from the table
     return EXIT_OK
 
 
@@ -158,6 +176,12 @@ def load_definition(target: str) -> WorkflowDefinition:
             found = getattr(found, part)
     except FsmflowError:
         raise
+    except SystemExit as exc:  # the module is a script: it exited while being imported
+        raise ConfigError(
+            f"cannot load {target!r}: importing {module_name!r} exited with code "
+            f"{exc.code if exc.code is not None else 0}; name a module that defines the "
+            "definition without running a program at import"
+        ) from None
     except Exception as exc:
         raise ConfigError(f"cannot load {target!r}: {type(exc).__name__}: {exc}") from None
     if not isinstance(found, WorkflowDefinition):
@@ -175,8 +199,11 @@ def add_fork(commands: Commands, common: argparse.ArgumentParser, epilog: str) -
         "Start a new instance from INSTANCE's row --seq (default: its last row). It "
         "resumes in the state the source was about to run after that row, with that row's "
         "context plus --set overrides. The source's history is not touched. A completion "
-        "row cannot be forked (nothing left to run): give an earlier --seq. The new "
-        "instance runs when a program runs it by id.",
+        "row cannot be forked (nothing left to run): give an earlier --seq, or --state. "
+        "--state resumes the fork in that state instead; --definition makes the fork run "
+        "under that definition (its fingerprint and summary), the way out of an "
+        "UnknownStateError after a state was dropped from the code. The new instance runs "
+        "when a program runs it by id.",
     )  # fmt: skip
     instance_arguments(parser)
     parser.add_argument("--seq", type=seq_number, help="fork from this row (default: the last)")
@@ -186,8 +213,24 @@ def add_fork(commands: Commands, common: argparse.ArgumentParser, epilog: str) -
         type=assignment,
         action="append",
         metavar="KEY=VALUE",
-        help="set a top-level context key in the fork (VALUE as JSON, else text; repeatable)",
+        help="set a top-level context key in the fork (repeatable): VALUE is JSON when it "
+        'starts like JSON ([ { " a digit - true false null) and must then parse; else text',
     )
+    parser.add_argument(
+        "--set-str",
+        dest="set",
+        type=text_assignment,
+        action="append",
+        metavar="KEY=TEXT",
+        help="set a top-level context key to TEXT as a string, e.g. --set-str code=007",
+    )
+    parser.add_argument("--state", help="resume the fork in this state (a state of the definition)")
+    parser.add_argument(
+        "--definition",
+        metavar="MODULE:ATTRIBUTE",
+        help="the WorkflowDefinition the fork runs under, e.g. examples.support_ticket:DEFINITION",
+    )
+    definition_change_flag(parser)
     json_flag(parser)
     parser.set_defaults(handler=fork_command)
 
@@ -200,6 +243,9 @@ async def fork_command(args: argparse.Namespace, config: DBConfig) -> int:
         seq=args.seq,
         new_instance_id=args.new_id,
         overrides=dict(args.set or []),
+        state=args.state,
+        definition=None if args.definition is None else load_definition(args.definition),
+        allow_definition_change=args.allow_definition_change,
     )
     return _report(
         args,
@@ -212,7 +258,10 @@ async def fork_command(args: argparse.Namespace, config: DBConfig) -> int:
 
 def _report(args: argparse.Namespace, record: TransitionRecord, text: str) -> int:
     """Print the row a command wrote: as JSON (without context values) or as ``text``."""
-    print(dumps(record_json(record, with_context=False)) if args.json else text)
+    if args.json:
+        print(dumps(record_json(record, with_context=False)))
+    else:
+        say(text)
     return EXIT_OK
 
 

@@ -1,26 +1,55 @@
 """How the ``fsmflow`` CLI shows things: aligned tables, ages, sizes and JSON.
 
 Context values are never shown in tables: only how many keys a context has, their
-names for the latest row, and its size.
+names for the latest row, and its size. Stored error messages (which may quote context
+values) are shown only when asked for. Human-readable output escapes control and bidi
+characters (:func:`printable`), so a stored id cannot spoof rows or restyle the terminal;
+``--json`` output is exact JSON.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any, Final, TextIO
 
 from .records import InstanceSummary, TransitionRecord
 
-if TYPE_CHECKING:
-    pass
+# C0 and C1 controls, DEL, and the characters that reorder or separate text (bidi
+# embeddings, overrides and isolates, marks, line/paragraph separators).
+_OTHERS: Final = r"\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069"
+_UNSAFE: Final = re.compile(rf"[\x00-\x1f{_OTHERS}]")
+_UNSAFE_INLINE: Final = re.compile(rf"[\x00-\x09\x0b-\x1f{_OTHERS}]")  # keeps "\n"
+_NAMED: Final = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """``text`` with control and bidi characters escaped (``\\n``, ``\\x1b``, ``\\u202e``)."""
+    return _UNSAFE.sub(_escape, text)
+
+
+def printable_lines(text: str) -> str:
+    """Like :func:`printable`, but newlines stay: for whole blocks of output."""
+    return _UNSAFE_INLINE.sub(_escape, text)
+
+
+def say(text: str, *, file: TextIO | None = None) -> None:
+    """Print human-readable ``text`` (a line or a block), control characters escaped."""
+    print(printable_lines(text), file=file)
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], right: Sequence[int] = ()) -> str:
     """``rows`` under ``headers`` in aligned columns; column indexes in ``right`` align right."""
-    body = [list(headers), *(list(r) for r in rows)]
+    body = [list(headers), *([printable(cell) for cell in r] for r in rows)]
     widths = [max(len(r[i]) for r in body) for i in range(len(headers))]
     lines = []
     for row in body:
@@ -113,8 +142,9 @@ def _keys(count: int) -> str:
     return "1 key" if count == 1 else f"{count} keys"
 
 
-def history_notes(records: Sequence[TransitionRecord]) -> list[str]:
-    """Lines under the ``show`` table: fork origin, errors and cancel reasons, last keys."""
+def history_notes(records: Sequence[TransitionRecord], *, with_errors: bool = False) -> list[str]:
+    """Lines under the ``show`` table: fork origin, errors (type, attempts, location and
+    traceback frames; messages only ``with_errors``) and the last row's context keys."""
     notes = []
     first, last = records[0], records[-1]
     if first.forked_from_instance is not None:
@@ -123,25 +153,55 @@ def history_notes(records: Sequence[TransitionRecord]) -> list[str]:
         )
     for record in records:
         if record.error is not None:
-            error = record.error
-            attempts = f" ({error['attempts']} attempt(s))" if "attempts" in error else ""
-            notes.append(
-                f"seq {record.seq} {record.status}: {error.get('type', 'error')}: "
-                f"{error.get('message', '')}{attempts}"
-            )
+            notes += error_lines(record, with_message=with_errors)
     keys = ", ".join(sorted(last.context)) or "(none)"
     notes.append(f"context keys at seq {last.seq}: {keys}")
-    return notes
+    return [printable_lines(note) for note in notes]
 
 
-def record_json(record: TransitionRecord, *, with_context: bool) -> dict[str, Any]:
-    """One row for ``--json``: context values only when asked for, else keys and size."""
+def error_lines(record: TransitionRecord, *, with_message: bool) -> list[str]:
+    """A row's stored error: one line, then its traceback frames (innermost last)."""
+    error = record.error or {}
+    frames = _frames(error.get("traceback"))
+    head = f"seq {record.seq} {record.status}: {printable(str(error.get('type', 'error')))}"
+    message = error.get("message")
+    if with_message and message is not None:
+        head += f": {printable(str(message))}"
+    if "attempts" in error:
+        head += f" ({printable(str(error['attempts']))} attempt(s))"
+    if frames:
+        head += f" at {frames[-1]}"
+    if message is not None and not with_message:
+        head += "; message not shown (it may quote context values): --errors shows it"
+    if len(frames) < 2:
+        return [head]
+    return [head, "  traceback (innermost last):", *(f"    {frame}" for frame in frames)]
+
+
+def _frames(stored: Any) -> list[str]:
+    """``file:line in function`` of each well-formed stored frame; anything else skipped."""
+    if not isinstance(stored, list):
+        return []
+    return [
+        printable(f"{f.get('file', '?')}:{f.get('line', '?')} in {f.get('function', '?')}")
+        for f in stored
+        if isinstance(f, dict)
+    ]
+
+
+def record_json(
+    record: TransitionRecord, *, with_context: bool, with_errors: bool = True
+) -> dict[str, Any]:
+    """One row for ``--json``: context values only when asked for, else keys and size;
+    the error's message only ``with_errors``."""
     data: dict[str, Any] = jsonable(record)
     data.pop("definition", None)
     data["context_keys"] = sorted(record.context)
     data["context_bytes"] = context_size(record.context)
     if not with_context:
         data.pop("context")
+    if not with_errors and isinstance(data.get("error"), dict):
+        data["error"].pop("message", None)
     return data
 
 

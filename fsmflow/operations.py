@@ -14,13 +14,15 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
 from .context import encode_context
-from .definition import check_identifier
+from .definition import WorkflowDefinition, check_identifier, diff_summaries
 from .errors import (
     ConcurrentTransitionError,
+    ConfigError,
+    DefinitionChangedError,
     HistoryCorruptError,
     InstanceExistsError,
     InstanceLockedError,
@@ -108,41 +110,51 @@ async def fork_instance(
     seq: int | None = None,
     new_instance_id: str | None = None,
     overrides: Mapping[str, Any] | None = None,
+    state: str | None = None,
+    definition: WorkflowDefinition | None = None,
+    allow_definition_change: bool = False,
 ) -> TransitionRecord:
     """Start a new instance from instance ``instance_id``'s row ``seq`` (default: its last).
 
     The new instance resumes in the state the source was about to run after that row
-    (its ``dest_state``), with that row's context, top-level keys of ``overrides`` set on
-    top. Its seq-0 row records ``forked_from_instance``/``forked_from_seq`` and keeps the
-    source's seq-0 definition and fingerprint, so drift checks still apply. The source's
-    history is only read. A completion row has no state left to run: forking it raises
-    :class:`InstanceStateError` (fork an earlier seq to run the last step again).
+    (its ``dest_state``), or in ``state`` if given, with that row's context, top-level keys
+    of ``overrides`` set on top. Its seq-0 row records ``forked_from_instance``/
+    ``forked_from_seq`` and keeps the source's seq-0 definition and fingerprint, so drift
+    checks still apply; with ``definition`` it takes that definition's fingerprint and
+    summary instead, so it resumes under the current code (a definition that differs from
+    the source's needs ``allow_definition_change``, else :class:`DefinitionChangedError`).
+    ``state`` must be a state of ``definition`` (else of the stored one):
+    :class:`InstanceStateError` if not. This is the way out of an
+    :class:`~fsmflow.errors.UnknownStateError`. The source's history is only read.
 
+    A completion row has no state left to run: forking it without ``state`` raises
+    :class:`InstanceStateError` (fork an earlier seq to run the last step again).
     ``new_instance_id`` pins the new id (an existing one raises :class:`InstanceExistsError`;
     nothing is overwritten); by default a fresh id is generated. Returns the new seq-0 row.
     """
-    row = await _fork_point(store, workflow, instance_id, seq)
+    row = await _fork_point(store, workflow, instance_id, seq, chosen=state is not None)
     first = row if row.seq == 0 else await store.record_at(workflow, instance_id, 0)
     if first is None:
         raise HistoryCorruptError(
             workflow, instance_id, "stored history has a gap: seq 0 is missing"
         )
+    fingerprint, summary = _fork_definition(first, definition, allow_definition_change)
+    dest = _fork_state(row, state, summary)
     encoded = encode_context(
         {**row.context, **dict(overrides or {})},
         max_bytes=store.config.max_context_bytes,
         where=f"fork of instance {instance_id!r} at seq {row.seq}",
     )
     new_id = _new_instance_id(new_instance_id)
-    assert row.dest_state is not None
     try:
         await store.start(
             workflow,
             new_id,
-            row.dest_state,
+            dest,
             encoded,
-            fingerprint=first.fingerprint,
+            fingerprint=fingerprint,
             attempt_id=uuid.uuid4().hex,
-            definition_json=None if first.definition is None else json.dumps(first.definition),
+            definition_json=None if summary is None else json.dumps(summary),
             forked_from=(instance_id, row.seq),
         )
     except ConcurrentTransitionError:
@@ -152,8 +164,48 @@ async def fork_instance(
     return started
 
 
+def _fork_definition(
+    first: TransitionRecord, definition: WorkflowDefinition | None, allowed: bool
+) -> tuple[str | None, dict[str, Any] | None]:
+    """The fingerprint and summary a fork's seq 0 stores: the source's, or ``definition``'s."""
+    if definition is None:
+        return first.fingerprint, first.definition
+    if definition.name != first.workflow_name:
+        raise ConfigError(
+            f"the definition given is workflow {definition.name!r}, but instance "
+            f"{first.instance_id!r} is of workflow {first.workflow_name!r}: pass that "
+            "workflow's definition"
+        )
+    if definition.fingerprint != first.fingerprint and not allowed:
+        changes = diff_summaries(first.definition or {}, definition.summary())
+        changes.append(
+            "forking onto this definition is refused without allow_definition_change=True "
+            "(CLI: --allow-definition-change)"
+        )
+        raise DefinitionChangedError(first.workflow_name, first.instance_id, changes)
+    return definition.fingerprint, definition.summary()
+
+
+def _fork_state(row: TransitionRecord, state: str | None, summary: dict[str, Any] | None) -> str:
+    """The state the fork resumes in: ``state`` (checked against ``summary``'s states when
+    known), else the row's ``dest_state``."""
+    if state is None:
+        assert row.dest_state is not None  # _fork_point refused a completion row
+        return row.dest_state
+    states = None if summary is None else summary.get("states")
+    if isinstance(states, list) and state not in states:
+        shown = ", ".join(repr(s) for s in states)
+        raise InstanceStateError(
+            row.workflow_name,
+            row.instance_id,
+            f"cannot fork onto state {state!r}: {state!r} is not a state of the "
+            f"definition (its states: {shown})",
+        )
+    return state
+
+
 async def _fork_point(
-    store: Store, workflow: str, instance_id: str, seq: int | None
+    store: Store, workflow: str, instance_id: str, seq: int | None, *, chosen: bool
 ) -> TransitionRecord:
     last = await _existing(store, workflow, instance_id, "fork from")
     row: TransitionRecord | None = last
@@ -169,13 +221,14 @@ async def _fork_point(
         raise HistoryCorruptError(
             workflow, instance_id, f"stored history has a gap: seq {seq} is missing"
         )
-    if row.dest_state is None:
+    if row.dest_state is None and not chosen:
         which = f"seq {row.seq}" if seq is not None else f"its last row (seq {row.seq})"
         raise InstanceStateError(
             workflow,
             instance_id,
             f"{which} completed the instance: no state is left to run. Fork from an earlier "
-            f"seq (seq {row.seq - 1} runs the step of state {row.source_state!r} again)",
+            f"seq (seq {row.seq - 1} runs the step of state {row.source_state!r} again), "
+            "or name the state to resume in (state=..., CLI --state)",
         )
     return row
 
@@ -324,7 +377,7 @@ async def prune_instances(
         raise ValueError("older_than must not be negative and batch_size must be at least 1")
     if workflow is not None:
         check_identifier(workflow, "workflow name")
-    totals = PruneResult(cutoff=await store._server_now() - older_than, dry_run=dry_run)
+    totals = PruneResult(cutoff=_cutoff(await store._server_now(), older_than), dry_run=dry_run)
     after: InstanceSummary | None = None
     while batch := await store._instance_page(
         workflow, sorted(TERMINAL_STATUSES), totals.cutoff, batch_size, after
@@ -340,6 +393,15 @@ async def prune_instances(
         if on_batch is not None:
             on_batch(batch, totals)
     return totals
+
+
+def _cutoff(now: datetime, older_than: timedelta) -> datetime:
+    try:
+        return now - older_than
+    except OverflowError:
+        raise ValueError(
+            f"older_than={older_than.days} days reaches back before year 1: use a shorter span"
+        ) from None
 
 
 async def _prune_batch(

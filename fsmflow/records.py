@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any, Final, Literal, Protocol
 
 from .context import WorkflowContext
+from .errors import HistoryCorruptError
 
 Status = Literal["running", "completed", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
@@ -149,8 +150,43 @@ def _json_or_none(value: str | None) -> Any:
     return None if value is None else json.loads(value)
 
 
+def _context(row: Row) -> dict[str, Any]:
+    """The row's context; :class:`HistoryCorruptError` if it is not a JSON object (fsmflow
+    only ever stores objects, so the row was altered by hand)."""
+    context = json.loads(row["context"])
+    if not isinstance(context, dict):
+        raise HistoryCorruptError(
+            row["workflow_name"],
+            row["instance_id"],
+            f"the stored context at seq {row['seq']} is a JSON {_json_kind(context)}, not an "
+            "object: the row was altered by hand; fork the instance from an intact seq",
+        )
+    return context
+
+
+def _error(row: Row) -> dict[str, Any] | None:
+    """The row's error, as an object: a hand-written plain value becomes its message."""
+    error = _json_or_none(row["error"])
+    if error is None or isinstance(error, dict):
+        return error
+    message = error if isinstance(error, str) else json.dumps(error, ensure_ascii=False)
+    return {"type": "error", "message": message}
+
+
+def _json_kind(value: Any) -> str:
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    return "null" if value is None else "scalar"
+
+
 def to_record(row: Row) -> TransitionRecord:
-    """Build a :class:`TransitionRecord` from a full table row."""
+    """Build a :class:`TransitionRecord` from a full table row.
+
+    :class:`HistoryCorruptError` if the context is not a JSON object; an ``error`` that is
+    not an object is normalized to ``{"type": "error", "message": <it, as text>}``.
+    """
     attempt = row["attempt_id"]
     return TransitionRecord(
         workflow_name=row["workflow_name"],
@@ -159,13 +195,13 @@ def to_record(row: Row) -> TransitionRecord:
         trigger=row["trigger"],
         source_state=row["source_state"],
         dest_state=row["dest_state"],
-        context=json.loads(row["context"]),
+        context=_context(row),
         status=row["status"],
         created_at=row["created_at"],
         fingerprint=row["fingerprint"],
         attempt_id=None if attempt is None else str(attempt),
         duration_ms=row["duration_ms"],
-        error=_json_or_none(row["error"]),
+        error=_error(row),
         definition=_json_or_none(row["definition"]),
         forked_from_instance=row["forked_from_instance"],
         forked_from_seq=row["forked_from_seq"],

@@ -247,9 +247,11 @@ class DBConfig(BaseSettings):
         """Create the history table and indexes if missing (idempotent)."""
         await self.store.init_db()
 
-    async def reset_db(self) -> None:
-        """Delete every recorded transition of every workflow. Irreversible."""
-        await self.store.reset_db()
+    async def reset_db(self, *, force: bool = False) -> None:
+        """Delete every recorded transition of every workflow. Irreversible; refused with
+        :class:`~fsmflow.errors.ResetRefusedError` while runners hold instances, unless
+        ``force``."""
+        await self.store.reset_db(force=force)
 
     async def close(self) -> None:
         """Close the connections opened for these settings."""

@@ -25,6 +25,7 @@ from .errors import (
     FsmflowError,
     HistoryCorruptError,
     PermissionDeniedError,
+    ResetRefusedError,
     SchemaMismatchError,
     SchemaMissingError,
     StoreError,
@@ -256,11 +257,23 @@ class Store:
         await self._check_schema()
         logger.info("initialized table %s in %s", self.qualified_table, self._target)
 
-    async def reset_db(self) -> None:
-        """Delete every row of the table: all history of all workflows. Irreversible."""
+    async def reset_db(self, *, force: bool = False) -> None:
+        """Delete every row of the table: all history of all workflows. Irreversible.
+
+        Refused with :class:`ResetRefusedError` while any session holds an instance's lock
+        (a live runner would fail on its next append), unless ``force``. One transaction:
+        the table is locked first, so no runner reads or appends between check and delete.
+        """
         pool = await self._pool_or_open()
-        async with self._translated():
-            await pool.execute(self._q["reset"])
+
+        async def reset() -> None:
+            async with pool.acquire() as conn, conn.transaction():
+                await conn.execute(self._q["reset_lock_table"])
+                if not force:
+                    await self._refuse_if_held(conn)
+                await conn.execute(self._q["reset"])
+
+        await self.retry("reset", reset)
         logger.warning(
             "reset table %s in %s: all history deleted", self.qualified_table, self._target
         )
@@ -493,3 +506,24 @@ class Store:
         expected = sql.SCHEMA_COMMENT
         facts["schema_version_ok"] = row["comment"] == expected
         return facts
+
+    async def _refuse_if_held(self, conn: asyncpg.pool.PoolConnectionProxy) -> None:
+        """:class:`ResetRefusedError` if a session holds the lock of an instance in the table
+        (run inside ``reset_db``'s transaction, under its table lock)."""
+        instances = await conn.fetch(self._q["reset_instances"])
+        names = [r["workflow_name"] for r in instances]
+        ids = [r["instance_id"] for r in instances]
+        keys = [lock_key(self.resolved_table, n, i) for n, i in zip(names, ids, strict=True)]
+        held = await conn.fetch(self._q["held_instances"], names, ids, keys)
+        if not held:
+            return
+        shown = ", ".join(
+            f"workflow {r['workflow_name']!r} instance {r['instance_id']!r}" for r in held[:5]
+        )
+        more = f" and {len(held) - 5} more" if len(held) > 5 else ""
+        raise ResetRefusedError(
+            f"reset_db refused: {len(held)} instance(s) of table {self.qualified_table!r} in "
+            f"{self._target} are held by a runner right now ({shown}{more}); nothing was "
+            "deleted. Stop those runners first (SIGTERM stops one at the next step boundary), "
+            "or pass force=True / --force to delete anyway (their runners then fail)"
+        )

@@ -155,3 +155,20 @@ SELECT to_regclass($1) IS NOT NULL AS exists,
        current_setting('synchronous_commit') AS synchronous_commit,
        current_setting('server_version') AS server_version,
        pg_is_in_recovery() AS in_recovery;
+
+-- name: reset_lock_table
+-- Inside reset_db's transaction: no runner reads or appends until it commits.
+LOCK TABLE fsmflow_transitions IN ACCESS EXCLUSIVE MODE;
+
+-- name: reset_instances
+-- Inside reset_db's transaction, under the table lock: every instance in the table.
+SELECT DISTINCT workflow_name, instance_id FROM fsmflow_transitions;
+
+-- name: held_instances
+-- The instances ($1, $2) whose advisory lock (64-bit keys $3) a session holds right now.
+-- Each free lock is taken and given back at once (CASE fixes the order), so checking
+-- many instances never fills the lock table.
+SELECT c.workflow_name, c.instance_id
+FROM unnest($1::text[], $2::text[], $3::bigint[]) AS c(workflow_name, instance_id, key)
+WHERE CASE WHEN pg_try_advisory_lock(c.key) THEN NOT pg_advisory_unlock(c.key) ELSE true END
+ORDER BY c.workflow_name, c.instance_id;

@@ -191,8 +191,61 @@ async def test_show_never_prints_context_values_unless_asked(
     assert full["rows"][-1]["context"]["secret"] == SECRET_VALUE
 
     failed = fsmflow(db_env, "show", WORKFLOW, "f1").stdout
-    assert "seq 2 failed: RuntimeError: boom (1 attempt(s))" in failed
+    assert "seq 2 failed: RuntimeError (1 attempt(s))" in failed and "boom" not in failed
+    assert "--errors shows it" in failed
+    shown = fsmflow(db_env, "show", WORKFLOW, "f1", "--errors").stdout
+    assert "seq 2 failed: RuntimeError: boom (1 attempt(s))" in shown
+    rows = json.loads(fsmflow(db_env, "show", WORKFLOW, "f1", "--json").stdout)["rows"]
+    assert rows[-1]["error"]["type"] == "RuntimeError" and "boom" not in str(rows)
+    rows = json.loads(fsmflow(db_env, "history", WORKFLOW, "f1", "--json", "--errors").stdout)
+    assert rows["rows"][-1]["error"]["message"] == "boom"
     assert_one_error_line(fsmflow(db_env, "show", WORKFLOW, "ghost"), 1, "InstanceNotFoundError")
+
+
+async def test_hand_altered_rows_give_a_clear_error_or_a_normalized_note(
+    instances: DBConfig, db_env: dict[str, str], postgresql: Any
+) -> None:
+    with postgresql.cursor() as cur:
+        cur.execute(
+            "UPDATE fsmflow_transitions SET error = to_jsonb('disk full'::text) "
+            "WHERE instance_id = 'f1' AND seq = 2"
+        )
+        cur.execute(
+            "UPDATE fsmflow_transitions SET context = '[1, 2]' WHERE instance_id = 'c1' AND seq = 2"
+        )
+    postgresql.commit()
+    plain = fsmflow(db_env, "show", WORKFLOW, "f1", "--errors")
+    assert plain.returncode == 0, plain.stderr
+    assert "seq 2 failed: error: disk full" in plain.stdout
+    for command in ("show", "history"):
+        corrupt = fsmflow(db_env, command, WORKFLOW, "c1")
+        assert_one_error_line(corrupt, 1, "HistoryCorruptError")
+        assert (
+            "seq 2" in corrupt.stderr and "fork the instance from an intact seq" in corrupt.stderr
+        )
+
+
+async def test_stored_control_characters_are_escaped_except_in_json(
+    instances: DBConfig, db_env: dict[str, str], postgresql: Any
+) -> None:
+    spoof = "r1\n\x1b[2Kops_flow  c9  completed\u202e"
+    with postgresql.cursor() as cur:
+        cur.execute(
+            "UPDATE fsmflow_transitions SET instance_id = %s WHERE instance_id = 'r1'", (spoof,)
+        )
+    postgresql.commit()
+    listed = fsmflow(db_env, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "\x1b" not in listed.stdout and "\u202e" not in listed.stdout
+    assert len(listed.stdout.splitlines()) == 4  # header and three instances, no spoofed row
+    assert "r1\\n\\x1b[2K" in listed.stdout
+    exact = json.loads(fsmflow(db_env, "list", "--json").stdout)
+    assert spoof in [i["instance_id"] for i in exact]
+    shown = fsmflow(db_env, "show", WORKFLOW, spoof)
+    assert shown.returncode == 0, shown.stderr
+    assert "\x1b" not in shown.stdout and "\u202e" not in shown.stdout
+    missing = fsmflow(db_env, "show", WORKFLOW, "ghost\x1b[31m")
+    assert "\x1b" not in missing.stderr and "InstanceNotFoundError" in missing.stderr
 
 
 async def test_graph_draws_the_definition_and_highlights_an_instance(
@@ -215,6 +268,32 @@ async def test_graph_draws_the_definition_and_highlights_an_instance(
 
 
 # -- fork, retry, cancel -----------------------------------------------------------------
+
+
+async def test_fork_onto_a_state_of_the_current_code_then_the_fork_runs(
+    db_config: DBConfig, db_env: dict[str, str]
+) -> None:
+    from fsmflow import PersistentWorkflowStateMachine
+
+    from .test_fork import RENAMED, _noop
+
+    await make_instance(db_config, "old", "running", at="think")  # 'think' is gone in RENAMED
+    target = "tests.integration.test_fork:RENAMED"
+    args = ("fork", WORKFLOW, "old", "--new-id", "new", "--state", "ponder")
+    refused = fsmflow(db_env, *args, "--definition", target)
+    assert_one_error_line(refused, 1, "DefinitionChangedError")
+    assert "--allow-definition-change" in refused.stderr
+    unknown = fsmflow(db_env, "fork", WORKFLOW, "old", "--state", "nowhere")
+    assert_one_error_line(unknown, 1, "is not a state")
+
+    done = fsmflow(db_env, *args, "--definition", target, "--allow-definition-change")
+    assert done.returncode == 0, done.stderr
+    assert "state 'ponder'" in done.stdout
+    runner = PersistentWorkflowStateMachine(
+        db_config, RENAMED, steps={s: _noop for s in RENAMED.steps}, instance_id="new",
+        handle_signals=False,
+    )  # fmt: skip
+    assert (await runner.run_workflow()).completed
 
 
 async def test_fork_cases(instances: DBConfig, db_env: dict[str, str], postgresql: Any) -> None:
@@ -391,3 +470,69 @@ async def test_prune_dry_run_deletes_nothing_then_prune_deletes_finished_ones(
     assert done.returncode == 0, done.stderr
     assert (json.loads(done.stdout)["instances"], json.loads(done.stdout)["rows"]) == (2, 7)
     assert [s.instance_id for s in await instances.store.list_instances()] == ["r1"]
+
+
+async def test_reset_db_refuses_while_a_runner_owns_an_instance_unless_forced(
+    db_config: DBConfig, db_env: dict[str, str], postgresql: Any
+) -> None:
+    from fsmflow import PersistentWorkflowStateMachine
+
+    tracker = Tracker()
+    release = tracker.hold_first("think")
+    runner = PersistentWorkflowStateMachine(
+        db_config, DEFINITION, steps=tracker.steps(DEFINITION), instance_id="live",
+        handle_signals=False,
+    )  # fmt: skip
+    async with running(runner.run_workflow()) as task:
+        await tracker.started("think")
+        before = table_text(postgresql)
+        refused = fsmflow(db_env, "reset-db", "--yes")
+        kept = table_text(postgresql)
+        release.set()
+        assert (await task).completed
+    assert_one_error_line(refused, 3, "ResetRefusedError")
+    assert "1 instance" in refused.stderr and "--force" in refused.stderr
+    assert kept == before
+    forced = fsmflow(db_env, "reset-db", "--yes", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert table_text(postgresql) == []
+
+
+# -- edge cases --------------------------------------------------------------------------
+
+
+def test_output_to_a_closed_pipe_exits_141_quietly(db_env: dict[str, str]) -> None:
+    # --help and --version are printed by argparse, which ignores the error: exit 0.
+    for args, code in ((["check"], 141), (["list", "--json"], 141), (["--help"], 0)):
+        read_end, write_end = os.pipe()
+        os.close(read_end)  # like `fsmflow check | head -0`: the reader is gone
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "fsmflow", *args], cwd=ROOT, env=db_env,
+                stdin=subprocess.DEVNULL, stdout=write_end, stderr=subprocess.PIPE, text=True,
+                timeout=120, check=False,
+            )  # fmt: skip
+        finally:
+            os.close(write_end)
+        assert result.returncode == code, result.stderr
+        assert result.stderr == "", result.stderr
+
+
+def test_graph_of_a_module_that_exits_at_import_is_a_usage_error(
+    db_env: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "exits_at_import.py").write_text("import sys\nsys.exit(0)\n")
+    path = os.pathsep.join([str(tmp_path), db_env.get("PYTHONPATH", str(ROOT))])
+    result = fsmflow({**db_env, "PYTHONPATH": path}, "graph", "exits_at_import:DEFINITION")
+    assert_one_error_line(result, 2, "importing 'exits_at_import' exited with code 0")
+    assert result.stdout == ""
+
+
+def test_fork_set_values_that_look_like_json_must_parse(
+    instances: DBConfig, db_env: dict[str, str]
+) -> None:
+    broken = fsmflow(db_env, "fork", WORKFLOW, "r1", "--set", "k=[1,")
+    assert broken.returncode == 2 and "'k'" in broken.stderr and "--set-str" in broken.stderr
+    text = fsmflow(db_env, "fork", WORKFLOW, "r1", "--set-str", "k=[1,", "--json")
+    assert text.returncode == 0, text.stderr
+    assert "k" in json.loads(text.stdout)["context_keys"]

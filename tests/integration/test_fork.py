@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from fsmflow import (
+    ConfigError,
     ContextSerializationError,
     DBConfig,
     DefinitionChangedError,
@@ -174,3 +175,62 @@ async def test_drift_checks_apply_to_forks(db_config: DBConfig) -> None:
 
 async def _noop(ctx: Any) -> Any:
     return ctx, None
+
+
+# The code changed after instances started: state 'think' was renamed 'ponder'.
+RENAMED = linear_definition(WORKFLOW, ("fetch", "ponder", "report"))
+
+
+async def test_an_instance_in_a_dropped_state_is_forked_onto_a_state_of_the_new_code(
+    db_config: DBConfig,
+) -> None:
+    from fsmflow import PersistentWorkflowStateMachine, UnknownStateError
+
+    await make_instance(db_config, "old", "running", at="think")
+    steps = {s: _noop for s in RENAMED.steps}
+    stuck = PersistentWorkflowStateMachine(
+        db_config, RENAMED, steps=steps, instance_id="old", handle_signals=False
+    )
+    with pytest.raises(UnknownStateError, match="fork the instance onto a known state"):
+        await stuck.run_workflow()
+
+    fork = await db_config.store.fork_instance(
+        WORKFLOW, "old", new_instance_id="new", state="ponder", definition=RENAMED,
+        allow_definition_change=True,
+    )  # fmt: skip
+
+    assert (fork.dest_state, fork.forked_from_seq) == ("ponder", 1)
+    assert fork.fingerprint == RENAMED.fingerprint and fork.definition == RENAMED.summary()
+    runner = PersistentWorkflowStateMachine(
+        db_config, RENAMED, steps=steps, instance_id="new", handle_signals=False
+    )
+    state = await runner.run_workflow()
+    assert state.completed and state.context.data["visited"] == ["fetch"]
+
+
+async def test_fork_onto_a_state_is_validated_against_the_definition(
+    db_config: DBConfig,
+) -> None:
+    await make_instance(db_config, "old", "running", at="think")
+    store = db_config.store
+    with pytest.raises(InstanceStateError, match=r"'nowhere' is not a state.*'ponder'"):
+        await store.fork_instance(
+            WORKFLOW, "old", state="nowhere", definition=RENAMED, allow_definition_change=True
+        )
+    with pytest.raises(InstanceStateError, match=r"'ponder' is not a state.*'think'"):
+        await store.fork_instance(WORKFLOW, "old", state="ponder")  # the stored definition
+    with pytest.raises(DefinitionChangedError, match="allow_definition_change"):
+        await store.fork_instance(WORKFLOW, "old", state="ponder", definition=RENAMED)
+    other = linear_definition("other_flow", ("a",))
+    with pytest.raises(ConfigError, match="'other_flow'"):
+        await store.fork_instance(WORKFLOW, "old", definition=other)
+    assert len(await store.list_instances()) == 1
+    same = await store.fork_instance(WORKFLOW, "old", state="report", definition=DEFINITION)
+    assert same.dest_state == "report" and same.fingerprint == DEFINITION.fingerprint
+
+
+async def test_a_completion_row_can_be_forked_onto_a_chosen_state(db_config: DBConfig) -> None:
+    await make_instance(db_config, "done", "completed")
+    fork = await db_config.store.fork_instance(WORKFLOW, "done", state="report")
+    assert (fork.dest_state, fork.forked_from_seq) == ("report", 3)
+    assert (await run_to_end(db_config, fork.instance_id)).runs == {"report": 1}

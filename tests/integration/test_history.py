@@ -365,6 +365,11 @@ async def test_prune_works_in_batches_and_reports_progress(h: Harness) -> None:
     assert h.count() == 0
 
 
+async def test_prune_refuses_a_span_reaching_before_year_one(db_config: DBConfig) -> None:
+    with pytest.raises(ValueError, match="before year 1"):
+        await db_config.store.prune_instances(timedelta(days=740000))
+
+
 async def test_prune_needs_delete_and_says_so(h: Harness) -> None:
     await make_instance(h.config(), "c1")
     runtime = h.create_role("runtime")
@@ -448,3 +453,82 @@ def test_queries_are_index_backed_at_200k_rows(postgresql: Any, mode: str) -> No
             cur.execute("DEALLOCATE q")
             assert "Seq Scan" not in plan, f"{title}:\n{plan}"
             assert "Index" in plan, f"{title}:\n{plan}"
+
+
+# -- reset_db ----------------------------------------------------------------------------
+
+
+async def test_reset_db_refuses_while_a_runner_holds_an_instance_mid_step(h: Harness) -> None:
+    from fsmflow import PersistentWorkflowStateMachine, ResetRefusedError
+
+    config = h.config()
+    await make_instance(config, "c1")
+    tracker = Tracker()
+    release = tracker.hold_first("think")
+    runner = PersistentWorkflowStateMachine(
+        config, DEFINITION, steps=tracker.steps(DEFINITION), instance_id="live",
+        handle_signals=False,
+    )  # fmt: skip
+    async with running(runner.run_workflow()) as task:
+        await tracker.started("think")
+        before = h.count()
+        with pytest.raises(ResetRefusedError, match=r"1 instance.*'live'.*--force"):
+            await config.reset_db()
+        assert h.count() == before > 0
+        release.set()
+        assert (await task).completed  # no false ConcurrentTransitionError
+    await config.reset_db()
+    assert h.count() == 0
+
+
+async def test_reset_db_refuses_while_another_session_holds_a_lock_unless_forced(
+    h: Harness,
+) -> None:
+    from fsmflow import ResetRefusedError
+
+    config = h.config()
+    for instance in ("a1", "b1", "c1"):
+        await make_instance(config, instance)
+    holder = h.connect_as(h.info.user)
+    for instance in ("a1", "b1"):
+        key = lock_key(config.store.resolved_table, WORKFLOW, instance)
+        holder.execute("SELECT pg_advisory_lock(%s::int8)", (key,))
+
+    with pytest.raises(ResetRefusedError, match=r"2 instance") as refused:
+        await config.store.reset_db()
+    assert "'a1'" in str(refused.value) and "'b1'" in str(refused.value)
+    assert h.count() == 12
+
+    await config.store.reset_db(force=True)
+    assert h.count() == 0
+
+
+# -- hand-altered rows -------------------------------------------------------------------
+
+
+async def test_a_hand_altered_context_stops_the_runner_with_a_clear_error(h: Harness) -> None:
+    from fsmflow import HistoryCorruptError
+
+    config = h.config()
+    await make_instance(config, "r1", "running", at="think")
+    h.sql("UPDATE fsmflow_transitions SET context = '[1]' WHERE instance_id = 'r1' AND seq = 1")
+    with pytest.raises(HistoryCorruptError, match=r"'r1'.*seq 1 is a JSON array.*intact seq"):
+        await run_to_end(config, "r1")
+
+
+async def test_a_run_without_an_id_after_a_failure_starts_a_new_instance(
+    db_config: DBConfig,
+) -> None:
+    # As the README says where it describes how an instance is chosen.
+    await make_instance(db_config, "f1", "failed", at="think")
+    from fsmflow import PersistentWorkflowStateMachine
+
+    tracker = Tracker()
+    runner = PersistentWorkflowStateMachine(
+        db_config, DEFINITION, steps=tracker.steps(DEFINITION), handle_signals=False
+    )
+    state = await runner.run_workflow()
+    assert state.completed and state.instance_id != "f1"
+    assert tracker.runs == {"fetch": 1, "think": 1, "report": 1}
+    statuses = {s.instance_id: s.status for s in await db_config.store.list_instances()}
+    assert statuses == {"f1": "failed", state.instance_id: "completed"}
