@@ -32,6 +32,7 @@ RESERVED_NAMES: Final = frozenset(
     {
         "state",
         "context",
+        "condition_context",
         "steps",
         "definition",
         "machine",

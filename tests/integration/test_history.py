@@ -51,7 +51,7 @@ def _stop_before(state: str) -> Any:
     return listener
 
 
-async def _boom(ctx: WorkflowContext) -> WorkflowContext:
+async def _explodes(ctx: WorkflowContext) -> WorkflowContext:
     raise RuntimeError("boom")
 
 
@@ -72,7 +72,7 @@ async def make_instance(
     steps = tracker.steps(definition)
     listeners = [_stop_before(at)] if outcome == "running" else []
     if outcome == "failed":
-        steps[at] = _boom
+        steps[at] = _explodes
     runner = PersistentWorkflowStateMachine(
         config,
         definition,
