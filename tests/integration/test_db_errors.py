@@ -8,6 +8,7 @@ whole chain for the password that was configured.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,6 +30,7 @@ from fsmflow import (
     StoreError,
 )
 from fsmflow.sql import schema_ddl
+from tests.conftest import run_python
 
 from .reliability_support import (
     Harness,
@@ -374,8 +376,35 @@ def test_password_in_malformed_dsn_is_refused_without_showing_it(
     assert_no_secret(logs, refused.value)
 
 
-def test_password_with_unencoded_at_sign_is_accepted_and_redacted() -> None:
-    config = DBConfig(_env_file=None, url=f"postgresql://app:a@{SECRET}@db.example:5432/x")  # type: ignore[call-arg]
-    assert repr(config) == (
-        "DBConfig(target='postgresql://app:***@db.example:5432/x', table='fsmflow_transitions')"
-    )
+def test_password_with_unencoded_at_sign_is_refused_without_showing_it(
+    logs: pytest.LogCaptureFixture,
+) -> None:
+    # asyncpg would split at the first '@' and take the rest of the password for the host.
+    with pytest.raises(ConfigError) as refused:
+        DBConfig(_env_file=None, url=f"postgresql://app:a@{SECRET}@db.example:5432/x")  # type: ignore[call-arg]
+    assert "DB_URL" in str(refused.value) and "percent-encode" in str(refused.value)
+    assert_no_secret(logs, refused.value)
+
+
+@pytest.mark.parametrize("name", ["sslpassword", "pass%77ord"])
+async def test_secret_dsn_parameters_never_shown_in_logs_errors_or_check(
+    h: Harness, logs: pytest.LogCaptureFixture, name: str
+) -> None:
+    query = f"&{name}={quote(SECRET)}&application_name=fsmflow_test"
+    url = h.dsn(str(h.info.user), query)
+    config = h.track(DBConfig(_env_file=None, url=url, table="fresh_history"))  # type: ignore[call-arg]
+    await config.init_db()  # logs the target at INFO
+    assert any("fresh_history" in r.getMessage() for r in logs.records)
+    broken_url = url.replace(f"/{h.dbname}?", "/fsmflow_no_such_database?")
+    broken = h.track(DBConfig(_env_file=None, url=broken_url, retry_budget=0.5))  # type: ignore[call-arg]
+    error = await run_expecting(h, broken, DatabaseNotFoundError)
+    assert_no_secret(logs, error, config, config.store, broken, broken.store)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "FSMFLOW_"))}
+    for shown_url in (url, broken_url):
+        for args in (["check"], ["check", "--json"]):
+            env.update(DB_URL=shown_url, FSMFLOW_TABLE="fresh_history")
+            done = run_python(["-m", "fsmflow", *args], env, timeout=60)
+            assert SECRET not in done.stdout + done.stderr
+            assert quote(SECRET) not in done.stdout + done.stderr
+            assert (done.returncode == 0) == (shown_url == url), done.stdout + done.stderr
