@@ -27,6 +27,7 @@ from pydantic import AliasChoices
 from . import __version__
 from .bench import add_bench_parser
 from .cli_commands import COMMANDS
+from .cli_embedded import add_embedded_parser
 from .errors import ConfigError, FsmflowError
 from .settings import DBConfig
 from .shutdown import EXIT_FAILED, EXIT_USAGE
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     for register in COMMANDS:
         register(commands, common, epilog)
     add_bench_parser(commands)
+    add_embedded_parser(commands, common, epilog)
     for sub in commands.choices.values():  # commands registered elsewhere get the epilog too
         if sub.epilog is None:
             sub.epilog = epilog
