@@ -72,6 +72,11 @@ class DBConfig(BaseSettings):
     (or ``DB_DATABASE``)/``DB_USER``/``DB_PASSWORD``. With neither, fsmflow uses a local
     embedded PostgreSQL when the ``fsmflow[embedded]`` extra is installed.
 
+    Construction validates every value: a bad one raises :class:`~fsmflow.ConfigError`
+    naming the variable and what it accepts, never the value (``DB_URL`` is checked for
+    shape too, see :func:`fsmflow.dsn.check_dsn`). ``redact_errors``
+    (``FSMFLOW_REDACT_ERRORS``) keeps a failed step's message out of history and logs.
+
     The seed API lives here too: ``await init_db()``, ``await reset_db()``, ``await close()``
     delegate to :attr:`store`, the object that owns the connections.
     """
