@@ -25,11 +25,12 @@ import textwrap
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from pydantic import AliasChoices, ValidationError
+from pydantic import AliasChoices
 
 from . import __version__
 from .bench import add_bench_parser
 from .cli_commands import COMMANDS
+from .cli_embedded import add_embedded_parser
 from .cli_output import printable, printable_lines
 from .errors import ConfigError, FsmflowError, ResetRefusedError
 from .settings import DBConfig
@@ -90,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     for register in COMMANDS:
         register(commands, common, epilog)
     add_bench_parser(commands)
+    add_embedded_parser(commands, common, epilog)
     for sub in commands.choices.values():  # commands registered elsewhere get the epilog too
         if sub.epilog is None:
             sub.epilog = epilog
@@ -168,11 +170,7 @@ def _load_config() -> DBConfig | None:
     """The settings, or None after printing which variable is wrong (never its value)."""
     try:
         return DBConfig()
-    except ValidationError as exc:
-        for error in exc.errors():
-            name = ".".join(str(part) for part in error["loc"]) or "settings"
-            _error_line(f"invalid setting {name}: {error['msg']}")
-    except ConfigError as exc:
+    except ConfigError as exc:  # DBConfig reports every bad setting as one
         _error_line(str(exc))
     return None
 

@@ -10,11 +10,20 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import unquote
 
-from pydantic import AliasChoices, Field, PrivateAttr, SecretStr, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    ModelWrapValidatorHandler,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .dsn import SSL_MODES, check_dsn, dsn_secrets, redact_url
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -22,7 +31,6 @@ if TYPE_CHECKING:
 
 DEFAULT_TABLE: Final = "fsmflow_transitions"
 _IDENT: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-SSL_MODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 def parse_table_name(value: str) -> tuple[str | None, str]:
@@ -37,52 +45,24 @@ def parse_table_name(value: str) -> tuple[str | None, str]:
     return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
 
 
-_QUERY_PASSWORD: Final = re.compile(r"(?i)([?&]password=)[^&#]*")
+def setting_names(field: str) -> str:
+    """The environment variables behind settings field ``field``: ``DB_URL/DATABASE_URL``."""
+    info = DBConfig.model_fields.get(field)
+    alias = None if info is None else info.validation_alias
+    if not isinstance(alias, AliasChoices):
+        return field
+    names = [c for c in alias.choices if isinstance(c, str) and c.isupper()]
+    return "/".join(names) or field
 
 
-def _split_dsn(url: str) -> tuple[str, str, str] | None:
-    """``(scheme, userinfo, rest)`` by plain text, so that a password holding an unencoded
-    ``/``, ``#``, ``?`` or ``@`` is still found (``urlsplit`` would misplace it)."""
-    scheme, sep, remainder = url.partition("://")
-    if not sep:
-        return None
-    userinfo, at, rest = remainder.rpartition("@")
-    return (scheme, userinfo, rest) if at else (scheme, "", remainder)
-
-
-def dsn_secrets(url: str) -> list[str]:
-    """The secret parts of a DSN: the userinfo password and any ``password=`` parameter."""
-    found = [m.group(0).split("=", 1)[1] for m in _QUERY_PASSWORD.finditer(url)]
-    parts = _split_dsn(url)
-    if parts is not None and ":" in parts[1]:
-        password = parts[1].split(":", 1)[1]
-        found += [password, unquote(password)]
-    return [s for s in found if s]
-
-
-def check_dsn(url: str) -> None:
-    """Refuse a DSN whose user or password holds an unencoded ``/``, ``#`` or ``?``.
-
-    A URL parser would cut the password there and treat the rest as host, path or query,
-    so the secret would end up in error messages; the message never quotes the DSN.
-    """
-    parts = _split_dsn(url)
-    if parts is not None and any(c in parts[1] for c in "/#?"):
-        raise ConfigError(
-            "DB_URL/DATABASE_URL: the user or password contains an unencoded '/', '#' or "
-            "'?'; percent-encode it, e.g. urllib.parse.quote(password, safe='')"
-        )
-
-
-def redact_url(url: str) -> str:
-    """``postgresql://u:secret@h/db?password=x`` -> ``postgresql://u:***@h/db?password=***``."""
-    parts = _split_dsn(url)
-    if parts is None:
-        return "<DSN without scheme, not shown>"
-    scheme, userinfo, rest = parts
-    user, colon, _ = userinfo.partition(":")
-    shown_user = f"{user}:***@" if colon else (f"{user}@" if userinfo else "")
-    return f"{scheme}://{shown_user}" + _QUERY_PASSWORD.sub(r"\1***", rest)
+def describe_invalid_settings(exc: ValidationError) -> str:
+    """Which variables are invalid and what each accepts, never the value given."""
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else "settings"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        problems.append(f"{setting_names(field)}: {message}")
+    return "invalid setting " + "; ".join(problems)
 
 
 class DBConfig(BaseSettings):
@@ -91,6 +71,11 @@ class DBConfig(BaseSettings):
     Give either ``DB_URL`` (or ``DATABASE_URL``), or ``DB_HOST``/``DB_PORT``/``DB_NAME``
     (or ``DB_DATABASE``)/``DB_USER``/``DB_PASSWORD``. With neither, fsmflow uses a local
     embedded PostgreSQL when the ``fsmflow[embedded]`` extra is installed.
+
+    Construction validates every value: a bad one raises :class:`~fsmflow.ConfigError`
+    naming the variable and what it accepts, never the value (``DB_URL`` is checked for
+    shape too, see :func:`fsmflow.dsn.check_dsn`). ``redact_errors``
+    (``FSMFLOW_REDACT_ERRORS``) keeps a failed step's message out of history and logs.
 
     The seed API lives here too: ``await init_db()``, ``await reset_db()``, ``await close()``
     delegate to :attr:`store`, the object that owns the connections.
@@ -164,6 +149,11 @@ class DBConfig(BaseSettings):
     redact_errors: bool = Field(
         default=False,
         validation_alias=AliasChoices("FSMFLOW_REDACT_ERRORS", "redact_errors"),
+        description=(
+            "When true, a failed step's error is stored and logged as its exception type "
+            "and location (file, line, function) only, never its message, which may carry "
+            "context values."
+        ),
     )
     embedded_dir: Path | None = Field(
         default=None, validation_alias=AliasChoices("FSMFLOW_EMBEDDED_DIR", "embedded_dir")
@@ -174,11 +164,21 @@ class DBConfig(BaseSettings):
 
     _store: Any = PrivateAttr(default=None)
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _config_errors(cls, data: Any, handler: ModelWrapValidatorHandler[DBConfig]) -> DBConfig:
+        # One error type for every bad setting, so callers (and fsmflow.run_program's
+        # exit code 2) need not know pydantic.
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            raise ConfigError(describe_invalid_settings(exc)) from None
+
     @field_validator("sslmode")
     @classmethod
     def _check_sslmode(cls, value: str | None) -> str | None:
         if value is not None and value not in SSL_MODES:
-            raise ValueError(f"DB_SSLMODE must be one of {', '.join(SSL_MODES)}")
+            raise ValueError(f"use one of {', '.join(SSL_MODES)}")
         return value
 
     def model_post_init(self, __context: Any) -> None:

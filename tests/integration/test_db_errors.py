@@ -7,13 +7,17 @@ whole chain for the password that was configured.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import asyncpg
 import pytest
 
 from fsmflow import (
@@ -27,8 +31,10 @@ from fsmflow import (
     SchemaMismatchError,
     SchemaMissingError,
     StoreError,
+    dberrors,
 )
 from fsmflow.sql import schema_ddl
+from tests.conftest import run_python
 
 from .reliability_support import (
     Harness,
@@ -319,6 +325,128 @@ async def test_sslmode_disable_and_prefer_connect_over_the_socket(
         assert (await runner.run_workflow()).completed
 
 
+# -- errors no reconnect cures: reported at once, saying what to change ------------------
+
+
+async def test_statement_timeout_is_reported_at_once_naming_the_timeouts(
+    h: Harness, logs: pytest.LogCaptureFixture
+) -> None:
+    locker = h.connect_as(str(h.info.user))
+    locker.autocommit = False
+    locker.execute("LOCK TABLE fsmflow_transitions IN ACCESS EXCLUSIVE MODE")  # held open
+    url = h.dsn(str(h.info.user), "&statement_timeout=300")  # a session setting
+    config = h.track(DBConfig(_env_file=None, url=url, retry_budget=30))  # type: ignore[call-arg]
+    try:
+        error = await run_expecting(h, config, StoreError)
+    finally:
+        locker.rollback()
+
+    assert not isinstance(error, DatabaseUnavailableError)
+    assert "cancelled" in str(error) and "statement_timeout" in str(error)
+    assert "FSMFLOW_COMMAND_TIMEOUT" in str(error)
+    assert retries_logged(logs) == []
+
+
+async def cancelled_by_the_server(h: Harness, terminate: bool) -> BaseException:
+    """What a real query raises when an administrator cancels it (or kills its session)."""
+    conn = await asyncpg.connect(host=h.info.host, port=h.info.port, user=h.info.user,
+                                 database=h.dbname)  # fmt: skip
+    marker = f"SELECT pg_sleep(30) -- {'terminate' if terminate else 'cancel'}"
+    query = asyncio.ensure_future(conn.execute(marker))
+    function = "pg_terminate_backend" if terminate else "pg_cancel_backend"
+    try:
+        for _ in range(400):  # until the query shows up in pg_stat_activity
+            if h.sql(f"SELECT {function}(pid) FROM pg_stat_activity WHERE query = %s", (marker,)):
+                break
+            await asyncio.sleep(0.05)
+        with pytest.raises(Exception) as raised:
+            await asyncio.wait_for(query, 20)
+        return raised.value
+    finally:
+        await conn.close(timeout=5)
+
+
+async def test_pg_cancel_backend_is_a_cancelled_query_not_a_lost_session(h: Harness) -> None:
+    exc = await cancelled_by_the_server(h, terminate=False)
+    assert getattr(exc, "sqlstate", None) == "57014"
+    assert dberrors.is_query_cancelled(exc) and not dberrors.is_retriable(exc)
+    error = dberrors.translate(exc, target="t:1/db", table="fsm", schema=None, secrets=[])
+    assert type(error) is StoreError and "pg_cancel_backend" in str(error)
+
+    lost = await cancelled_by_the_server(h, terminate=True)  # the session is gone: retry
+    assert not dberrors.is_query_cancelled(lost) and dberrors.is_retriable(lost)
+
+
+@pytest.mark.parametrize("sslmode", ["verify-ca", "require"])
+async def test_missing_sslrootcert_file_is_reported_at_once(
+    h: Harness, logs: pytest.LogCaptureFixture, tmp_path: Path, sslmode: str
+) -> None:
+    missing = tmp_path / "no-such-root.crt"
+    url = h.dsn(f"{h.info.user}:{quote(SECRET)}", f"&sslmode={sslmode}&sslrootcert={missing}")
+    config = h.track(DBConfig(_env_file=None, url=url, retry_budget=30))  # type: ignore[call-arg]
+    error = await run_expecting(h, config, StoreError)
+
+    assert not isinstance(error, DatabaseUnavailableError)
+    assert "sslrootcert" in str(error) and "DB_SSLMODE" in str(error)
+    assert retries_logged(logs) == []
+    assert_no_secret(logs, error, config, config.store)
+
+
+@contextlib.asynccontextmanager
+async def tcp_relay_to(socket_dir: str, port: int) -> AsyncIterator[int]:
+    """A TCP port whose connections are relayed byte for byte to the server's unix socket
+    (the embedded server listens on no TCP port and has no TLS)."""
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_unix_connection(f"{socket_dir}/.s.PGSQL.{port}")
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    server = await asyncio.start_server(relay, "127.0.0.1", 0)
+    try:
+        yield int(server.sockets[0].getsockname()[1])
+    finally:
+        server.close()
+
+
+async def test_sslmode_require_against_a_server_without_tls_is_reported_at_once(
+    h: Harness, logs: pytest.LogCaptureFixture
+) -> None:
+    if h.pgdata is None:
+        pytest.skip("needs the embedded server, which has no TLS")
+    async with tcp_relay_to(str(h.info.host), int(h.info.port)) as port:
+        # Control: through the same relay, a mode that may fall back to plaintext works.
+        prefer = h.config(host="127.0.0.1", port=port, sslmode="prefer")
+        assert (
+            await h.runner(prefer, DEFINITION, Tracker().steps(DEFINITION)).run_workflow()
+        ).completed
+        config = h.config(host="127.0.0.1", port=port, sslmode="require", password=SECRET,
+                          retry_budget=30)  # fmt: skip
+        error = await run_expecting(h, config, StoreError)
+
+    assert not isinstance(error, DatabaseUnavailableError)
+    assert "DB_SSLMODE" in str(error) and "TLS" in str(error)
+    assert retries_logged(logs) == []
+    assert_no_secret(logs, error, config, config.store)
+
+
+async def test_invalid_dsn_error_gets_no_tls_hint() -> None:
+    with pytest.raises(asyncpg.ClientConfigurationError) as raised:
+        await asyncpg.connect(dsn="postgres//oops")  # what the driver says (no network)
+    error = dberrors.translate(raised.value, target="t", table="fsm", schema=None, secrets=[])
+    assert "DB_URL" in str(error)
+    assert "TLS" not in str(error) and "DB_SSLMODE" not in str(error)
+
+
 # -- secrets in reprs --------------------------------------------------------------------
 
 
@@ -374,8 +502,35 @@ def test_password_in_malformed_dsn_is_refused_without_showing_it(
     assert_no_secret(logs, refused.value)
 
 
-def test_password_with_unencoded_at_sign_is_accepted_and_redacted() -> None:
-    config = DBConfig(_env_file=None, url=f"postgresql://app:a@{SECRET}@db.example:5432/x")  # type: ignore[call-arg]
-    assert repr(config) == (
-        "DBConfig(target='postgresql://app:***@db.example:5432/x', table='fsmflow_transitions')"
-    )
+def test_password_with_unencoded_at_sign_is_refused_without_showing_it(
+    logs: pytest.LogCaptureFixture,
+) -> None:
+    # asyncpg would split at the first '@' and take the rest of the password for the host.
+    with pytest.raises(ConfigError) as refused:
+        DBConfig(_env_file=None, url=f"postgresql://app:a@{SECRET}@db.example:5432/x")  # type: ignore[call-arg]
+    assert "DB_URL" in str(refused.value) and "percent-encode" in str(refused.value)
+    assert_no_secret(logs, refused.value)
+
+
+@pytest.mark.parametrize("name", ["sslpassword", "pass%77ord"])
+async def test_secret_dsn_parameters_never_shown_in_logs_errors_or_check(
+    h: Harness, logs: pytest.LogCaptureFixture, name: str
+) -> None:
+    query = f"&{name}={quote(SECRET)}&application_name=fsmflow_test"
+    url = h.dsn(str(h.info.user), query)
+    config = h.track(DBConfig(_env_file=None, url=url, table="fresh_history"))  # type: ignore[call-arg]
+    await config.init_db()  # logs the target at INFO
+    assert any("fresh_history" in r.getMessage() for r in logs.records)
+    broken_url = url.replace(f"/{h.dbname}?", "/fsmflow_no_such_database?")
+    broken = h.track(DBConfig(_env_file=None, url=broken_url, retry_budget=0.5))  # type: ignore[call-arg]
+    error = await run_expecting(h, broken, DatabaseNotFoundError)
+    assert_no_secret(logs, error, config, config.store, broken, broken.store)
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DB_", "FSMFLOW_"))}
+    for shown_url in (url, broken_url):
+        for args in (["check"], ["check", "--json"]):
+            env.update(DB_URL=shown_url, FSMFLOW_TABLE="fresh_history")
+            done = run_python(["-m", "fsmflow", *args], env, timeout=60)
+            assert SECRET not in done.stdout + done.stderr
+            assert quote(SECRET) not in done.stdout + done.stderr
+            assert (done.returncode == 0) == (shown_url == url), done.stdout + done.stderr

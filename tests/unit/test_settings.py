@@ -220,3 +220,125 @@ def test_no_password_in_reprs(configs: list[DBConfig]) -> None:
         assert isinstance(store, Store)
         assert SECRET not in str(config.model_dump())
         assert SECRET not in config.model_dump_json()
+
+
+# -- bad settings are a ConfigError naming the variable, never the value ---------------------
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named", "accepted"),
+    [
+        ("FSMFLOW_POOL_SIZE", "0", "FSMFLOW_POOL_SIZE", "greater than or equal to 1"),
+        ("DB_PORT", "abc", "DB_PORT", "integer"),
+        ("DB_PORT", "70000", "DB_PORT", "less than or equal to 65535"),
+        ("DB_SSLMODE", "bogus", "DB_SSLMODE", "verify-full"),
+        ("FSMFLOW_STRICT_DURABILITY", "maybe", "FSMFLOW_STRICT_DURABILITY", "boolean"),
+        ("FSMFLOW_REDACT_ERRORS", "maybe", "FSMFLOW_REDACT_ERRORS", "boolean"),
+    ],
+)
+def test_invalid_setting_is_a_config_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, key: str, value: str, named: str, accepted: str
+) -> None:
+    monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError) as raised:
+        settings()
+    assert type(raised.value) is ConfigError  # not pydantic's ValidationError
+    assert named in str(raised.value) and accepted in str(raised.value)
+    assert value not in str(raised.value).replace(named, "")
+
+
+def test_invalid_password_type_never_shows_a_value() -> None:
+    with pytest.raises(ConfigError) as raised:
+        settings(password=12345678, url=["postgresql://u:Pw-in-a-list@h/db"])
+    assert "DB_PASSWORD" in str(raised.value) and "DB_URL" in str(raised.value)
+    assert "12345678" not in str(raised.value) and "Pw-in-a-list" not in str(raised.value)
+
+
+# -- DSN secrets: every secret-bearing parameter, decoded names too -------------------------
+
+SECRET_PARAMETERS = [
+    "password",
+    "sslpassword",
+    "pass%77ord",
+    "%73slpassword",
+    "SSLPASSWORD",
+    "oauth_client_secret",
+]
+
+
+@pytest.mark.parametrize("name", SECRET_PARAMETERS)
+def test_secret_dsn_parameters_are_redacted(name: str) -> None:
+    encoded = "Pw%2DQuery%2D7"  # asyncpg decodes it to Pw-Query-7
+    url = f"postgresql://app@db.example:5432/x?sslmode=require&{name}={SECRET}{encoded}&a=1"
+    config = settings(url=url)
+    shown = [repr(config), str(config), config.display_target(), str(config.store)]
+    for text in shown:
+        assert SECRET not in text and "Pw-Query-7" not in text, text
+    assert f"{name}=***&a=1" in config.display_target()
+    assert "sslmode=require" in config.display_target()
+    assert f"{SECRET}{encoded}" in config.secrets()
+    assert f"{SECRET}Pw-Query-7" in config.secrets()
+    assert SECRET not in config.scrub(f"error near {SECRET}Pw-Query-7")
+
+
+def test_dsn_parameter_that_only_looks_like_a_secret_is_kept() -> None:
+    url = "postgresql://app@db.example/x?application_name=password&passwordless=1"
+    assert settings(url=url).display_target() == url
+
+
+# -- DSN shape: refused up front, never quoted ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("postgres//oops", "postgresql://"),
+        ("mysql://u@h/db", "postgresql://"),
+        (f"postgresql://u:{SECRET}@h:99999/db", "port"),
+        (f"postgresql://u:{SECRET}@h:0/db", "port"),
+        (f"postgresql://u:{SECRET}@h:54x2/db", "port"),
+        (f"postgresql://u:{SECRET}@h1:5432,h2:123456/db", "port"),
+        (f"postgresql://u:{SECRET}@/db?host=/tmp&port=99999", "port"),
+        (f"postgresql://u:{SECRET}@h/db?sslmode", "="),
+        (f"postgresql://u:{SECRET}@h/db?sslmode=require&&a=b", "="),
+        (f"postgresql://u:{SECRET}@h/db?sslmode=sometimes", "sslmode"),
+    ],
+)
+def test_malformed_dsn_is_a_config_error_naming_db_url(url: str, said: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        settings(url=url)
+    assert "DB_URL" in str(raised.value) and said in str(raised.value)
+    assert SECRET not in str(raised.value) and url not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u@h:5432/db",
+        "postgres://u@h1:5432,h2:5433/db",
+        "postgresql://u@[::1]:65535/db",
+        "postgresql:///db?host=/var/run/postgresql&port=5433",
+        "postgresql://u@h/db?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+    ],
+)
+def test_well_formed_dsns_are_accepted(url: str) -> None:
+    assert settings(url=url).connect_kwargs()["dsn"] == url
+
+
+def test_unencoded_at_sign_in_password_is_refused() -> None:
+    with pytest.raises(ConfigError) as raised:
+        settings(url=f"postgresql://app:a@{SECRET}@db.example:5432/x")
+    assert "DB_URL" in str(raised.value) and "percent-encode" in str(raised.value)
+    assert "'@'" in str(raised.value) and SECRET not in str(raised.value)
+
+
+# -- FSMFLOW_REDACT_ERRORS ------------------------------------------------------------------
+
+
+def test_redact_errors_defaults_to_false_and_reads_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert settings().redact_errors is False
+    monkeypatch.setenv("FSMFLOW_REDACT_ERRORS", "true")
+    assert settings().redact_errors is True
+    assert settings(redact_errors=False).redact_errors is False
