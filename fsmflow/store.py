@@ -394,9 +394,9 @@ class Store:
     # -- reading -----------------------------------------------------------------------
 
     async def last_record(self, workflow: str, instance_id: str) -> TransitionRecord | None:
-        """The latest row of an instance (index lookups, flat in history length), or None.
+        """The latest row of an instance (index lookups), or None.
 
-        :class:`HistoryCorruptError` if the row before it is not ``seq - 1``.
+        :class:`HistoryCorruptError` if a seq before it is missing.
         """
         await self._pool_or_open()
         row = await self._fetchrow("last_record", workflow, instance_id)
@@ -409,6 +409,13 @@ class Store:
                 workflow, instance_id,
                 f"stored history has a gap: seq {missing} is missing before seq {row['seq']}; "
                 "rows were deleted by hand — fork the instance from an intact seq",
+            )  # fmt: skip
+        if row["row_count"] != row["seq"] + 1:
+            raise HistoryCorruptError(
+                workflow, instance_id,
+                f"stored history has {row['row_count']} rows up to seq {row['seq']}: a seq "
+                "before it is missing (rows were deleted by hand); `fsmflow history` names "
+                "it — fork the instance from an intact seq",
             )  # fmt: skip
         return to_record(row)
 

@@ -20,10 +20,13 @@ INSERT INTO fsmflow_transitions
 VALUES ($1, $2, 0, $3, $4::jsonb, 'running', $5, $6::uuid, $7::jsonb, $8, $9);
 
 -- name: last_record
--- The latest row of one instance and the seq before it (two primary-key index probes).
+-- The latest row of one instance, the seq before it and how many rows it has (primary-key
+-- index probes and an index-only count): a gap anywhere in its history shows.
 SELECT l.*,
        (SELECT max(p.seq) FROM fsmflow_transitions p
-        WHERE p.workflow_name = $1 AND p.instance_id = $2 AND p.seq < l.seq) AS prev_seq
+        WHERE p.workflow_name = $1 AND p.instance_id = $2 AND p.seq < l.seq) AS prev_seq,
+       (SELECT count(*) FROM fsmflow_transitions c
+        WHERE c.workflow_name = $1 AND c.instance_id = $2) AS row_count
 FROM fsmflow_transitions l
 WHERE l.workflow_name = $1 AND l.instance_id = $2
 ORDER BY l.seq DESC
