@@ -63,6 +63,24 @@ class Program:
         return await asyncio.to_thread(self.proc.wait, SAFETY_TIMEOUT)
 
 
+async def _until_owner_sessions(postgresql: Any, count: int) -> None:
+    """Wait until ``count`` fsmflow owner connections are open on this test's database."""
+    deadline = time.monotonic() + SAFETY_TIMEOUT
+    query = (
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND application_name = 'fsmflow-owner'"
+    )
+    while True:
+        with postgresql.cursor() as cur:
+            cur.execute(query)
+            row = cur.fetchone()
+        postgresql.rollback()  # statistics are a snapshot per transaction: take a new one
+        if row is not None and row[0] >= count:
+            return
+        assert time.monotonic() < deadline, "the waiter never connected"
+        await asyncio.sleep(0.05)
+
+
 def _env(db_env: dict[str, str], **extra: str) -> dict[str, str]:
     return {**db_env, "FSMFLOW_SHUTDOWN_GRACE_SECONDS": "20", **extra}
 
@@ -138,3 +156,36 @@ async def test_sigterm_while_recovering_from_a_stopped_database_wins(
     again = Program(tmp_path, _env(db_env), ["steady1"])
     assert await again.wait() == 0, again.stderr
     assert starts(again.ledger, "steady1", "b") == 1
+
+
+@pytest.mark.timeout(300)
+async def test_sigterm_while_waiting_for_the_lock_at_start_up_exits_75(
+    tmp_path: Path, db_env: dict[str, str], postgresql: Any
+) -> None:
+    holder = Program(tmp_path, _env(db_env, WAITS_STEADY_SECONDS="60"), ["steady1"])
+    await holder.until("started in state 'a'")  # it owns steady1 for a minute
+    waiter = Program(tmp_path, _env(db_env, WAITS_WAIT="1"), ["steady1"])
+    await _until_owner_sessions(postgresql, 2)  # the waiter connected: it waits for the lock
+    waiter.proc.send_signal(signal.SIGTERM)
+    code = await waiter.wait()
+    holder.proc.kill()
+    await holder.wait()
+
+    print(f"[SIGTERM at start-up] exit {code}")
+    assert code == 75, waiter.stderr  # not -15: the signal is fsmflow's from the start
+    assert "WorkflowInterruptedError" in waiter.stderr
+    assert not [m for m in UNCLEAN if m in waiter.stderr], waiter.stderr
+
+
+@pytest.mark.timeout(300)
+async def test_a_second_signal_is_reported_as_such(tmp_path: Path, db_env: dict[str, str]) -> None:
+    program = Program(tmp_path, _env(db_env, WAITS_STEADY_SECONDS="60"), ["steady1"])
+    await program.until("started in state 'a'")
+    program.proc.send_signal(signal.SIGINT)
+    await program.until("finishing running steps")
+    program.proc.send_signal(signal.SIGINT)
+    code = await program.wait()
+    print(f"[second signal] exit {code}")
+    assert code == 75, program.stderr
+    assert "cancelled because a second signal arrived" in program.stderr
+    assert "grace period" not in program.stderr.split("SIGINT again")[-1]

@@ -3,7 +3,8 @@
 Run as ``python -m tests.faults.waits_program LEDGER ID [ID ...]`` from the repository root
 with the database in the environment. Each instance runs a two-state workflow
 (``a`` -> ``b``) concurrently with the others, under ``run_program`` (exit codes 0, 1, 2,
-75). Step ``a`` sleeps ``WAITS_STEP_SECONDS``; instances named ``flaky*`` fail their first
+75), waiting for an instance's lock if ``WAITS_WAIT`` is set. Step ``a`` sleeps
+``WAITS_STEP_SECONDS``; instances named ``flaky*`` fail their first
 attempt of ``a`` and retry it after ``WAITS_BACKOFF_SECONDS``. Every step execution appends
 ``start <instance> <state> <attempt>`` to the ledger (fsync'd), so a test can count them.
 """
@@ -29,6 +30,7 @@ from fsmflow import (
 
 BACKOFF = float(os.environ.get("WAITS_BACKOFF_SECONDS", "6"))
 STEP_SECONDS = float(os.environ.get("WAITS_STEP_SECONDS", "0.2"))
+WAIT = bool(os.environ.get("WAITS_WAIT"))
 STEADY_SECONDS = float(os.environ.get("WAITS_STEADY_SECONDS", str(STEP_SECONDS)))
 DEFINITION = WorkflowDefinition(
     name="waits",
@@ -88,7 +90,7 @@ async def main(ledger: Path, instances: list[str]) -> None:
     try:
         runs = [
             PersistentWorkflowStateMachine(
-                config, DEFINITION, steps=steps(ledger), instance_id=i
+                config, DEFINITION, steps=steps(ledger), instance_id=i, wait=WAIT
             ).run_workflow(context={"instance": i})
             for i in instances
         ]
