@@ -217,7 +217,9 @@ def test_signal_mid_step_exits_75_and_rerun_completes(
         assert "again: cancelling running steps now" in log, log
     rows = history(postgresql, WORKFLOW, "signalled")
     if cancelled:
-        because = "a second signal arrived" if signals == 2 else "did not finish within the grace"
+        because = (
+            "a second signal arrived" if signals == 2 else "it did not finish within the grace"
+        )
         assert f"was cancelled because {because}" in log, log
         assert "it runs again from its start" in log, log
         assert rows[-1].seq == held.seq and rows[-1].dest_state == held.state, rows[-1]
