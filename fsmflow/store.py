@@ -160,29 +160,9 @@ class Store:
     def _schema_problem(
         self, comment: str | None, columns: Sequence[str]
     ) -> tuple[str | None, bool]:
-        """Why this fsmflow cannot run on the existing table with this comment and these
-        columns (None: it can), and whether init_db can upgrade it."""
-        version = sql.schema_version(comment)
-        table = f"table {self.qualified_table!r} in {self._target}"
-        if version is not None and version > sql.SCHEMA_VERSION:
-            return (
-                f"{table} has fsmflow schema version {version}, newer than this fsmflow "
-                f"knows ({sql.SCHEMA_VERSION}): upgrade fsmflow to run against it"
-            ), False
-        missing = REQUIRED_COLUMNS - set(columns)
-        if missing or version not in sql.migration_files():
-            return (
-                f"{table} is not an fsmflow schema version {sql.SCHEMA_VERSION} table "
-                f"(comment {comment!r}, missing columns {sorted(missing)}); point "
-                "FSMFLOW_TABLE at another table or migrate this one"
-            ), False
-        if version < sql.SCHEMA_VERSION:
-            return (
-                f"{table} has fsmflow schema version {version}; this fsmflow needs version "
-                f"{sql.SCHEMA_VERSION}: run `fsmflow init-db` (or `await DBConfig().init_db()`) "
-                "once to upgrade it in place (it rewrites the table; see Upgrading in the README)"
-            ), True
-        return None, False
+        """:func:`fsmflow.sql.schema_problem` for this store's table."""
+        label = f"table {self.qualified_table!r} in {self._target}"
+        return sql.schema_problem(label, comment, columns)
 
     def _check_durability(self, setting: str) -> None:
         if setting in ("on", "remote_write", "remote_apply", "local"):

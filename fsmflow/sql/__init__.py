@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Collection
 from functools import cache
 from importlib import resources
 from typing import Final
@@ -63,6 +64,33 @@ def migration_files() -> dict[int, str]:
     folder = resources.files(__package__).joinpath("migrations")
     found = (_MIGRATION_FILE.match(entry.name) for entry in folder.iterdir())
     return {int(m.group(1)): f"migrations/{m.group(0)}" for m in found if m}
+
+
+def schema_problem(
+    table: str, comment: str | None, columns: Collection[str]
+) -> tuple[str | None, bool]:
+    """Why this fsmflow cannot run on the existing ``table`` (its label in messages) with
+    this comment and these columns (None: it can), and whether init_db can upgrade it."""
+    version = schema_version(comment)
+    if version is not None and version > SCHEMA_VERSION:
+        return (
+            f"{table} has fsmflow schema version {version}, newer than this fsmflow knows "
+            f"({SCHEMA_VERSION}): upgrade fsmflow to run against it"
+        ), False
+    missing = REQUIRED_COLUMNS - set(columns)
+    if missing or version not in migration_files():
+        return (
+            f"{table} is not an fsmflow schema version {SCHEMA_VERSION} table (comment "
+            f"{comment!r}, missing columns {sorted(missing)}); point FSMFLOW_TABLE at another "
+            "table or migrate this one"
+        ), False
+    if version < SCHEMA_VERSION:
+        return (
+            f"{table} has fsmflow schema version {version}; this fsmflow needs version "
+            f"{SCHEMA_VERSION}: run `fsmflow init-db` (or `await DBConfig().init_db()`) once "
+            "to upgrade it in place (it rewrites the table; see Upgrading in the README)"
+        ), True
+    return None, False
 
 
 def migrations_ddl(schema: str | None, table: str, from_version: int) -> list[tuple[int, str]]:
