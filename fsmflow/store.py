@@ -275,15 +275,21 @@ class Store:
             await conn.execute(sql.schema_ddl(self.schema, self.table))
             return f"created at schema version {sql.SCHEMA_VERSION}"
         problem, upgradable = self._schema_problem(row["comment"], row["columns"])
-        if problem is None:
-            return ""
-        if not upgradable:
+        if problem is not None and not upgradable:
             raise SchemaMismatchError(problem)
-        version = sql.schema_version(row["comment"])
-        assert version is not None
-        for _, ddl in sql.migrations_ddl(self.schema, self.table, version):
-            await conn.execute(ddl)
-        return f"upgraded from schema version {version} to {sql.SCHEMA_VERSION}"
+        done = []
+        if upgradable:
+            version = sql.schema_version(row["comment"])
+            for _, ddl in sql.migrations_ddl(self.schema, self.table, version or 0):
+                await conn.execute(ddl)
+            done.append(f"upgraded from schema version {version} to {sql.SCHEMA_VERSION}")
+        # The current DDL again (IF NOT EXISTS): creates an index an older fsmflow failed to
+        # create, and, like creating, needs the migrator role (COMMENT needs the owner).
+        before = await conn.fetchval(self._q["table_indexes"], self.qualified_table)
+        await conn.execute(sql.schema_ddl(self.schema, self.table))
+        after = await conn.fetchval(self._q["table_indexes"], self.qualified_table)
+        done += [f"created index {name}" for name in sorted(set(after) - set(before))]
+        return "; ".join(done)
 
     async def reset_db(self) -> None:
         """Delete every row of the table: all history of all workflows. Irreversible."""

@@ -105,13 +105,15 @@ def migrations_ddl(schema: str | None, table: str, from_version: int) -> list[tu
 def object_name(table: str, suffix: str) -> str:
     """The name of the table's index or constraint ``table + suffix``, made to fit 63 bytes.
 
-    PostgreSQL would truncate a longer name (for a 63-byte table, to the table's own name,
-    and ``IF NOT EXISTS`` would then skip the index): too long, the table part is cut and
-    a short hash of the whole table name keeps names of different tables apart.
+    PostgreSQL truncates a longer name to 63 bytes. For a table name shorter than that the
+    truncated name is still the table's own (and is what fsmflow 0.1 created, so upgraded
+    tables keep their index); for a 63-byte table name it would be the table's name itself
+    and ``IF NOT EXISTS`` would skip the index: there the table part is cut and a short hash
+    of the whole table name keeps names of different tables apart.
     """
     name = table + suffix
-    if len(name.encode("utf-8")) <= MAX_NAME_BYTES:
-        return name
+    if len(table.encode("utf-8")) < MAX_NAME_BYTES:
+        return name.encode("utf-8")[:MAX_NAME_BYTES].decode("utf-8", "ignore")
     digest = hashlib.blake2b(table.encode("utf-8"), digest_size=4).hexdigest()
     keep = MAX_NAME_BYTES - len(suffix) - len(digest) - 1
     return f"{table[:keep]}_{digest}{suffix}"

@@ -7,7 +7,8 @@
 -- Apply by hand with:  psql "$DATABASE_URL" -f schema.sql
 -- (fsmflow's init_db applies this same file to a new table, with the configured table name
 -- substituted for fsmflow_transitions, and upgrades an older table in place with the files
--- in migrations/.) Safe to run again on a new table; an existing table is left as it is.
+-- in migrations/, then applies this file again.) Safe to run again: on a table of this
+-- version it creates only what is missing.
 -- context is json, not jsonb: the exact text fsmflow wrote, keys in their order.
 
 CREATE TABLE IF NOT EXISTS fsmflow_transitions (

@@ -203,7 +203,21 @@ async def test_a_63_character_table_gets_its_started_index(h: Harness) -> None:
     assert len(indexes) == 2  # and the primary key's
 
 
+async def test_init_db_creates_the_index_a_63_character_table_lacks(
+    h: Harness, logs: pytest.LogCaptureFixture
+) -> None:
+    create_version_1(h, TABLE_63)  # as fsmflow 0.1 left it: without its started index
+    h.sql(f"DROP INDEX {fsql.object_name(TABLE_63, '_started_idx')}")
+    await h.config(table=TABLE_63).init_db()
+    infos = [r.getMessage() for r in logs.records if r.levelno == logging.INFO]
+    index = fsql.object_name(TABLE_63, "_started_idx")
+    assert any("upgraded from schema version 1" in m and index in m for m in infos), infos
+    assert h.sql("SELECT to_regclass(%s) IS NOT NULL", (index,)) == [(True,)]
+
+
 def test_object_names_fit_and_stay_apart() -> None:
     assert fsql.object_name("history", "_started_idx") == "history_started_idx"
+    # Shorter than 63: PostgreSQL's own truncation, the index fsmflow 0.1 created.
+    assert fsql.object_name("x" * 55, "_started_idx") == "x" * 55 + "_started"
     names = {fsql.object_name(t, "_started_idx") for t in ("a" * 63, "a" * 62 + "b", "a" * 60)}
     assert len(names) == 3 and all(len(n) <= 63 for n in names)
