@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from fsmflow import Condition, Transition, WorkflowDefinition
+from fsmflow.definition import diff_summaries
 from fsmflow.records import TransitionRecord
 from fsmflow.resuming import same_definition, summaries_match
 from tests.conftest import ROOT
@@ -26,6 +27,7 @@ from tests.conftest import ROOT
 CHILD = """
 import json
 from fsmflow import Condition, Transition, WorkflowDefinition
+from fsmflow.definition import diff_summaries
 values = {"critical", "high", "urgent", "p0", "p1", "sev1", "sev2", "blocker"}
 definition = WorkflowDefinition(
     name="triage",
@@ -211,3 +213,18 @@ def test_a_new_summary_matches_itself_after_a_json_round_trip() -> None:
     definition = triage({"critical", "high"})
     assert summaries_match(json.loads(json.dumps(definition.summary())), definition)
     assert not summaries_match(None, definition)
+
+
+def test_the_change_message_reads_the_same_from_a_legacy_and_a_new_summary() -> None:
+    old = triage({"critical", "high"})
+    new = triage({"critical"})
+    legacy = json.loads(json.dumps(legacy_summary(old, order=Shuffled)))
+    changes = diff_summaries(legacy, new.summary())
+    assert changes == [
+        "transition removed: route: inbox -> page if severity in {'high', 'critical'} "
+        "and owner is_not_none",
+        "transition added: route: inbox -> page if severity in {'critical'} and owner is_not_none",
+    ]
+    assert diff_summaries(old.summary(), new.summary())[0].endswith(
+        "if severity in {'critical', 'high'} and owner is_not_none"
+    )
