@@ -62,6 +62,11 @@ SELECT obj_description(to_regclass($1), 'pg_class') AS comment,
        has_table_privilege(to_regclass($1), 'SELECT') AS can_select,
        has_table_privilege(to_regclass($1), 'INSERT') AS can_insert;
 
+-- name: table_indexes
+-- init_db: the names of the table's indexes (so it logs the ones it had to create).
+SELECT ARRAY(SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+             WHERE i.indrelid = to_regclass($1)) AS indexes;
+
 -- name: reset
 -- Delete every row (reset_db).
 TRUNCATE fsmflow_transitions;
@@ -155,8 +160,3 @@ SELECT to_regclass($1) IS NOT NULL AS exists,
        current_setting('synchronous_commit') AS synchronous_commit,
        current_setting('server_version') AS server_version,
        pg_is_in_recovery() AS in_recovery;
-
--- name: table_indexes
--- init_db: the names of the table's indexes (so it logs the ones it had to create).
-SELECT ARRAY(SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
-             WHERE i.indrelid = to_regclass($1)) AS indexes;
