@@ -129,7 +129,9 @@ async def check_command(args: argparse.Namespace, config: DBConfig) -> int:
 def _health_lines(report: HealthReport) -> list[str]:
     verdict = "healthy" if report.healthy else "UNHEALTHY"
     role = "standby (read-only)" if report.in_recovery else "primary"
-    schema = "schema version ok" if report.schema_version_ok else "NOT a usable fsmflow table"
+    schema = f"schema version {report.schema_version}" + (
+        "" if report.schema_version_ok else " (NOT usable: see problems)"
+    )
 
     def yes(flag: bool) -> str:
         return "yes" if flag else "no"

@@ -8,6 +8,8 @@ nested dicts) and applies an operator. A missing field makes every operator fals
 from __future__ import annotations
 
 import inspect
+import json
+import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
@@ -56,6 +58,57 @@ OPERATORS: Final[Mapping[str, Callable[[Any, Any], bool]]] = {
 
 SPECIAL_OPERATORS: Final = frozenset({"matches", "custom"})
 ALL_OPERATORS: Final = frozenset(OPERATORS) | SPECIAL_OPERATORS
+UNARY_OPERATORS: Final = frozenset({"is_none", "is_not_none", "is_empty", "is_not_empty"})
+SET_TAG: Final = "$set"
+
+
+def canonical_value(value: Any) -> Any:
+    """``value`` as JSON data that is the same in every process, for fingerprints.
+
+    Sets and frozensets become ``{"$set": [...]}`` with their items sorted (their iteration
+    order depends on ``PYTHONHASHSEED``), tuples become lists, dict keys become str (dumped
+    sorted). Other objects are named by type, plus their repr unless it holds a memory
+    address (which differs per process).
+    """
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"$float": repr(value)}
+    if isinstance(value, list | tuple):
+        return [canonical_value(item) for item in value]
+    if isinstance(value, set | frozenset):
+        items = [canonical_value(item) for item in value]
+        return {SET_TAG: sorted(items, key=canonical_json)}
+    if isinstance(value, Mapping):
+        return {_canonical_key(k): canonical_value(v) for k, v in value.items()}
+    kind = type(value)
+    text = repr(value)
+    named = {"$object": f"{kind.__module__}.{kind.__qualname__}"}
+    return named if " at 0x" in text else {**named, "repr": text}
+
+
+def _canonical_key(key: Any) -> str:
+    return key if isinstance(key, str) else canonical_json(canonical_value(key))
+
+
+def canonical_json(data: Any) -> str:
+    """The one JSON text of canonical ``data``: sorted keys, no spaces, ASCII only."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+def render_value(data: Any) -> str:
+    """A readable rendering of :func:`canonical_value` data: Python literal syntax, sets
+    sorted, so messages are the same in every process."""
+    if isinstance(data, list):
+        return "[" + ", ".join(render_value(item) for item in data) + "]"
+    if isinstance(data, dict):
+        if set(data) == {SET_TAG}:
+            items = data[SET_TAG]
+            return "{" + ", ".join(render_value(i) for i in items) + "}" if items else "set()"
+        if "$object" in data or "$float" in data:
+            return str(data.get("repr") or data.get("$float") or data["$object"])
+        return "{" + ", ".join(f"{k!r}: {render_value(v)}" for k, v in sorted(data.items())) + "}"
+    return repr(data)
 
 
 def read_field(data: Mapping[str, Any], field: str) -> Any:
@@ -91,6 +144,17 @@ class Condition(BaseModel):
 
     _pattern: re.Pattern[str] | None = PrivateAttr(default=None)
 
+    def __init__(
+        self,
+        field: str,
+        operator: str = "eq",
+        value: Any = None,
+        custom_function: Callable[[Any], bool | Awaitable[bool]] | None = None,
+    ) -> None:
+        super().__init__(
+            field=field, operator=operator, value=value, custom_function=custom_function
+        )
+
     def problems(self) -> list[str]:
         """Every reason this condition cannot be evaluated (empty when it is sound)."""
         if self.operator not in ALL_OPERATORS:
@@ -125,17 +189,34 @@ class Condition(BaseModel):
             return bool(await result)
         return result
 
+    def summary(self) -> dict[str, Any]:
+        """JSON data describing this condition, the same in every process (what the
+        definition fingerprint hashes): field, operator and the canonical value, or the
+        custom function's qualified name."""
+        described: dict[str, Any] = {"field": self.field, "operator": self.operator}
+        if self.operator == "custom":
+            described["function"] = _function_name(self.custom_function)
+        elif self.operator not in UNARY_OPERATORS:
+            described["value"] = canonical_value(self.value)
+        return described
+
     def describe(self) -> str:
         """A short human description, e.g. ``priority eq 'High'`` (no context values)."""
-        if self.operator == "custom":
-            fn = self.custom_function
-            name = getattr(fn, "__qualname__", type(fn).__name__)
-            return f"{self.field} custom {name}"
-        if self.operator in {"is_none", "is_not_none", "is_empty", "is_not_empty"}:
-            return f"{self.field} {self.operator}"
-        return f"{self.field} {self.operator} {self.value!r}"
+        return describe_summary(self.summary())
 
     def _regex(self) -> re.Pattern[str]:
         if self._pattern is None:
             self._pattern = re.compile(str(self.value))
         return self._pattern
+
+
+def describe_summary(summary: Mapping[str, Any]) -> str:
+    """The :meth:`Condition.describe` text of a :meth:`Condition.summary` result."""
+    head = f"{summary['field']} {summary['operator']}"
+    if "function" in summary:
+        return f"{head} {summary['function']}"
+    return f"{head} {render_value(summary['value'])}" if "value" in summary else head
+
+
+def _function_name(fn: object) -> str:
+    return str(getattr(fn, "__qualname__", type(fn).__name__))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Mapping
 from typing import Any, Final
 
 from pydantic import BaseModel, Field
@@ -20,6 +21,10 @@ DEFAULT_MAX_CONTEXT_BYTES: Final = 16 * 1024 * 1024
 # jsonb keeps numbers as numeric and prints 1e16 as 10000000000000000, which json.loads
 # returns as an int: floats this large would come back with another type.
 _FLOAT_REPR_MAX: Final = 1e16
+# Nesting deeper than this is refused: it keeps the walk (one frame per level) and
+# json.dumps far from Python's recursion limit, and catches circular contexts.
+MAX_DEPTH: Final = 500
+_PATH_PARTS_SHOWN: Final = 12
 
 
 class WorkflowContext(BaseModel):
@@ -72,38 +77,34 @@ def _int_problem(value: int) -> str | None:
     return None
 
 
-def _dict_problem(value: dict[Any, Any], surrogates: bool) -> _Problem | None:
-    for key, item in value.items():
-        if type(key) is not str:
-            return [f"[{key!r}]"], f"key of type {type(key).__name__}; keys must be str"
-        reason = _str_problem(key, surrogates=surrogates)
-        if reason is not None:
-            return [f" key {key!r}"], reason
-        found = _problem(item, surrogates)
-        if found is not None:
-            found[0].append(f"[{key!r}]")
-            return found
-    return None
+def _key_problem(key: Any, surrogates: bool) -> _Problem | None:
+    if type(key) is not str:
+        return [f"[{key!r}]"], f"key of type {type(key).__name__}; keys must be str"
+    reason = _str_problem(key, surrogates=surrogates)
+    return None if reason is None else ([f" key {key!r}"], reason)
 
 
-def _problem(value: Any, surrogates: bool) -> _Problem | None:
+def _problem(value: Any, surrogates: bool, depth: int = 1) -> _Problem | None:
     """The first part of ``value`` that JSON/jsonb would not give back unchanged.
 
     Lone surrogates are looked for only with ``surrogates`` (encode_context finds them
-    far more cheaply in the JSON text, and walks again only if there is one).
+    far more cheaply in the JSON text, and walks again only if there is one). Dicts and
+    lists are walked here, not in helpers: one frame per level of nesting.
     """
     kind = type(value)
     reason: str | None = None
     if kind is str:
         if surrogates or "\x00" in value:  # the common case calls nothing
             reason = _str_problem(value, surrogates=surrogates)
-    elif kind is dict:
-        return _dict_problem(value, surrogates)
-    elif kind is list:
-        for index, item in enumerate(value):
-            found = _problem(item, surrogates)
+    elif kind is dict or kind is list:
+        if depth > MAX_DEPTH:
+            return [], f"nested more than {MAX_DEPTH} levels deep (or it contains itself)"
+        for key, item in value.items() if kind is dict else enumerate(value):
+            if kind is dict and (bad_key := _key_problem(key, surrogates)) is not None:
+                return bad_key
+            found = _problem(item, surrogates, depth + 1)
             if found is not None:
-                found[0].append(f"[{index}]")
+                found[0].append(f"[{key!r}]")
                 return found
     elif kind is float:
         reason = _float_problem(value)
@@ -123,7 +124,9 @@ def check_json_value(value: Any, path: str = "ctx", *, where: str = "") -> None:
 def _raise(found: _Problem | None, path: str, where: str) -> None:
     if found is not None:
         parts, reason = found
-        raise ContextSerializationError(path + "".join(reversed(parts)), reason, where=where)
+        shown = parts[: -_PATH_PARTS_SHOWN - 1 : -1]  # outermost first, a prefix only
+        more = "..." if len(parts) > _PATH_PARTS_SHOWN else ""
+        raise ContextSerializationError(path + "".join(shown) + more, reason, where=where)
 
 
 def encode_context(
@@ -147,6 +150,25 @@ def encode_context(
     if size > max_bytes:
         raise ContextTooLargeError(size, max_bytes, where=where)
     return text
+
+
+def seed_json(context: Any, *, max_bytes: int) -> str:
+    """The JSON text of a seed context: None (empty), a dict, a Mapping or a
+    :class:`WorkflowContext`; :class:`ContextSerializationError` for anything else."""
+    if context is None:
+        data: Any = {}
+    elif isinstance(context, WorkflowContext):
+        data = context.data
+    elif isinstance(context, Mapping):
+        data = dict(context)
+    else:
+        raise ContextSerializationError(
+            "ctx",
+            "the seed context must be a dict, a Mapping or a WorkflowContext, "
+            f"not {type(context).__name__}",
+            where="initial context",
+        )
+    return encode_context(data, max_bytes=max_bytes, where="initial context")
 
 
 def decode_context(text: str) -> dict[str, Any]:

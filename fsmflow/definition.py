@@ -8,14 +8,13 @@ silently accepts most mistakes (unknown states, duplicates, name clashes).
 from __future__ import annotations
 
 import hashlib
-import json
 import keyword
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Final, TypeAlias
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from .conditions import Condition
+from .conditions import Condition, canonical_json, describe_summary
 from .context import WorkflowContext
 from .errors import DefinitionError, InvalidIdentifierError
 
@@ -24,6 +23,7 @@ StepResult: TypeAlias = tuple[WorkflowContext, str | None] | WorkflowContext
 StepFunction: TypeAlias = Callable[[WorkflowContext], Any]
 
 MAX_IDENTIFIER_LENGTH: Final = 200
+DEFAULT_MAX_TRANSITIONS: Final = 10_000
 
 # Names the runner (a transitions model) already uses. transitions adds a method per
 # trigger, ``may_<trigger>`` and ``is_<state>`` to the model; a clash would overwrite one.
@@ -112,6 +112,9 @@ class WorkflowStep(BaseModel):
     execute: StepFunction
     retry: RetryPolicy | None = None
 
+    def __init__(self, name: str, execute: StepFunction, retry: RetryPolicy | None = None) -> None:
+        super().__init__(name=name, execute=execute, retry=retry)
+
 
 class Transition(BaseModel):
     """An edge: ``trigger`` moves from ``source`` (one state or a list) to ``dest``.
@@ -129,6 +132,18 @@ class Transition(BaseModel):
     conditions: list[Condition] = Field(default_factory=list)
     after: Callable[[WorkflowContext], Any] | None = None
 
+    def __init__(
+        self,
+        trigger: str,
+        source: str | list[str],
+        dest: str | None = None,
+        conditions: Sequence[Condition] = (),
+        after: Callable[[WorkflowContext], Any] | None = None,
+    ) -> None:
+        super().__init__(
+            trigger=trigger, source=source, dest=dest, conditions=list(conditions), after=after
+        )
+
     @property
     def sources(self) -> tuple[str, ...]:
         """The source states as a tuple."""
@@ -144,6 +159,8 @@ class WorkflowDefinition(BaseModel):
 
     Raises :class:`~fsmflow.errors.DefinitionError` listing every problem when built.
     ``default_retry`` applies to steps that do not set their own :class:`RetryPolicy`.
+    ``max_transitions`` bounds the transitions one instance may record (a loop guard); it is
+    not part of the fingerprint, so raising or lowering it is not a definition change.
     """
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
@@ -153,10 +170,35 @@ class WorkflowDefinition(BaseModel):
     transitions: list[Transition] = Field(default_factory=list)
     initial: str | None = None
     default_retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    max_transitions: int = DEFAULT_MAX_TRANSITIONS
 
     _outgoing: dict[str, tuple[Transition, ...]] = PrivateAttr(default_factory=dict)
     _fingerprint: str = PrivateAttr(default="")
     _compiled: Any = PrivateAttr(default=None)
+
+    def __init__(
+        self,
+        name: str,
+        steps: list[str],
+        transitions: Sequence[Transition] = (),
+        initial: str | None = None,
+        default_retry: RetryPolicy | None = None,
+        max_transitions: int = DEFAULT_MAX_TRANSITIONS,
+    ) -> None:
+        super().__init__(
+            name=name,
+            steps=steps,
+            transitions=list(transitions),
+            initial=initial,
+            default_retry=default_retry or RetryPolicy(),
+            max_transitions=max_transitions,
+        )
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name_is_an_identifier(cls, value: object) -> object:
+        # InvalidIdentifierError is not a ValueError, so pydantic lets it through unwrapped.
+        return check_identifier(value, "workflow name")
 
     def model_post_init(self, __context: Any) -> None:
         # Raised here rather than in a validator so callers get DefinitionError itself,
@@ -189,7 +231,11 @@ class WorkflowDefinition(BaseModel):
         return list(dict.fromkeys(t.trigger for t in self.outgoing(state)))
 
     def summary(self) -> dict[str, Any]:
-        """A JSON-able description of the graph; what the fingerprint is computed from."""
+        """A JSON-able description of the graph; what the fingerprint is computed from.
+
+        The same in every process: condition values are canonical (sets sorted, tuples as
+        lists, see :func:`~fsmflow.conditions.canonical_value`).
+        """
         return {
             "states": list(self.steps),
             "initial": self.initial_state,
@@ -198,7 +244,7 @@ class WorkflowDefinition(BaseModel):
                     "trigger": t.trigger,
                     "source": list(t.sources),
                     "dest": t.dest,
-                    "conditions": [c.describe() for c in t.conditions],
+                    "conditions": [c.summary() for c in t.conditions],
                 }
                 for t in self.transitions
             ],
@@ -212,8 +258,7 @@ class WorkflowDefinition(BaseModel):
 
 
 def _fingerprint(summary: dict[str, Any]) -> str:
-    text = json.dumps(summary, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+    return hashlib.sha256(canonical_json(summary).encode("utf-8")).hexdigest()[:16]
 
 
 def _find_problems(definition: WorkflowDefinition) -> Iterator[str]:
@@ -227,6 +272,8 @@ def _find_problems(definition: WorkflowDefinition) -> Iterator[str]:
         yield from _name_problems(state, "state")
         if f"is_{state}" in RESERVED_NAMES:
             yield f"state {state!r} clashes with fsmflow attribute 'is_{state}'"
+    if definition.max_transitions < 1:
+        yield f"max_transitions={definition.max_transitions}: it must be at least 1"
     if definition.initial is not None and definition.initial not in known:
         yield f"initial state {definition.initial!r} is not among the states"
     for index, t in enumerate(definition.transitions):
@@ -286,7 +333,11 @@ def diff_summaries(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     def edges(summary: dict[str, Any]) -> list[str]:
         return [
             f"{t['trigger']}: {'|'.join(t['source'])} -> {t['dest'] or '(complete)'}"
-            + (f" if {' and '.join(t['conditions'])}" if t["conditions"] else "")
+            + (
+                f" if {' and '.join(map(_condition_text, t['conditions']))}"
+                if t["conditions"]
+                else ""
+            )
             for t in summary.get("transitions", [])
         ]
 
@@ -296,3 +347,8 @@ def diff_summaries(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     if not changes and old_edges != new_edges:
         changes.append("transition order changed (the first matching transition may differ)")
     return changes or ["the definition fingerprint differs"]
+
+
+def _condition_text(condition: str | dict[str, Any]) -> str:
+    # A summary stored by fsmflow 0.1 holds conditions as describe() strings.
+    return condition if isinstance(condition, str) else describe_summary(condition)

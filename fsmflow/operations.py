@@ -434,11 +434,8 @@ async def check_health(store: Store) -> HealthReport:
     table = store.qualified_table
     if not facts["exists"]:
         problems.append(f"table {table!r} does not exist: run `fsmflow init-db`")
-    elif facts["missing_columns"] or not facts["schema_version_ok"]:
-        problems.append(
-            f"table {table!r} is not an fsmflow schema version table this version can use "
-            f"(comment {facts['comment']!r}, missing columns {facts['missing_columns']})"
-        )
+    elif facts["schema_problem"]:
+        problems.append(facts["schema_problem"])
     elif not (facts["can_select"] and facts["can_insert"]):
         problems.append(f"the role lacks SELECT and INSERT on {table!r}")
     if facts["in_recovery"]:
@@ -450,6 +447,7 @@ async def check_health(store: Store) -> HealthReport:
         server_version=facts["server_version"],
         table_exists=facts["exists"],
         schema_version_ok=facts["schema_version_ok"],
+        schema_version=facts["schema_version"],
         missing_columns=tuple(facts["missing_columns"]),
         can_select=facts["can_select"],
         can_insert=facts["can_insert"],

@@ -139,6 +139,7 @@ class HealthReport:
     in_recovery: bool
     problems: tuple[str, ...]
     warnings: tuple[str, ...]
+    schema_version: int | None = None  # from the table's comment; None if none
 
     @property
     def healthy(self) -> bool:

@@ -34,7 +34,14 @@ from .failures import error_json, location, traceback_text
 from .machine import WorkflowMachine
 from .ownership import Ownership
 from .records import Status, TransitionRecord, WorkflowState
-from .resuming import check_ended_well, definition_changes, has_ended, resume_state, started_record
+from .resuming import (
+    check_ended_well,
+    definition_changes,
+    has_ended,
+    resume_state,
+    same_definition,
+    started_record,
+)
 from .settings import DBConfig
 from .shutdown import Shutdown, for_running_loop
 from .steps import (
@@ -308,7 +315,7 @@ class PersistentWorkflowStateMachine:
     async def _check_resumable(self, record: TransitionRecord) -> str:
         """The state to resume in; refuses unknown states and (unless allowed) drift."""
         state = resume_state(self.definition, record)
-        if record.fingerprint not in (None, self.definition.fingerprint):
+        if not await same_definition(self.definition, record, self.store.record_at):
             await self._check_drift(record)
         if self._resumed:
             logger.info(

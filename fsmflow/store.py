@@ -147,15 +147,9 @@ class Store:
                 "`fsmflow init-db` (or `await DBConfig().init_db()`) once with a role that may "
                 "CREATE, or apply sql/schema.sql with psql"
             )
-        expected = sql.SCHEMA_COMMENT
-        missing = REQUIRED_COLUMNS - set(row["columns"])
-        if missing or row["comment"] != expected:
-            raise SchemaMismatchError(
-                f"table {self.qualified_table!r} in {self._target} is not an fsmflow "
-                f"schema version {sql.SCHEMA_VERSION} table (comment {row['comment']!r}, "
-                f"missing columns {sorted(missing)}); point FSMFLOW_TABLE at another table "
-                "or migrate this one"
-            )
+        problem, _ = self._schema_problem(row["comment"], row["columns"])
+        if problem is not None:
+            raise SchemaMismatchError(problem)
         if not (row["can_select"] and row["can_insert"]):
             raise PermissionDeniedError(
                 dberrors.grants_message(self.qualified_table, self.schema, self._target)
@@ -163,6 +157,13 @@ class Store:
         self.resolved_table = f"{row['schema_name']}.{self.table}"
         self._check_durability(row["synchronous_commit"])
         self._schema_checked = True
+
+    def _schema_problem(
+        self, comment: str | None, columns: Sequence[str]
+    ) -> tuple[str | None, bool]:
+        """:func:`fsmflow.sql.schema_problem` for this store's table."""
+        label = f"table {self.qualified_table!r} in {self._target}"
+        return sql.schema_problem(label, comment, columns)
 
     def _check_durability(self, setting: str) -> None:
         if setting in ("on", "remote_write", "remote_apply", "local"):
@@ -246,16 +247,50 @@ class Store:
     # -- administration ----------------------------------------------------------------
 
     async def init_db(self) -> None:
-        """Create the table and its indexes if missing (idempotent, safe to run concurrently)."""
+        """Create the table and its indexes if missing, or upgrade an older fsmflow table in
+        place (applying each migration after its version; an upgrade rewrites the table).
+
+        Idempotent and safe to run concurrently: one transaction, under an advisory lock.
+        :class:`SchemaMismatchError` for a table that is not fsmflow's or is newer.
+        """
         await self.open(check_schema=False)
         assert self._pool is not None
-        ddl = sql.schema_ddl(self.schema, self.table)
         async with self._translated(), self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _ADVISORY_INIT_KEY)
-            await conn.execute(ddl)
+            done = await self._create_or_upgrade(conn)
         self._schema_checked = False
         await self._check_schema()
-        logger.info("initialized table %s in %s", self.qualified_table, self._target)
+        where = (self.qualified_table, self._target)
+        if done:
+            logger.info("initialized table %s in %s: %s", *where, done)
+        else:
+            logger.debug(
+                "table %s in %s is at schema version %d already", *where, sql.SCHEMA_VERSION
+            )
+
+    async def _create_or_upgrade(self, conn: asyncpg.pool.PoolConnectionProxy[Any]) -> str:
+        """Inside init_db's transaction: what it did to the table ("" if nothing)."""
+        row = await conn.fetchrow(self._q["check_schema"], self.qualified_table)
+        assert row is not None
+        if not row["exists"]:
+            await conn.execute(sql.schema_ddl(self.schema, self.table))
+            return f"created at schema version {sql.SCHEMA_VERSION}"
+        problem, upgradable = self._schema_problem(row["comment"], row["columns"])
+        if problem is not None and not upgradable:
+            raise SchemaMismatchError(problem)
+        done = []
+        if upgradable:
+            version = sql.schema_version(row["comment"])
+            for _, ddl in sql.migrations_ddl(self.schema, self.table, version or 0):
+                await conn.execute(ddl)
+            done.append(f"upgraded from schema version {version} to {sql.SCHEMA_VERSION}")
+        # The current DDL again (IF NOT EXISTS): creates an index an older fsmflow failed to
+        # create, and, like creating, needs the migrator role (COMMENT needs the owner).
+        before = await conn.fetchval(self._q["table_indexes"], self.qualified_table)
+        await conn.execute(sql.schema_ddl(self.schema, self.table))
+        after = await conn.fetchval(self._q["table_indexes"], self.qualified_table)
+        done += [f"created index {name}" for name in sorted(set(after) - set(before))]
+        return "; ".join(done)
 
     async def reset_db(self, *, force: bool = False) -> None:
         """Delete every row of the table: all history of all workflows. Irreversible.
@@ -505,13 +540,16 @@ class Store:
 
     async def _health_facts(self) -> dict[str, Any]:
         """What ``check_health`` judges: the ``health`` query's answers, plus the schema
-        version and the columns this version needs that the table lacks."""
+        version, the columns this version needs that the table lacks, and why this fsmflow
+        cannot run on the table (``schema_problem``, None if it can or it is missing)."""
         row = await self._fetchrow("health", self.qualified_table)
         assert row is not None
         facts = dict(row.items())
         facts["missing_columns"] = sorted(REQUIRED_COLUMNS - set(row["columns"]))
-        expected = sql.SCHEMA_COMMENT
-        facts["schema_version_ok"] = row["comment"] == expected
+        facts["schema_version"] = version = sql.schema_version(row["comment"])
+        facts["schema_version_ok"] = version == sql.SCHEMA_VERSION
+        problem, _ = self._schema_problem(row["comment"], row["columns"])
+        facts["schema_problem"] = problem if row["exists"] else None
         return facts
 
     async def _refuse_if_held(self, conn: asyncpg.pool.PoolConnectionProxy) -> None:

@@ -29,6 +29,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_wheel_contains_sql_and_type_marker(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {"fsmflow/sql/schema.sql", "fsmflow/sql/queries.sql", "fsmflow/py.typed"} <= names
+    assert "fsmflow/sql/migrations/0002_context_json.sql" in names
 
 
 def test_top_level_sql_is_the_packaged_sql() -> None:
@@ -58,4 +59,4 @@ def test_init_db_from_the_unpacked_wheel(wheel: Path, tmp_path: Path, postgresql
     assert result.returncode == 0, result.stderr
     with postgresql.cursor() as cur:
         cur.execute("SELECT obj_description('from_wheel'::regclass, 'pg_class')")
-        assert cur.fetchone()[0] == "fsmflow schema_version=1"
+        assert cur.fetchone()[0] == "fsmflow schema_version=2"

@@ -1,16 +1,27 @@
-"""fsmflow's SQL: the schema and named queries, loaded once from the ``.sql`` files here."""
+"""fsmflow's SQL: the schema, its migrations and named queries, loaded from the ``.sql``
+files here.
+
+``schema.sql`` is the current schema, applied to a new table. ``migrations/NNNN_*.sql``
+takes a table from version NNNN - 1 to NNNN (``0001_initial.sql`` is version 1 as fsmflow
+0.1 created it); the version of a table is in its comment (``fsmflow schema_version=N``).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import re
+from collections.abc import Collection
 from functools import cache
 from importlib import resources
 from typing import Final
 
 PLACEHOLDER: Final = "fsmflow_transitions"
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 SCHEMA_COMMENT: Final = f"fsmflow schema_version={SCHEMA_VERSION}"  # as schema.sql sets it
-# The columns of a schema-version-1 table; the store refuses a table that lacks one.
+MAX_NAME_BYTES: Final = 63  # PostgreSQL truncates longer identifiers silently
+_VERSION_COMMENT: Final = re.compile(r"^fsmflow schema_version=(\d+)$")
+_MIGRATION_FILE: Final = re.compile(r"^(\d{4})_\w+\.sql$")
+# The columns of a table of every schema version; the store refuses a table that lacks one.
 REQUIRED_COLUMNS: Final = frozenset(
     {
         "workflow_name",
@@ -37,8 +48,75 @@ _TABLE_WORD: Final = re.compile(rf"\b{PLACEHOLDER}(\w*)")
 
 
 def read(filename: str) -> str:
-    """The text of one packaged ``.sql`` file."""
+    """The text of one packaged ``.sql`` file (``migrations/...`` for a migration)."""
     return resources.files(__package__).joinpath(filename).read_text(encoding="utf-8")
+
+
+def schema_version(comment: str | None) -> int | None:
+    """The schema version a table comment records, or None if it is no fsmflow comment."""
+    match = _VERSION_COMMENT.match(comment or "")
+    return int(match.group(1)) if match else None
+
+
+@cache
+def migration_files() -> dict[int, str]:
+    """Every packaged migration: the version it upgrades to -> its file name."""
+    folder = resources.files(__package__).joinpath("migrations")
+    found = (_MIGRATION_FILE.match(entry.name) for entry in folder.iterdir())
+    return {int(m.group(1)): f"migrations/{m.group(0)}" for m in found if m}
+
+
+def schema_problem(
+    table: str, comment: str | None, columns: Collection[str]
+) -> tuple[str | None, bool]:
+    """Why this fsmflow cannot run on the existing ``table`` (its label in messages) with
+    this comment and these columns (None: it can), and whether init_db can upgrade it."""
+    version = schema_version(comment)
+    if version is not None and version > SCHEMA_VERSION:
+        return (
+            f"{table} has fsmflow schema version {version}, newer than this fsmflow knows "
+            f"({SCHEMA_VERSION}): upgrade fsmflow to run against it"
+        ), False
+    missing = REQUIRED_COLUMNS - set(columns)
+    if missing or version not in migration_files():
+        return (
+            f"{table} is not an fsmflow schema version {SCHEMA_VERSION} table (comment "
+            f"{comment!r}, missing columns {sorted(missing)}); point FSMFLOW_TABLE at another "
+            "table or migrate this one"
+        ), False
+    if version < SCHEMA_VERSION:
+        return (
+            f"{table} has fsmflow schema version {version}; this fsmflow needs version "
+            f"{SCHEMA_VERSION}: run `fsmflow init-db` (or `await DBConfig().init_db()`) once "
+            "to upgrade it in place (it rewrites the table; see Upgrading in the README)"
+        ), True
+    return None, False
+
+
+def migrations_ddl(schema: str | None, table: str, from_version: int) -> list[tuple[int, str]]:
+    """The DDL of each migration after ``from_version``, in order, with the table bound."""
+    files = migration_files()
+    return [
+        (version, bind_table(read(files[version]), schema, table))
+        for version in range(from_version + 1, SCHEMA_VERSION + 1)
+    ]
+
+
+def object_name(table: str, suffix: str) -> str:
+    """The name of the table's index or constraint ``table + suffix``, made to fit 63 bytes.
+
+    PostgreSQL truncates a longer name to 63 bytes. For a table name shorter than that the
+    truncated name is still the table's own (and is what fsmflow 0.1 created, so upgraded
+    tables keep their index); for a 63-byte table name it would be the table's name itself
+    and ``IF NOT EXISTS`` would skip the index: there the table part is cut and a short hash
+    of the whole table name keeps names of different tables apart.
+    """
+    name = table + suffix
+    if len(table.encode("utf-8")) < MAX_NAME_BYTES:
+        return name.encode("utf-8")[:MAX_NAME_BYTES].decode("utf-8", "ignore")
+    digest = hashlib.blake2b(table.encode("utf-8"), digest_size=4).hexdigest()
+    keep = MAX_NAME_BYTES - len(suffix) - len(digest) - 1
+    return f"{table[:keep]}_{digest}{suffix}"
 
 
 @cache
@@ -62,7 +140,7 @@ def bind_table(sql: str, schema: str | None, table: str) -> str:
     def replace(match: re.Match[str]) -> str:
         suffix = match.group(1)
         if suffix:  # an index name: lives in the table's schema, never qualified
-            return quote_ident(table + suffix)
+            return quote_ident(object_name(table, suffix))
         qualified = quote_ident(table)
         return f"{quote_ident(schema)}.{qualified}" if schema else qualified
 
@@ -75,5 +153,5 @@ def queries(schema: str | None, table: str) -> dict[str, str]:
 
 
 def schema_ddl(schema: str | None, table: str) -> str:
-    """The DDL of ``schema.sql`` with the table bound."""
+    """The DDL of ``schema.sql`` (the current version, for a new table) with the table bound."""
     return bind_table(read("schema.sql"), schema, table)

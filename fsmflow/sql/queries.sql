@@ -6,7 +6,7 @@
 INSERT INTO fsmflow_transitions
     (workflow_name, instance_id, seq, trigger, source_state, dest_state, context, status,
      fingerprint, attempt_id, duration_ms, error)
-SELECT $1::text, $2::text, $3::integer, $4::text, $5::text, $6::text, $7::jsonb, $8::text,
+SELECT $1::text, $2::text, $3::integer, $4::text, $5::text, $6::text, $7::json, $8::text,
        $9::text, $10::uuid, $11::float8, $12::jsonb
 WHERE coalesce(
     (SELECT max(seq) FROM fsmflow_transitions WHERE workflow_name = $1 AND instance_id = $2),
@@ -17,7 +17,7 @@ WHERE coalesce(
 INSERT INTO fsmflow_transitions
     (workflow_name, instance_id, seq, dest_state, context, status, fingerprint, attempt_id,
      definition, forked_from_instance, forked_from_seq)
-VALUES ($1, $2, 0, $3, $4::jsonb, 'running', $5, $6::uuid, $7::jsonb, $8, $9);
+VALUES ($1, $2, 0, $3, $4::json, 'running', $5, $6::uuid, $7::jsonb, $8, $9);
 
 -- name: last_record
 -- The latest row of one instance, the seq before it and how many rows it has (primary-key
@@ -64,6 +64,11 @@ SELECT obj_description(to_regclass($1), 'pg_class') AS comment,
        current_setting('synchronous_commit') AS synchronous_commit,
        has_table_privilege(to_regclass($1), 'SELECT') AS can_select,
        has_table_privilege(to_regclass($1), 'INSERT') AS can_insert;
+
+-- name: table_indexes
+-- init_db: the names of the table's indexes (so it logs the ones it had to create).
+SELECT ARRAY(SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+             WHERE i.indrelid = to_regclass($1)) AS indexes;
 
 -- name: reset
 -- Delete every row (reset_db).

@@ -1,12 +1,15 @@
--- fsmflow schema, version 1.
+-- fsmflow schema, version 2.
 --
 -- One append-only table holds the history of every workflow instance: one row per event.
 -- seq 0 starts an instance; each finished step appends the next seq; a terminal row has
 -- status 'completed', 'failed' or 'cancelled'. Rows are never updated.
 --
 -- Apply by hand with:  psql "$DATABASE_URL" -f schema.sql
--- (fsmflow's init_db applies this same file, with the configured table name substituted
--- for fsmflow_transitions.) Safe to run again.
+-- (fsmflow's init_db applies this same file to a new table, with the configured table name
+-- substituted for fsmflow_transitions, and upgrades an older table in place with the files
+-- in migrations/, then applies this file again.) Safe to run again: on a table of this
+-- version it creates only what is missing.
+-- context is json, not jsonb: the exact text fsmflow wrote, keys in their order.
 
 CREATE TABLE IF NOT EXISTS fsmflow_transitions (
     workflow_name   text        NOT NULL,
@@ -15,7 +18,7 @@ CREATE TABLE IF NOT EXISTS fsmflow_transitions (
     trigger         text,
     source_state    text,
     dest_state      text,
-    context         jsonb       NOT NULL,
+    context         json        NOT NULL,
     status          text        NOT NULL DEFAULT 'running'
                     CHECK (status IN ('running', 'completed', 'failed', 'cancelled')),
     completed       boolean     GENERATED ALWAYS AS (status = 'completed') STORED,
@@ -35,4 +38,4 @@ CREATE INDEX IF NOT EXISTS fsmflow_transitions_started_idx
     ON fsmflow_transitions (workflow_name, created_at DESC, instance_id)
     WHERE seq = 0;
 
-COMMENT ON TABLE fsmflow_transitions IS 'fsmflow schema_version=1';
+COMMENT ON TABLE fsmflow_transitions IS 'fsmflow schema_version=2';

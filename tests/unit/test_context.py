@@ -12,12 +12,19 @@ import enum
 import json
 import math
 import uuid
+from types import MappingProxyType
 from typing import Any
 
 import pytest
 
 from fsmflow import ContextError, ContextSerializationError, ContextTooLargeError, WorkflowContext
-from fsmflow.context import decode_context, encode_context
+from fsmflow.context import (
+    MAX_DEPTH,
+    check_json_value,
+    decode_context,
+    encode_context,
+    seed_json,
+)
 
 SENTINEL = "Top-Secret-Value-1234"  # part of a refused value: must never be shown
 
@@ -148,3 +155,75 @@ def test_context_defaults_to_an_empty_dict_per_instance() -> None:
     first, second = WorkflowContext(), WorkflowContext()
     first.data["x"] = 1
     assert second.data == {}
+
+
+# -- over-deep and circular contexts, and the seed ----------------------------------------
+
+
+def nested(depth: int) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    inner = data
+    for _ in range(depth - 1):
+        inner["a"] = {}
+        inner = inner["a"]
+    return data
+
+
+def test_a_context_at_the_depth_limit_is_accepted() -> None:
+    assert decode_context(encode_context(nested(MAX_DEPTH))) == nested(MAX_DEPTH)
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 990, 5000])
+def test_an_over_deep_context_names_the_path_prefix_and_the_limit(depth: int) -> None:
+    with pytest.raises(ContextSerializationError) as raised:
+        encode_context(nested(depth))
+    message = str(raised.value)
+    assert message.startswith("ctx['a']['a']['a']"), message
+    assert f"{MAX_DEPTH} levels" in message and len(message) < 500
+
+
+def test_a_deep_list_is_refused_too() -> None:
+    data: list[Any] = []
+    inner = data
+    for _ in range(2000):
+        inner.append([])
+        inner = inner[0]
+    with pytest.raises(ContextSerializationError, match=r"ctx\['l'\]\[0\]\[0\]"):
+        encode_context({"l": data})
+
+
+def test_a_circular_context_is_refused() -> None:
+    data: dict[str, Any] = {"x": 1, "items": []}
+    data["items"].append({"back": data})
+    with pytest.raises(ContextSerializationError, match="levels") as raised:
+        encode_context(data)
+    assert raised.value.path.startswith("ctx['items'][0]['back']['items']")
+    with pytest.raises(ContextSerializationError):
+        check_json_value(data)
+
+
+@pytest.mark.parametrize(
+    ("seed", "expected"),
+    [
+        (None, "{}"),
+        ({"b": 1, "a": [2]}, '{"b":1,"a":[2]}'),
+        (MappingProxyType({"k": "v"}), '{"k":"v"}'),
+        (WorkflowContext(data={"z": None}), '{"z":null}'),
+    ],
+    ids=["None", "dict", "Mapping", "WorkflowContext"],
+)
+def test_seed_json_accepts_none_dicts_mappings_and_contexts(seed: Any, expected: str) -> None:
+    assert seed_json(seed, max_bytes=1000) == expected
+
+
+@pytest.mark.parametrize("seed", [[("a", 1)], "text", 3, {"a"}, b"{}"], ids=repr)
+def test_seed_json_refuses_anything_else(seed: Any) -> None:
+    with pytest.raises(ContextSerializationError, match="the seed context must be a dict"):
+        seed_json(seed, max_bytes=1000)
+
+
+def test_seed_json_validates_and_caps_the_seed() -> None:
+    with pytest.raises(ContextSerializationError, match=r"ctx\['when'\]"):
+        seed_json({"when": datetime.date(2026, 1, 1)}, max_bytes=1000)
+    with pytest.raises(ContextTooLargeError):
+        seed_json({"big": "x" * 100}, max_bytes=50)

@@ -6,6 +6,7 @@ settings that point nowhere and a zero retry budget: it must fail before any SQL
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,6 +19,7 @@ from fsmflow import (
     DefinitionError,
     InvalidIdentifierError,
     PersistentWorkflowStateMachine,
+    RetryPolicy,
     Transition,
     WorkflowContext,
     WorkflowDefinition,
@@ -356,3 +358,65 @@ def test_steps_accept_functions_step_objects_and_lists() -> None:
     runner.steps = [WorkflowStep(name="b", execute=step), WorkflowStep(name="a", execute=step)]
     assert set(runner.steps) == {"a", "b"}
     assert all(s.execute is step for s in runner.steps.values())
+
+
+# -- positional arguments, as the README documents them ---------------------------------
+
+
+def test_documented_positional_arguments_are_accepted() -> None:
+    retry = RetryPolicy(max_attempts=3)
+    assert WorkflowStep("a", step, retry) == WorkflowStep(name="a", execute=step, retry=retry)
+    condition = Condition("order.total", "gt", 0)
+    assert condition == Condition(field="order.total", operator="gt", value=0)
+    transition = Transition("next", "a", "b", [condition])
+    assert transition == Transition(trigger="next", source="a", dest="b", conditions=[condition])
+    definition = WorkflowDefinition("flow", ["a", "b"], [transition])
+    assert definition.summary() == build(transitions=[transition]).summary()
+    assert definition.name == "flow" and definition.initial_state == "a"
+
+
+def test_keywords_and_defaults_still_work() -> None:
+    assert Condition(field="f").operator == "eq"
+    assert Condition("f", "is_none").value is None
+    assert Transition("done", source="a").dest is None
+    assert Transition("done", source="a").conditions == []
+    assert WorkflowStep("a", step).retry is None
+    definition = WorkflowDefinition("flow", steps=["a"])
+    assert definition.transitions == [] and definition.default_retry == RetryPolicy()
+
+
+def test_positional_arguments_are_still_validated() -> None:
+    with pytest.raises(pydantic.ValidationError):
+        Condition(3, "eq")  # type: ignore[arg-type]
+    with pytest.raises(DefinitionError, match="dest 'z' is not a state"):
+        WorkflowDefinition("flow", ["a"], [Transition("next", "a", "z")])
+
+
+# -- the loop limit ------------------------------------------------------------------------
+
+
+def test_max_transitions_has_a_generous_default() -> None:
+    assert build().max_transitions == 10_000
+    assert build(max_transitions=1).max_transitions == 1
+
+
+@pytest.mark.parametrize("limit", [0, -5])
+def test_max_transitions_must_be_positive(limit: int) -> None:
+    with pytest.raises(DefinitionError, match="max_transitions"):
+        build(max_transitions=limit)
+
+
+def test_max_transitions_is_not_part_of_the_fingerprint() -> None:
+    assert build(max_transitions=3).fingerprint == build().fingerprint
+    assert "max_transitions" not in json.dumps(build(max_transitions=3).summary())
+
+
+# -- a workflow name that is not a str ----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [123, None, b"flow", ["flow"]], ids=repr)
+def test_a_non_str_workflow_name_is_an_invalid_identifier(name: Any) -> None:
+    with pytest.raises(InvalidIdentifierError, match="workflow name must be a str"):
+        WorkflowDefinition(name=name, steps=["a"])
+    with pytest.raises(InvalidIdentifierError, match="workflow name must be a str"):
+        WorkflowDefinition.model_validate({"name": name, "steps": ["a"]})

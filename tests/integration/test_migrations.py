@@ -1,0 +1,223 @@
+"""The schema and its migrations: ``schema.sql`` is version 1 plus every migration, init_db
+upgrades a real version-1 table (with rows) in place, and a table of another version is
+refused with the command that fixes it.
+
+Real PostgreSQL: the catalogs are compared, never the SQL text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from fsmflow import (
+    PersistentWorkflowStateMachine,
+    SchemaMismatchError,
+    Transition,
+    WorkflowContext,
+    WorkflowDefinition,
+)
+from fsmflow import sql as fsql
+from tests.integration.reliability_support import Harness
+
+WORKFLOW = "migrated_flow"
+DEFINITION = WorkflowDefinition(
+    "migrated_flow",
+    ["fill", "check", "done"],
+    [Transition("next", "fill", "check"), Transition("next", "check", "done")],
+)
+ORDERED = {"topic": "t", "first": 1, "zzz_long_key_name": {"b": 1, "aa": 2}, "b": 2, "aa": 3}
+
+
+@pytest.fixture
+async def h(postgresql: Any, pg_server: Any) -> AsyncIterator[Harness]:
+    harness = Harness(postgresql, pg_server)
+    yield harness
+    await harness.aclose()
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG, logger="fsmflow")
+    return caplog
+
+
+def create_version_1(h: Harness, table: str) -> None:
+    h.sql(fsql.bind_table(fsql.read("migrations/0001_initial.sql"), None, table))
+
+
+def shape(h: Harness, table: str) -> dict[str, Any]:
+    """What the catalogs say about ``table``, with its name replaced by ``T``."""
+
+    def named(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        return sorted(tuple(str(v).replace(table, "T") for v in row) for row in rows)
+
+    columns = h.sql(
+        "SELECT attnum, attname, format_type(atttypid, atttypmod), attnotnull, attgenerated, "
+        "pg_get_expr(d.adbin, d.adrelid) FROM pg_attribute a "
+        "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+        "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+        (table,),
+    )
+    indexes = h.sql(
+        "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = %s::regclass",
+        (table,),
+    )
+    constraints = h.sql(
+        "SELECT conname, contype, pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE conrelid = %s::regclass",
+        (table,),
+    )
+    comment = h.sql("SELECT obj_description(%s::regclass, 'pg_class')", (table,))
+    return {
+        "columns": named(columns),
+        "indexes": named(indexes),
+        "constraints": named(constraints),
+        "comment": comment,
+    }
+
+
+def test_schema_sql_is_version_1_plus_every_migration(h: Harness) -> None:
+    assert sorted(fsql.migration_files()) == list(range(1, fsql.SCHEMA_VERSION + 1))
+    h.sql(fsql.schema_ddl(None, "canonical"))
+    create_version_1(h, "migrated")
+    for _, ddl in fsql.migrations_ddl(None, "migrated", 1):
+        h.sql(ddl)
+    canonical, migrated = shape(h, "canonical"), shape(h, "migrated")
+    assert canonical == migrated
+    assert canonical["comment"] == [(f"fsmflow schema_version={fsql.SCHEMA_VERSION}",)]
+    assert ("7", "context", "json", "True", "", "None") in canonical["columns"]
+
+
+def insert_v1_instance(h: Harness, table: str, instance_id: str) -> None:
+    """An instance that fsmflow 0.1 left in state ``check`` (seq 1), context as jsonb."""
+    row = (
+        f"INSERT INTO {table} (workflow_name, instance_id, seq, trigger, source_state, "
+        "dest_state, context, status, fingerprint, definition) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, 'running', %s, %s::jsonb)"
+    )
+    summary = json.dumps(DEFINITION.summary())
+    fp = DEFINITION.fingerprint
+    h.sql(row, (WORKFLOW, instance_id, 0, None, None, "fill", "{}", fp, summary))
+    h.sql(row, (WORKFLOW, instance_id, 1, "next", "fill", "check", json.dumps(ORDERED), fp, None))
+
+
+async def test_init_db_upgrades_a_version_1_table_with_rows_and_it_resumes(
+    h: Harness, logs: pytest.LogCaptureFixture
+) -> None:
+    create_version_1(h, "old_history")
+    insert_v1_instance(h, "old_history", "i-1")
+    config = h.config(table="old_history")
+    runner = PersistentWorkflowStateMachine(
+        config, DEFINITION, steps=steps_recording([]), instance_id="i-1", handle_signals=False
+    )
+    with pytest.raises(SchemaMismatchError) as refused:
+        await runner.run_workflow()
+    assert "schema version 1" in str(refused.value) and "fsmflow init-db" in str(refused.value)
+    assert "upgrade" in str(refused.value)
+
+    await asyncio.gather(*(h.config(table="old_history").init_db() for _ in range(3)))
+    upgraded = [r.getMessage() for r in logs.records if r.levelno == logging.INFO]
+    assert sum("upgraded from schema version 1 to 2" in m for m in upgraded) == 1, upgraded
+    context_type = h.sql(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+        "WHERE attrelid = 'old_history'::regclass AND attname = 'context'"
+    )
+    assert context_type == [("json",)]
+    # Old rows keep the order jsonb gave them; nothing else changed.
+    stored = h.sql("SELECT context::text FROM old_history WHERE seq = 1")[0][0]
+    assert list(json.loads(stored)) == ["b", "aa", "first", "topic", "zzz_long_key_name"]
+
+    seen: list[Any] = []
+    fresh = h.config(table="old_history")
+    state = await PersistentWorkflowStateMachine(
+        fresh, DEFINITION, steps=steps_recording(seen), instance_id="i-1", handle_signals=False
+    ).run_workflow()
+    assert state.completed and [s for s, _ in seen] == ["check", "done"]
+    assert seen[0][1] == json.loads(stored)
+    assert [r["seq"] for r in h.rows(WORKFLOW, "i-1", "old_history")] == [0, 1, 2, 3]
+
+
+def steps_recording(seen: list[Any]) -> dict[str, Any]:
+    def record(name: str) -> Any:
+        def step(ctx: WorkflowContext) -> tuple[WorkflowContext, None]:
+            seen.append((name, dict(ctx.data)))
+            return ctx, None
+
+        return step
+
+    return {name: record(name) for name in DEFINITION.steps}
+
+
+async def test_init_db_logs_at_info_only_when_it_creates_or_upgrades(
+    h: Harness, logs: pytest.LogCaptureFixture
+) -> None:
+    await h.config(table="logged").init_db()
+    await h.config(table="logged").init_db()
+    infos = [r.getMessage() for r in logs.records if r.levelno >= logging.INFO]
+    debugs = [r.getMessage() for r in logs.records if r.levelno == logging.DEBUG]
+    assert sum("created at schema version 2" in m for m in infos) == 1, infos
+    assert not any("initialized" in m for m in infos[1:]), infos
+    assert any("logged" in m and "schema version 2 already" in m for m in debugs), debugs
+
+
+async def test_a_newer_schema_version_says_to_upgrade_fsmflow(h: Harness) -> None:
+    h.sql(fsql.schema_ddl(None, "future"))
+    h.sql("COMMENT ON TABLE future IS 'fsmflow schema_version=99'")
+    for attempt in (h.config(table="future").init_db(), h.config(table="future").store.open()):
+        with pytest.raises(SchemaMismatchError, match=r"version 99, newer .* upgrade fsmflow"):
+            await attempt
+    assert h.sql("SELECT obj_description('future'::regclass, 'pg_class')") == [
+        ("fsmflow schema_version=99",)
+    ]
+
+
+async def test_check_reports_the_schema_version(h: Harness) -> None:
+    create_version_1(h, "old_history")
+    report = await h.config(table="old_history").store.check_health()
+    assert not report.healthy and report.schema_version == 1
+    assert "schema version 1" in report.problems[0] and "fsmflow init-db" in report.problems[0]
+    report = await h.config().store.check_health()
+    assert report.healthy and report.schema_version == fsql.SCHEMA_VERSION
+
+
+TABLE_63 = "t" * 63
+
+
+async def test_a_63_character_table_gets_its_started_index(h: Harness) -> None:
+    await h.config(table=TABLE_63).init_db()
+    indexes = h.sql(
+        "SELECT c.relname, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = %s::regclass",
+        (TABLE_63,),
+    )
+    started = [name for name, definition in indexes if "WHERE (seq = 0)" in definition]
+    assert started == [fsql.object_name(TABLE_63, "_started_idx")]
+    assert len(started[0]) <= 63 and started[0].endswith("_started_idx")
+    assert len(indexes) == 2  # and the primary key's
+
+
+async def test_init_db_creates_the_index_a_63_character_table_lacks(
+    h: Harness, logs: pytest.LogCaptureFixture
+) -> None:
+    create_version_1(h, TABLE_63)  # as fsmflow 0.1 left it: without its started index
+    h.sql(f"DROP INDEX {fsql.object_name(TABLE_63, '_started_idx')}")
+    await h.config(table=TABLE_63).init_db()
+    infos = [r.getMessage() for r in logs.records if r.levelno == logging.INFO]
+    index = fsql.object_name(TABLE_63, "_started_idx")
+    assert any("upgraded from schema version 1" in m and index in m for m in infos), infos
+    assert h.sql("SELECT to_regclass(%s) IS NOT NULL", (index,)) == [(True,)]
+
+
+def test_object_names_fit_and_stay_apart() -> None:
+    assert fsql.object_name("history", "_started_idx") == "history_started_idx"
+    # Shorter than 63: PostgreSQL's own truncation, the index fsmflow 0.1 created.
+    assert fsql.object_name("x" * 55, "_started_idx") == "x" * 55 + "_started"
+    names = {fsql.object_name(t, "_started_idx") for t in ("a" * 63, "a" * 62 + "b", "a" * 60)}
+    assert len(names) == 3 and all(len(n) <= 63 for n in names)
