@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from typing import Any, Final, NoReturn, TypeVar
 
 from .choosing import choose_transition, declared_transition
-from .context import WorkflowContext, decode_context, encode_context
+from .context import WorkflowContext, decode_context, encode_context, seed_json
 from .definition import RetryPolicy, Transition, WorkflowDefinition, WorkflowStep, check_identifier
 from .errors import (
     ConcurrentTransitionError,
-    ContextSerializationError,
     HistoryDeletedError,
     OwnershipLostError,
     StepFailedError,
@@ -194,7 +193,7 @@ class PersistentWorkflowStateMachine:
         ``max_transitions``.
         """
         check_steps(self.definition, self._steps)
-        initial = self._initial_json(context)
+        initial = seed_json(context, max_bytes=self._max_bytes)
         self._task = asyncio.current_task()
         if self.options["handle_signals"]:
             # From the very start: a signal while connecting or waiting for the lock
@@ -236,20 +235,6 @@ class PersistentWorkflowStateMachine:
         finally:
             owner, self._owner = self._owner, None
             await owner.release()
-
-    def _initial_json(self, context: WorkflowContext | Mapping[str, Any] | None) -> str:
-        if isinstance(context, WorkflowContext):
-            data: Any = context.data
-        elif context is None or isinstance(context, Mapping):
-            data = dict(context or {})
-        else:
-            raise ContextSerializationError(
-                "ctx",
-                f"the seed context must be a dict, a Mapping or a WorkflowContext, not "
-                f"{type(context).__name__}",
-                where="initial context",
-            )
-        return encode_context(data, max_bytes=self._max_bytes, where="initial context")
 
     async def _choose_instance(self) -> None:
         if self.instance_id is None:
@@ -376,7 +361,7 @@ class PersistentWorkflowStateMachine:
             self._machine.move(self, dest)
 
     async def _check_limit(self, state: str) -> None:
-        limit: int = getattr(self.definition, "max_transitions", 10_000)  # TODO(merge)
+        limit = self.definition.max_transitions
         if self.seq < limit:
             return
         assert self.instance_id is not None
