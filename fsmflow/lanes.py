@@ -10,6 +10,7 @@ it as they were.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
@@ -36,6 +37,7 @@ QUERIES: Final = sql.named("ownership.sql")
 QUERY_CANCELED: Final = "57014"  # statement_timeout, pg_cancel_backend: the session lives
 # The server ended the session (admin shutdown, crash shutdown, cannot connect now).
 _SESSION_ENDED: Final = ("57P01", "57P02", "57P03")
+_PIDS_KEPT: Final = 3
 
 
 class Connector(Protocol):
@@ -99,7 +101,9 @@ class Lane:
         self.lock = asyncio.Lock()  # one query at a time on the connection
         self.owners: set[Owner] = set()
         self.generation = 0  # bumped on every new connection: old locks are gone
-        self._pids: list[int] = []  # server pid of every session this lane opened
+        # Server pids of this lane's last sessions: recent ones only, so that a pid the
+        # OS has since given to another backend is never taken for one of ours.
+        self._pids: collections.deque[int] = collections.deque(maxlen=_PIDS_KEPT)
         self._heartbeat: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 

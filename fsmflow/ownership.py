@@ -381,11 +381,11 @@ async def acquire(
         if owner is not None and await _lock_claimed(owner):
             return owner
         if not wait or (deadline is not None and loop.time() + delay > deadline):
-            where = "in this process" if owner is None else "(it holds its lock)"
+            who = "in this process" if owner is None else "(it holds the instance's lock)"
             raise InstanceLockedError(
                 workflow,
                 instance_id,
-                f"another runner {where} is running this instance right now; "
+                f"another runner {who} is running this instance right now; "
                 "wait for it, or pass wait=True to wait for the lock",
             )
         await asyncio.sleep(delay)
