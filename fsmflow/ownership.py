@@ -1,11 +1,11 @@
 """Ownership of running instances: session advisory locks on dedicated connections.
 
-Part of the store layer (it knows asyncpg). A process keeps a few *lanes*: dedicated,
-unpooled connections, each holding the advisory locks of the instances it serves and
-carrying their appends. Appending on the lock's own session is a fence: if the session
-died, the write fails instead of racing a new owner; the conditional append stays the
-real guarantee. A heartbeat (and asyncpg's termination callback) notices a lost session
-and interrupts the steps of the instances it served.
+Part of the store layer (it knows asyncpg). A process keeps a few *lanes*
+(:mod:`fsmflow.lanes`): dedicated, unpooled connections, each holding the advisory locks
+of the instances it serves and carrying their appends. Appending on the lock's own
+session is a fence: if the session died, the write fails instead of racing a new owner;
+the conditional append stays the real guarantee. A lost session interrupts the steps of
+the instances it served.
 
 Pooled connections are never used for locks: asyncpg's pool reset unlocks them.
 """
@@ -13,7 +13,6 @@ Pooled connections are never used for locks: asyncpg's pool reset unlocks them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import random
@@ -27,28 +26,23 @@ from .errors import (
     DatabaseUnavailableError,
     FsmflowError,
     InstanceLockedError,
+    LockTableFullError,
     OwnershipLostError,
+    StoreError,
 )
+from .lanes import QUERIES, Lane, finish, is_cancelled_statement, session_gone
 
 if TYPE_CHECKING:
     from .store import Store
 
+__all__ = ["Lane", "Ownership", "acquire", "lock_key"]
+
 logger = logging.getLogger("fsmflow.ownership")
 
-HEARTBEAT_SECONDS: Final = 5.0
-LANE_SETTINGS: Final = {
-    "application_name": "fsmflow-owner",
-    # asyncpg sets no keepalives; server defaults would keep a dead peer's locks ~2 h.
-    "tcp_keepalives_idle": "10",
-    "tcp_keepalives_interval": "5",
-    "tcp_keepalives_count": "3",
-    "idle_session_timeout": "0",
-    "idle_in_transaction_session_timeout": "0",
-}
-# The one-bigint form: the whole 64-bit key space (the two-int form left 32 bits for the
-# key, and instances like order-29028 / order-42028 shared a lock).
-_LOCK_SQL: Final = "SELECT pg_try_advisory_lock($1::int8)"
-_UNLOCK_SQL: Final = "SELECT pg_advisory_unlock($1::int8)"
+# The one-bigint lock form: the whole 64-bit key space (the two-int form left 32 bits for
+# the key, and instances like order-29028 / order-42028 shared a lock).
+LOCK_TABLE_FULL: Final = "53200"  # out of shared memory: the server's lock table is full
+_END_SESSION_WAIT_MS: Final = 500
 
 
 def lock_key(table: str, workflow: str, instance_id: str) -> int:
@@ -58,84 +52,6 @@ def lock_key(table: str, workflow: str, instance_id: str) -> int:
     """
     raw = f"fsmflow\0{table}\0{workflow}\0{instance_id}".encode()
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True)
-
-
-class Lane:
-    """One dedicated connection shared by the instances pinned to it."""
-
-    def __init__(self, store: Store, index: int) -> None:
-        self.store = store
-        self.index = index
-        self.conn: asyncpg.Connection | None = None
-        self.lock = asyncio.Lock()  # one query at a time on the connection
-        self.owners: set[Ownership] = set()
-        self.generation = 0  # bumped on every new connection: old locks are gone
-        self._heartbeat: asyncio.Task[None] | None = None
-
-    def __repr__(self) -> str:
-        return f"Lane(#{self.index}, owners={len(self.owners)}, generation={self.generation})"
-
-    @property
-    def alive(self) -> bool:
-        """True while the connection is open."""
-        return self.conn is not None and not self.conn.is_closed()
-
-    async def ensure_connected(self) -> None:
-        """Connect if needed (retrying within the budget). Caller holds ``self.lock``."""
-        if self.alive:
-            return
-        self.conn = await self.store.retry("owner connect", self._connect)
-        self.generation += 1
-        self.conn.add_termination_listener(self._on_terminated)
-        if self._heartbeat is None or self._heartbeat.done():
-            self._heartbeat = asyncio.get_running_loop().create_task(self._beat())
-
-    async def _connect(self) -> asyncpg.Connection:
-        kwargs = dict(await self.store.connect_kwargs())
-        kwargs["server_settings"] = {**kwargs.get("server_settings", {}), **LANE_SETTINGS}
-        conn: asyncpg.Connection = await asyncpg.connect(**kwargs)
-        return conn
-
-    def _on_terminated(self, conn: Any) -> None:
-        if conn is self.conn:
-            self.lost("connection closed")
-
-    def lost(self, why: str) -> None:
-        """The session is gone: every lock it held is gone too."""
-        if self.conn is not None and not self.conn.is_closed():
-            self.conn.terminate()
-        if self.owners:
-            logger.warning(
-                "owner connection #%d lost (%s): %d instance(s) affected",
-                self.index,
-                why,
-                len(self.owners),
-            )
-        for owner in list(self.owners):
-            owner.mark_lost()
-
-    async def _beat(self) -> None:
-        while True:
-            await asyncio.sleep(HEARTBEAT_SECONDS)
-            if not self.owners or self.lock.locked():
-                continue  # nothing to protect, or a query is proving the session right now
-            try:
-                async with self.lock:
-                    if self.conn is not None and not self.conn.is_closed():
-                        await self.conn.fetchval("SELECT 1", timeout=HEARTBEAT_SECONDS)
-            except Exception as exc:
-                self.lost(f"heartbeat failed: {type(exc).__name__}")
-
-    async def close(self) -> None:
-        """Stop the heartbeat and close the connection (releasing its locks)."""
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-        if self.conn is not None and not self.conn.is_closed():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.conn.close(), 5)
-        self.conn = None
 
 
 class Ownership:
@@ -153,7 +69,7 @@ class Ownership:
         self.key = lock_key(store.resolved_table, workflow, instance_id)
         self.generation = -1
         self.is_lost = False
-        self.locked = False  # the lock was taken at least once (release gives it back)
+        self.locked = False  # the lock is held on the lane's session (release gives it back)
         self.on_lost: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
@@ -171,88 +87,205 @@ class Ownership:
             self.on_lost()
 
     async def try_lock(self) -> bool:
-        """Take the advisory lock on the lane's session (reconnecting within the budget)."""
+        """Take the advisory lock on the lane's session (reconnecting within the budget).
+
+        :class:`LockTableFullError` if the server has no room for it. Cancelling the caller
+        never leaves the lock granted on the server: a lock query in flight is let finish
+        and what it got is given back.
+        """
         return await self.store.retry("lock", self._try_lock_once)
 
     async def _try_lock_once(self) -> bool:
         lane = self.lane
-        async with lane.lock:
-            await lane.ensure_connected()
-            assert lane.conn is not None
-            try:
-                got = bool(await lane.conn.fetchval(_LOCK_SQL, self.key))
-            except Exception:
-                lane.lost("lock query failed")
-                raise
-            if got:
-                self.generation = lane.generation
-                self.is_lost = False
-                self.locked = True
-                lane.owners.add(self)
-            return got
+        query = await lane.start(self._lock_query, connect=True)
+        try:
+            got, generation = await asyncio.shield(query)
+        except asyncio.CancelledError:
+            # The lock may be granted on the server by now: give back what it got.
+            await finish(lane.spawn(self._undo_lock(query)))
+            raise
+        except Exception as exc:
+            if getattr(exc, "sqlstate", None) == LOCK_TABLE_FULL:
+                raise self._lock_table_full() from None
+            raise
+        if got:
+            self.generation = generation
+            self.locked = True
+            # The session may have died since the query answered: then the lock is gone.
+            self.is_lost = generation != lane.generation or not lane.alive
+            lane.owners.add(self)
+        return got
+
+    async def _lock_query(self) -> tuple[bool, int]:
+        """The lock query, on the lane's current session: (granted, session generation)."""
+        lane = self.lane
+        assert lane.conn is not None
+        conn, generation = lane.conn, lane.generation
+        try:
+            return bool(await conn.fetchval(QUERIES["lock"], self.key)), generation
+        except Exception as exc:
+            # Only a dead session drops the lane: a full lock table fails this one lock.
+            if session_gone(exc) or conn.is_closed():
+                lane.lost(f"lock query failed: {type(exc).__name__}")
+            raise
+
+    async def _undo_lock(self, query: asyncio.Task[tuple[bool, int]]) -> None:
+        """The caller was cancelled during the lock query: give back what it got."""
+        try:
+            got, generation = await query
+        except (Exception, asyncio.CancelledError):
+            return  # no lock was granted
+        if got:
+            await self._unlock(generation)
+
+    def _lock_table_full(self) -> LockTableFullError:
+        return LockTableFullError(
+            self.workflow,
+            self.instance_id,
+            "cannot take this instance's lock: the database server's lock table is full "
+            "(SQLSTATE 53200, out of shared memory); raise max_locks_per_transaction on the "
+            "server (a restart is needed) or run fewer instances per server. Other "
+            "instances' locks are untouched; nothing was written for this one",
+        )
 
     async def reacquire(self) -> None:
-        """After a lost session: retake the lock on a new one, or :class:`OwnershipLostError`."""
-        if not await self.try_lock():
-            raise OwnershipLostError(
-                self.workflow,
-                self.instance_id,
-                "the database session holding this instance's lock was lost and another "
-                "runner holds the lock now; this runner stopped without writing",
+        """After a lost session: retake the lock on a new one, or :class:`OwnershipLostError`.
+
+        A lock still held by this lane's own previous session (a stalled backend that
+        never saw its connection close) is freed by ending that session, within the
+        retry budget; a lock held by any other session is another runner's.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.store.config.retry_budget
+        delay = 0.1
+        while not await self.try_lock():
+            holder = await self.store.retry(
+                "lock holder", lambda: self.lane.fetchrow("lock_holder", self.key)
             )
+            if holder is not None:
+                pid, name = int(holder["pid"]), str(holder["application_name"])
+                if pid not in self.lane.previous_pids():
+                    raise self._lost_to(pid, name)
+                if loop.time() + delay > deadline:
+                    raise self._stuck(pid, name)
+                await self._end_session(pid, name)
+            elif loop.time() + delay > deadline:
+                raise self._stuck(None, "")
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, 2.0)
         logger.info(
             "workflow %r instance %r: ownership re-acquired", self.workflow, self.instance_id
         )
 
+    async def _end_session(self, pid: int, name: str) -> None:
+        logger.warning(
+            "workflow %r instance %r: the lock is still held by this runner's previous "
+            "session (pid %d, application_name %r); ending it",
+            self.workflow,
+            self.instance_id,
+            pid,
+            name,
+        )
+        try:
+            await self.lane.fetchrow("end_session", pid, _END_SESSION_WAIT_MS)
+        except Exception as exc:  # tried again on the next round, within the budget
+            logger.warning("ending session pid %d failed: %s", pid, type(exc).__name__)
+
+    def _lost_to(self, pid: int, name: str) -> OwnershipLostError:
+        return OwnershipLostError(
+            self.workflow,
+            self.instance_id,
+            "the database session holding this instance's lock was lost, and the lock is "
+            f"now held by session pid {pid} (application_name {name!r}), not by this "
+            "runner; this runner stopped without writing",
+        )
+
+    def _stuck(self, pid: int | None, name: str) -> OwnershipLostError:
+        budget = self.store.config.retry_budget
+        holder = "a session that ended meanwhile" if pid is None else (
+            f"this runner's previous session pid {pid} (application_name {name!r}), which "
+            "did not end when terminated"
+        )  # fmt: skip
+        return OwnershipLostError(
+            self.workflow,
+            self.instance_id,
+            f"the database session holding this instance's lock was lost and the lock "
+            f"stayed held by {holder} for the whole retry budget ({budget:g} s, "
+            "FSMFLOW_DB_RETRY_SECONDS); this runner stopped without writing",
+        )
+
     async def execute(self, query: str, *args: Any) -> str:
         """Run one statement on the owning session; raise if that session is not ours."""
+        return await self.lane.exclusive(lambda: self._execute(query, args), connect=False)
+
+    async def _execute(self, query: str, args: tuple[Any, ...]) -> str:
         lane = self.lane
-        async with lane.lock:
-            if self.is_lost or self.generation != lane.generation or not lane.alive:
-                self.is_lost = True
-                raise _SessionLost()
-            assert lane.conn is not None
-            try:
-                return str(await lane.conn.execute(query, *args))
-            except (asyncpg.UniqueViolationError, FsmflowError):
-                raise
-            except Exception as exc:
-                if self.store.is_retriable(exc):
-                    lane.lost(type(exc).__name__)
-                    raise _SessionLost() from exc
-                raise self.store.translate(exc) from None
+        if self.is_lost or self.generation != lane.generation or not lane.alive:
+            self.is_lost = True
+            raise _SessionLost()
+        assert lane.conn is not None
+        try:
+            return str(await lane.conn.execute(query, *args))
+        except (asyncpg.UniqueViolationError, FsmflowError):
+            raise
+        except Exception as exc:
+            if session_gone(exc) or not lane.alive:
+                lane.lost(type(exc).__name__)
+                raise _SessionLost() from exc
+            if is_cancelled_statement(exc) or self.store.is_retriable(exc):
+                raise _StatementFailed(exc) from exc  # the session and its locks stand
+            raise self.store.translate(exc) from None
 
     async def append(self, seq: int, attempt_id: str, args: tuple[Any, ...], query: str) -> None:
         """Append row ``seq`` exactly once, resolving an unknown outcome by reading it back."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.store.config.retry_budget
         delay = 0.1
+        uncertain = False  # an earlier attempt may have landed: read back before writing
         while True:
             try:
                 if self.is_lost:
                     await self.reacquire()
-                    if await self._landed(seq, attempt_id):
-                        return
+                    uncertain = True
+                if uncertain and await self._landed(seq, attempt_id):
+                    return
                 result = await self.execute(query, *args)
             except asyncpg.UniqueViolationError:
                 raise ConcurrentTransitionError(self.workflow, self.instance_id, seq) from None
-            except (_SessionLost, DatabaseUnavailableError) as exc:
-                if loop.time() + delay > deadline:
-                    raise DatabaseUnavailableError(self.store.target, "retry budget spent") from exc
-                logger.warning(
-                    "workflow %r instance %r: session lost while appending seq %d; "
-                    "reconnecting in %.1fs",
-                    self.workflow,
-                    self.instance_id,
-                    seq,
-                    delay,
-                )
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, 5.0)
-                continue
-            if result != "INSERT 0 1":
-                raise ConcurrentTransitionError(self.workflow, self.instance_id, seq)
-            return
+            except (_SessionLost, _StatementFailed, DatabaseUnavailableError) as exc:
+                failure: Exception = exc
+            else:
+                if result != "INSERT 0 1":
+                    raise ConcurrentTransitionError(self.workflow, self.instance_id, seq)
+                return
+            # Outside the handler: a cancellation during the sleep is a plain one.
+            uncertain = True
+            if loop.time() + delay > deadline:
+                raise self._gave_up(seq, failure) from failure
+            logger.warning(
+                "workflow %r instance %r: appending seq %d failed (%s); retrying in %.1fs",
+                self.workflow,
+                self.instance_id,
+                seq,
+                failure,
+                delay,
+            )
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, 5.0)
+
+    def _gave_up(self, seq: int, failure: Exception) -> StoreError:
+        cause = failure.__cause__
+        if isinstance(failure, _StatementFailed) and is_cancelled_statement(failure.cause):
+            return StoreError(
+                f"workflow {self.workflow!r}, instance {self.instance_id!r}: appending seq "
+                f"{seq} was cancelled by the server on every attempt (SQLSTATE 57014, query "
+                "canceled: statement_timeout or pg_cancel_backend) for the whole retry "
+                f"budget ({self.store.config.retry_budget:g} s, FSMFLOW_DB_RETRY_SECONDS); "
+                "nothing was written for this seq. Raise statement_timeout for the fsmflow "
+                "role or stop what cancels its queries, then run the instance again"
+            )
+        detail = type(cause).__name__ if cause is not None else "retry budget spent"
+        return DatabaseUnavailableError(self.store.target, f"retry budget spent: {detail}")
 
     async def _landed(self, seq: int, attempt_id: str) -> bool:
         """After an unknown outcome: did our row land (True), or nothing (False)?"""
@@ -270,23 +303,59 @@ class Ownership:
         raise ConcurrentTransitionError(self.workflow, self.instance_id, seq)
 
     async def release(self) -> None:
-        """Give the lock back (a lost session already released it)."""
+        """Give the lock back (a lost session already released it) and leave the registry.
+
+        Runs to the end even if the caller is cancelled meanwhile (it is shielded).
+        """
+        await finish(self.lane.spawn(self._release()))
+
+    async def _release(self) -> None:
+        self.lane.owners.discard(self)
+        try:
+            if self.locked and not self.is_lost:
+                await self._unlock(self.generation)
+        finally:
+            self.locked = False
+            self.store.forget_owner(self)
+
+    async def _unlock(self, generation: int) -> None:
+        """Unlock on the session of ``generation``; nothing to do if that session is gone."""
+        await self.lane.exclusive(lambda: self._unlock_now(generation), connect=False)
+
+    async def _unlock_now(self, generation: int) -> None:
         lane = self.lane
-        lane.owners.discard(self)
-        self.store.forget_owner(self)
-        if self.is_lost or self.generation != lane.generation:
-            return
-        async with lane.lock:
-            if lane.alive and self.generation == lane.generation:
-                assert lane.conn is not None
-                try:
-                    await lane.conn.fetchval(_UNLOCK_SQL, self.key)
-                except Exception as exc:
+        for attempt in (1, 2):
+            if not lane.alive or lane.generation != generation:
+                return  # the session ended: its locks went with it
+            assert lane.conn is not None
+            try:
+                await lane.conn.fetchval(QUERIES["unlock"], self.key)
+                return
+            except Exception as exc:
+                if session_gone(exc) or not lane.alive:
                     lane.lost(type(exc).__name__)
+                    return
+                if attempt == 2:
+                    logger.error(
+                        "workflow %r instance %r: could not give back its lock (%s); "
+                        "it stays held until owner connection #%d closes",
+                        self.workflow,
+                        self.instance_id,
+                        type(exc).__name__,
+                        lane.index,
+                    )
 
 
 class _SessionLost(Exception):
     """Internal: the owning session is gone; the outcome of the last statement is unknown."""
+
+
+class _StatementFailed(Exception):
+    """Internal: a statement failed (cancelled, timed out...) but its session lives on."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(type(cause).__name__)
+        self.cause = cause
 
 
 async def acquire(
@@ -298,31 +367,49 @@ async def acquire(
     wait: bool,
     lock_timeout: float | None,
 ) -> Ownership:
-    """Claim an instance on the least busy lane; :class:`InstanceLockedError` if owned."""
+    """Claim an instance on the least busy lane; :class:`InstanceLockedError` if owned.
+
+    The in-process registry is claimed before the lock is taken (session locks are
+    re-entrant: two runners sharing a lane would both get it), and given back if the
+    lock is not taken, fails or the caller is cancelled.
+    """
     loop = asyncio.get_running_loop()
     deadline = None if lock_timeout is None else loop.time() + lock_timeout
     delay = 0.05
     while True:
-        if not store.owned_here(workflow, instance_id):
-            lane = min(lanes, key=lambda ln: (len(ln.owners), ln.index))
-            owner = Ownership(store, lane, workflow, instance_id)
-            # Reserve the lane before awaiting, so that instances claimed concurrently
-            # spread over the lanes instead of all choosing the same least-busy one.
-            lane.owners.add(owner)
-            try:
-                got = await owner.try_lock()
-            finally:
-                if not owner.locked:
-                    lane.owners.discard(owner)
-            if got:
-                store.remember_owner(owner)
-                return owner
+        owner = _claim(store, lanes, workflow, instance_id)
+        if owner is not None and await _lock_claimed(owner):
+            return owner
         if not wait or (deadline is not None and loop.time() + delay > deadline):
+            who = "in this process" if owner is None else "(it holds the instance's lock)"
             raise InstanceLockedError(
                 workflow,
                 instance_id,
-                "another runner is running this instance right now (it holds its lock); "
+                f"another runner {who} is running this instance right now; "
                 "wait for it, or pass wait=True to wait for the lock",
             )
         await asyncio.sleep(delay)
         delay = min(delay * 2, 1.0)
+
+
+def _claim(store: Store, lanes: list[Lane], workflow: str, instance_id: str) -> Ownership | None:
+    """Register a new ownership in this process (no await: atomic), or None if taken."""
+    lane = min(lanes, key=lambda ln: (len(ln.owners), ln.index))
+    owner = Ownership(store, lane, workflow, instance_id)
+    if not store.claim_owner(owner):
+        return None
+    # Reserve the lane too, so that instances claimed concurrently spread over the lanes
+    # instead of all choosing the same least-busy one.
+    lane.owners.add(owner)
+    return owner
+
+
+async def _lock_claimed(owner: Ownership) -> bool:
+    """Take the claimed owner's lock; undo the claim unless it was taken."""
+    try:
+        got = await owner.try_lock()
+    finally:
+        if not owner.locked:
+            owner.lane.owners.discard(owner)
+            owner.store.forget_owner(owner)
+    return got

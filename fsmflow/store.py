@@ -331,12 +331,19 @@ class Store:
         )
 
     def owned_here(self, workflow: str, instance_id: str) -> bool:
-        """True if a runner in this process owns the instance (locks are re-entrant)."""
+        """True if a runner in this process owns or is taking the instance (locks are
+        re-entrant, so this registry, not the lock, keeps two runners of one process
+        apart)."""
         return (workflow, instance_id) in self._owners
 
-    def remember_owner(self, owner: Ownership) -> None:
-        """Register an ownership taken by this process."""
-        self._owners[(owner.workflow, owner.instance_id)] = owner
+    def claim_owner(self, owner: Ownership) -> bool:
+        """Register ``owner`` unless another ownership of its instance is registered; True
+        if registered. Called before the lock is taken (no await: atomic in the loop)."""
+        key = (owner.workflow, owner.instance_id)
+        if key in self._owners:
+            return False
+        self._owners[key] = owner
+        return True
 
     def forget_owner(self, owner: Ownership) -> None:
         """Unregister an ownership released by this process."""

@@ -129,6 +129,11 @@ def _blocks(filename: str) -> dict[str, str]:
     }
 
 
+def named(filename: str) -> dict[str, str]:
+    """The named blocks of a packaged ``.sql`` file whose queries name no table."""
+    return dict(_blocks(filename))
+
+
 def quote_ident(name: str) -> str:
     """Quote an identifier that was already validated (``[a-z_][a-z0-9_]*``)."""
     return '"' + name.replace('"', '""') + '"'

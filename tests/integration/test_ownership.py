@@ -12,6 +12,7 @@ import textwrap
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import pytest
 
 from fsmflow import (
@@ -23,6 +24,7 @@ from fsmflow import (
     WorkflowContext,
     WorkflowInterruptedError,
 )
+from fsmflow.lanes import is_cancelled_statement, session_gone
 from fsmflow.ownership import lock_key
 from tests.conftest import run_python
 
@@ -372,4 +374,53 @@ async def test_terminated_owner_connection_mid_step_reruns_the_step_once(h: Harn
     for seq in (2, 3):  # written by the new session, which had retaken the lock
         assert audit[seq]["pid"] != killed_pid
         assert audit[seq]["fsm_locks"] == [key_of("i9")]
+    assert h.fsm_locks() == []
+
+
+# -- what counts as a lost session; cancelling a waiting runner ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "gone"),
+    [
+        (asyncpg.exceptions.AdminShutdownError("57P01"), True),
+        (asyncpg.exceptions.CrashShutdownError("57P02"), True),
+        (asyncpg.exceptions.CannotConnectNowError("57P03"), True),
+        (asyncpg.exceptions.ConnectionFailureError("08006"), True),
+        (asyncpg.exceptions.ConnectionDoesNotExistError("closed"), True),
+        (ConnectionResetError("reset"), True),
+        (asyncpg.exceptions.QueryCanceledError("57014"), False),
+        (asyncpg.exceptions.OutOfMemoryError("53200"), False),
+        (asyncpg.exceptions.TooManyConnectionsError("53300"), False),
+        (TimeoutError(), False),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
+)
+def test_only_errors_of_a_dead_session_count_as_a_lost_session(
+    error: BaseException, gone: bool
+) -> None:
+    assert session_gone(error) is gone
+    assert is_cancelled_statement(error) is isinstance(error, asyncpg.QueryCanceledError)
+
+
+async def test_cancelling_a_runner_waiting_for_the_lock_leaves_nothing_behind(
+    h: Harness,
+) -> None:
+    config = h.config(owner_connections=1)
+    tracker = Tracker()
+    release = tracker.hold_first("think")
+    holder = h.runner(config, DEFINITION, tracker.steps(DEFINITION), instance_id="i10")
+    waiter = h.runner(config, DEFINITION, tracker.steps(DEFINITION), instance_id="i10", wait=True)
+
+    async with running(holder.run_workflow()) as task:
+        await tracker.started("think")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(waiter.run_workflow(), 0.5)
+        assert config.store.owned_here(WORKFLOW, "i10")  # the holder's claim, not the waiter's
+        assert [key for _, key in h.fsm_locks()] == [key_of("i10")]
+        release.set()
+        assert (await finish(task)).completed
+
+    assert not config.store.owned_here(WORKFLOW, "i10")
+    assert tracker.runs == {"fetch": 1, "think": 1, "report": 1}
     assert h.fsm_locks() == []
