@@ -17,9 +17,11 @@ from fsmflow import (
     ContextSerializationError,
     HistoryCorruptError,
     HistoryDeletedError,
+    InstanceFailedError,
     RetryPolicy,
     StepFailedError,
     Transition,
+    TransitionLimitError,
     WorkflowContext,
     WorkflowDefinition,
     WorkflowStep,
@@ -268,3 +270,30 @@ async def test_a_seed_context_that_is_no_dict_is_a_named_error(h: Harness, seed:
     with pytest.raises(ContextSerializationError, match="the seed context must be a dict"):
         await runner.run_workflow(context=seed)
     assert h.rows(WORKFLOW, "s1") == []
+
+
+# -- the loop limit ------------------------------------------------------------------------
+
+LOOP = WorkflowDefinition(
+    name=WORKFLOW,
+    steps=["review", "revise"],
+    transitions=[
+        Transition(trigger="revise", source="review", dest="revise"),
+        Transition(trigger="review", source="revise", dest="review"),
+    ],
+    max_transitions=7,
+)
+
+
+async def test_a_loop_that_never_ends_fails_at_max_transitions(h: Harness) -> None:
+    steps: dict[str, Any] = Tracker().steps(LOOP)
+    runner = h.runner(h.config(), LOOP, steps, instance_id="l1")
+    with pytest.raises(TransitionLimitError, match=r"max_transitions=7") as raised:
+        await runner.run_workflow()
+    assert "fsmflow retry" in str(raised.value)
+    rows = h.rows(WORKFLOW, "l1")
+    assert [r["seq"] for r in rows] == list(range(9))  # start, 7 transitions, the failure
+    assert rows[-1]["status"] == "failed"
+    assert rows[-1]["error"]["type"] == "TransitionLimitError"
+    with pytest.raises(InstanceFailedError):
+        await h.runner(h.config(), LOOP, steps, instance_id="l1").run_workflow()
