@@ -156,7 +156,9 @@ class UnknownStateError(WorkflowError):
             workflow,
             instance_id,
             f"stored state {state!r} (seq {seq}) is not in the current definition; "
-            "restore the state in the definition, or fork the instance onto a known state",
+            "restore the state in the definition, or fork the instance onto a known state "
+            "of the current code: `fsmflow fork WORKFLOW ID --state STATE --definition "
+            "MODULE:ATTR` (fork_instance(..., state=, definition=))",
         )
 
 

@@ -208,15 +208,13 @@ class Store:
             except Exception as exc:
                 if not is_retriable(exc) or loop.time() + delay > deadline:
                     raise self.translate(exc) from None
-                logger.warning(
-                    "%s to %s failed (%s); retrying in %.1fs",
-                    what,
-                    self._target,
-                    type(exc).__name__,
-                    delay,
-                )
-                await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-                delay = min(delay * 2, 5.0)
+                failure = type(exc).__name__
+            # Sleep outside the handler: a cancellation here must not escape from it.
+            logger.warning(
+                "%s to %s failed (%s); retrying in %.1fs", what, self._target, failure, delay
+            )
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(delay * 2, 5.0)
 
     @asynccontextmanager
     async def _translated(self) -> AsyncIterator[None]:

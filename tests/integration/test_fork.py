@@ -191,7 +191,10 @@ async def test_an_instance_in_a_dropped_state_is_forked_onto_a_state_of_the_new_
     stuck = PersistentWorkflowStateMachine(
         db_config, RENAMED, steps=steps, instance_id="old", handle_signals=False
     )
-    with pytest.raises(UnknownStateError, match="fork the instance onto a known state"):
+    with pytest.raises(
+        UnknownStateError,
+        match="fork the instance onto a known state of the current code: `fsmflow fork",
+    ):
         await stuck.run_workflow()
 
     fork = await db_config.store.fork_instance(
