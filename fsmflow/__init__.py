@@ -7,10 +7,9 @@ PostgreSQL table, and a restarted process resumes at the start of the unfinished
 
 from __future__ import annotations
 
-from .conditions import Condition
-from .context import WorkflowContext
-from .definition import RetryPolicy, Transition, WorkflowDefinition, WorkflowStep
-from .errors import (
+from fsmflow.engine.runner import PersistentWorkflowStateMachine, RunnerEvent
+from fsmflow.engine.shutdown import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, run_program
+from fsmflow.errors import (
     ConcurrentTransitionError,
     ConfigError,
     ContextError,
@@ -47,17 +46,18 @@ from .errors import (
     WorkflowError,
     WorkflowInterruptedError,
 )
-from .records import (
+from fsmflow.model.conditions import Condition
+from fsmflow.model.context import WorkflowContext
+from fsmflow.model.definition import RetryPolicy, Transition, WorkflowDefinition, WorkflowStep
+from fsmflow.model.records import (
     HealthReport,
     InstanceSummary,
     PruneResult,
     TransitionRecord,
     WorkflowState,
 )
-from .runner import PersistentWorkflowStateMachine, RunnerEvent
-from .settings import DBConfig
-from .shutdown import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, run_program
-from .store import Store
+from fsmflow.settings import DBConfig
+from fsmflow.store.facade import Store
 
 __version__ = "0.1.0"
 

@@ -11,7 +11,7 @@ import re
 from typing import Final
 from urllib.parse import unquote, unquote_plus
 
-from .errors import ConfigError
+from fsmflow.errors import ConfigError
 
 SSL_MODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 SCHEMES: Final = ("postgresql", "postgres")

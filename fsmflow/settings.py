@@ -23,11 +23,11 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .dsn import SSL_MODES, check_dsn, dsn_secrets, redact_url
-from .errors import ConfigError
+from fsmflow.dsn import SSL_MODES, check_dsn, dsn_secrets, redact_url
+from fsmflow.errors import ConfigError
 
 if TYPE_CHECKING:
-    from .store import Store
+    from fsmflow.store.facade import Store
 
 DEFAULT_TABLE: Final = "fsmflow_transitions"
 _IDENT: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -237,7 +237,7 @@ class DBConfig(BaseSettings):
     def store(self) -> Store:
         """The :class:`~fsmflow.store.Store` (connection pool and SQL) for these settings."""
         if self._store is None:
-            from .store import Store
+            from fsmflow.store.facade import Store
 
             self._store = Store(self)
         store: Store = self._store

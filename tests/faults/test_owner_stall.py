@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-import fsmflow.lanes
+import fsmflow.store.lanes
 from fsmflow import OwnershipLostError, WorkflowState
-from fsmflow.ownership import lock_key
+from fsmflow.store.ownership import lock_key
 from tests.conftest import config_for
 
 from .ownership_support import (
@@ -48,7 +48,7 @@ def admin(postgresql: Any) -> Any:
 @pytest.fixture(autouse=True)
 def quick_heartbeat(monkeypatch: pytest.MonkeyPatch) -> None:
     # Notice the stall within ~2 s of it starting (the default notices it within ~10 s).
-    monkeypatch.setattr(fsmflow.lanes, "HEARTBEAT_SECONDS", 1.0)
+    monkeypatch.setattr(fsmflow.store.lanes, "HEARTBEAT_SECONDS", 1.0)
 
 
 async def test_stalled_owner_backend_is_ended_and_the_lock_retaken(

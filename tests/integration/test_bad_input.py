@@ -21,8 +21,8 @@ from fsmflow import (
     WorkflowContext,
     WorkflowDefinition,
 )
-from fsmflow.context import encode_context
-from fsmflow.definition import MAX_IDENTIFIER_LENGTH
+from fsmflow.model.context import encode_context
+from fsmflow.model.definition import MAX_IDENTIFIER_LENGTH
 from tests.unit.test_context import BAD, SENTINEL
 
 from .reliability_support import Harness, Tracker, assert_gap_free, linear_definition

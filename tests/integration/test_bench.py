@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-import fsmflow.bench
+import fsmflow.bench.command
 from fsmflow import DBConfig
-from fsmflow.bench import BenchOptions, run_bench
+from fsmflow.bench.command import BenchOptions, run_bench
 from tests.conftest import ROOT
 
 TINY = ["--steps", "3", "--instances", "4", "--concurrency", "4", "--rounds", "1"]
@@ -97,7 +97,7 @@ async def test_scratch_tables_are_dropped_when_a_run_fails(
         assert scratch_tables(postgresql)  # the scratch table exists while runs happen
         raise RuntimeError("injected failure")
 
-    monkeypatch.setattr(fsmflow.bench, "run_fsmflow", broken)
+    monkeypatch.setattr(fsmflow.bench.command, "run_fsmflow", broken)
     with pytest.raises(RuntimeError, match="injected failure"):
         await run_bench(db_config, BenchOptions(steps=2, instances=2, concurrency=2, rounds=1))
     assert scratch_tables(postgresql) == []

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from fsmflow import DBConfig
-from fsmflow.cli import build_parser
+from fsmflow.cli.main import build_parser
 from tests.conftest import ROOT, run_python
 
 from .reliability_support import Tracker, running

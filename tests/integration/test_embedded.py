@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from fsmflow.embedded import stop_server
+from fsmflow.store.embedded import stop_server
 from tests.conftest import run_python
 
 pytestmark = pytest.mark.timeout(300)

@@ -28,8 +28,8 @@ from fsmflow import (
     WorkflowDefinition,
 )
 from fsmflow import sql as fsql
-from fsmflow.ownership import lock_key
-from fsmflow.records import CANCEL_TRIGGER, RETRY_TRIGGER
+from fsmflow.model.records import CANCEL_TRIGGER, RETRY_TRIGGER
+from fsmflow.store.ownership import lock_key
 
 from .reliability_support import Harness, Tracker, linear_definition, running
 

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from fsmflow import DBConfig, PersistentWorkflowStateMachine, Transition, WorkflowDefinition
-from fsmflow.context import WorkflowContext
+from fsmflow.model.context import WorkflowContext
 from tests.conftest import ROOT
 
 KEYS = ["topic", "first", "zzz_long_key_name", "b", "aa"]  # jsonb: b, aa, first, topic, zzz...

@@ -24,8 +24,8 @@ from fsmflow import (
     WorkflowContext,
     WorkflowInterruptedError,
 )
-from fsmflow.lanes import is_cancelled_statement, session_gone
-from fsmflow.ownership import lock_key
+from fsmflow.store.lanes import is_cancelled_statement, session_gone
+from fsmflow.store.ownership import lock_key
 from tests.conftest import run_python
 
 from .reliability_support import (
@@ -226,7 +226,7 @@ async def test_lock_timeout_expires_with_instance_locked_error(h: Harness) -> No
 # -- the lock key ------------------------------------------------------------------------
 
 KEY_PROBE = (
-    "import json; from fsmflow.ownership import lock_key; "
+    "import json; from fsmflow.store.ownership import lock_key; "
     "print(json.dumps({'key': lock_key('public.fsmflow_transitions', 'ownership_flow', 'i6'), "
     "'hash': hash('ownership_flow\\0i6')}))"
 )

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fsmflow import DBConfig
-from fsmflow.cli import build_parser, main
+from fsmflow.cli.main import build_parser, main
 
 DEEP = "[" * 20000 + "]" * 20000
 

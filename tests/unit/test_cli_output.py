@@ -8,14 +8,14 @@ from typing import Any
 
 import pytest
 
-from fsmflow.cli_output import (
+from fsmflow.cli.output import (
     history_notes,
     history_table,
     instances_table,
     printable,
     printable_lines,
 )
-from fsmflow.records import InstanceSummary, TransitionRecord
+from fsmflow.model.records import InstanceSummary, TransitionRecord
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 SECRET = "invalid literal for int() with base 10: '4111-1111'"

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from fsmflow import Condition
-from fsmflow.conditions import ALL_OPERATORS, MISSING, read_field
+from fsmflow.model.conditions import ALL_OPERATORS, MISSING, read_field
 
 # (operator, condition value, field value, expected)
 CASES: list[tuple[str, Any, Any, bool]] = [

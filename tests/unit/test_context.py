@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from fsmflow import ContextError, ContextSerializationError, ContextTooLargeError, WorkflowContext
-from fsmflow.context import (
+from fsmflow.model.context import (
     MAX_DEPTH,
     check_json_value,
     decode_context,

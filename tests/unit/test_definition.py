@@ -25,7 +25,7 @@ from fsmflow import (
     WorkflowDefinition,
     WorkflowStep,
 )
-from fsmflow.definition import MAX_IDENTIFIER_LENGTH, RESERVED_NAMES
+from fsmflow.model.definition import MAX_IDENTIFIER_LENGTH, RESERVED_NAMES
 
 
 def step(ctx: WorkflowContext) -> tuple[WorkflowContext, None]:

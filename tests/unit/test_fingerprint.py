@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 
 from fsmflow import Condition, Transition, WorkflowDefinition
-from fsmflow.definition import diff_summaries
-from fsmflow.records import TransitionRecord
-from fsmflow.resuming import same_definition, summaries_match
+from fsmflow.engine.resuming import same_definition, summaries_match
+from fsmflow.model.definition import diff_summaries
+from fsmflow.model.records import TransitionRecord
 from tests.conftest import ROOT
 
 # Builds, in a child process, a definition whose conditions hold sets (whose iteration order
@@ -27,7 +27,7 @@ from tests.conftest import ROOT
 CHILD = """
 import json
 from fsmflow import Condition, Transition, WorkflowDefinition
-from fsmflow.definition import diff_summaries
+from fsmflow.model.definition import diff_summaries
 values = {"critical", "high", "urgent", "p0", "p1", "sev1", "sev2", "blocker"}
 definition = WorkflowDefinition(
     name="triage",

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from fsmflow import HistoryCorruptError
-from fsmflow.records import to_record
+from fsmflow.model.records import to_record
 
 
 def row(**changes: Any) -> dict[str, Any]:

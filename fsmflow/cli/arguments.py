@@ -15,8 +15,8 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Final
 
-from .definition import check_identifier
-from .errors import ConfigError
+from fsmflow.errors import ConfigError
+from fsmflow.model.definition import check_identifier
 
 if TYPE_CHECKING:
     from typing import TypeAlias

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import asyncpg
 
-from .errors import (
+from fsmflow.errors import (
     ConcurrentTransitionError,
     DatabaseUnavailableError,
     FsmflowError,
@@ -30,10 +30,10 @@ from .errors import (
     OwnershipLostError,
     StoreError,
 )
-from .lanes import QUERIES, Lane, finish, is_cancelled_statement, session_gone
+from fsmflow.store.lanes import QUERIES, Lane, finish, is_cancelled_statement, session_gone
 
 if TYPE_CHECKING:
-    from .store import Store
+    from fsmflow.store.facade import Store
 
 __all__ = ["Lane", "Ownership", "acquire", "lock_key"]
 

@@ -16,10 +16,10 @@ from typing import Any, Protocol
 from transitions.core import EventData
 from transitions.extensions.asyncio import AsyncEvent, AsyncMachine
 
-from .conditions import Condition
-from .context import WorkflowContext
-from .definition import WorkflowDefinition
-from .errors import InvalidTransitionError
+from fsmflow.errors import InvalidTransitionError
+from fsmflow.model.conditions import Condition
+from fsmflow.model.context import WorkflowContext
+from fsmflow.model.definition import WorkflowDefinition
 
 
 class MachineModel(Protocol):

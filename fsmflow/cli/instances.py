@@ -15,7 +15,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from .cli_arguments import (
+from fsmflow.cli.arguments import (
     assignment,
     command_parser,
     definition_change_flag,
@@ -26,7 +26,7 @@ from .cli_arguments import (
     seq_number,
     text_assignment,
 )
-from .cli_output import (
+from fsmflow.cli.output import (
     dumps,
     history_notes,
     history_table,
@@ -36,16 +36,16 @@ from .cli_output import (
     say,
     timestamp,
 )
-from .definition import WorkflowDefinition
-from .errors import ConfigError, FsmflowError, InstanceNotFoundError
-from .machine import WorkflowMachine
-from .operations import STATUSES
-from .records import TransitionRecord, WorkflowState
-from .settings import DBConfig
-from .shutdown import EXIT_OK
+from fsmflow.engine.machine import WorkflowMachine
+from fsmflow.engine.shutdown import EXIT_OK
+from fsmflow.errors import ConfigError, FsmflowError, InstanceNotFoundError
+from fsmflow.model.definition import WorkflowDefinition
+from fsmflow.model.records import TransitionRecord, WorkflowState
+from fsmflow.settings import DBConfig
+from fsmflow.store.operations import STATUSES
 
 if TYPE_CHECKING:
-    from .cli_arguments import Commands
+    from fsmflow.cli.arguments import Commands
 
 
 # -- list, show, graph -------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any, Final
 MAX_FRAMES: Final = 20
 MAX_MESSAGE: Final = 2000
 _INTERNAL: Final = (
-    str(Path(__file__).resolve().parent),  # fsmflow itself: steps.py calls the step
+    str(Path(__file__).resolve().parent.parent),  # fsmflow itself: it calls the step
     str(Path(traceback.__file__).resolve().parent / "asyncio"),
     str(Path(traceback.__file__).resolve().parent / "threading.py"),
 )

@@ -14,9 +14,9 @@ from typing import Any, Final, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
-from .conditions import Condition, canonical_json, describe_summary
-from .context import WorkflowContext
-from .errors import DefinitionError, InvalidIdentifierError
+from fsmflow.errors import DefinitionError, InvalidIdentifierError
+from fsmflow.model.conditions import Condition, canonical_json, describe_summary
+from fsmflow.model.context import WorkflowContext
 
 StepResult: TypeAlias = tuple[WorkflowContext, str | None] | WorkflowContext
 # Sync or async: returns a StepResult or an awaitable of one.

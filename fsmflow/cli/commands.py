@@ -16,8 +16,8 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Final
 
-from . import sql
-from .cli_arguments import (
+from fsmflow import sql
+from fsmflow.cli.arguments import (
     command_parser,
     duration,
     duration_text,
@@ -26,15 +26,15 @@ from .cli_arguments import (
     positive,
     yes_flag,
 )
-from .cli_instances import add_cancel, add_fork, add_graph, add_list, add_retry, add_show
-from .cli_output import dumps, instances_table, jsonable, say, timestamp
-from .errors import ConfigError, FsmflowError
-from .records import HealthReport, InstanceSummary, PruneResult
-from .settings import DBConfig
-from .shutdown import EXIT_FAILED, EXIT_OK
+from fsmflow.cli.instances import add_cancel, add_fork, add_graph, add_list, add_retry, add_show
+from fsmflow.cli.output import dumps, instances_table, jsonable, say, timestamp
+from fsmflow.engine.shutdown import EXIT_FAILED, EXIT_OK
+from fsmflow.errors import ConfigError, FsmflowError
+from fsmflow.model.records import HealthReport, InstanceSummary, PruneResult
+from fsmflow.settings import DBConfig
 
 if TYPE_CHECKING:
-    from .cli_arguments import Commands, Register
+    from fsmflow.cli.arguments import Commands, Register
 
 SAMPLE_SIZE: Final = 20
 

@@ -14,7 +14,7 @@ from typing import Final
 
 import asyncpg
 
-from .errors import (
+from fsmflow.errors import (
     DatabaseAuthError,
     DatabaseNotFoundError,
     DatabaseUnavailableError,

@@ -22,11 +22,11 @@ from typing import Any, Final
 
 import asyncpg
 
-from . import sql
-from .context import WorkflowContext
-from .definition import Transition, WorkflowDefinition, WorkflowStep
-from .runner import PersistentWorkflowStateMachine
-from .settings import DBConfig
+from fsmflow import sql
+from fsmflow.engine.runner import PersistentWorkflowStateMachine
+from fsmflow.model.context import WorkflowContext
+from fsmflow.model.definition import Transition, WorkflowDefinition, WorkflowStep
+from fsmflow.settings import DBConfig
 
 BASELINE_WORKFLOW: Final = "bench_baseline"
 _BASELINE_INSERT: Final = (

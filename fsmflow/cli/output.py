@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
-from .records import InstanceSummary, TransitionRecord
+from fsmflow.model.records import InstanceSummary, TransitionRecord
 
 # C0 and C1 controls, DEL, and the characters that reorder or separate text (bidi
 # embeddings, overrides and isolates, marks, line/paragraph separators).

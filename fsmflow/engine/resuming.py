@@ -15,15 +15,15 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from .conditions import UNARY_OPERATORS, Condition, canonical_json, canonical_value
-from .definition import WorkflowDefinition, diff_summaries
-from .errors import (
+from fsmflow.errors import (
     DefinitionChangedError,
     InstanceCancelledError,
     InstanceFailedError,
     UnknownStateError,
 )
-from .records import TransitionRecord
+from fsmflow.model.conditions import UNARY_OPERATORS, Condition, canonical_json, canonical_value
+from fsmflow.model.definition import WorkflowDefinition, diff_summaries
+from fsmflow.model.records import TransitionRecord
 
 
 def has_ended(record: TransitionRecord, *, retry_failed: bool) -> bool:

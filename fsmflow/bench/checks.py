@@ -24,13 +24,13 @@ from typing import Any
 import asyncpg
 from transitions.extensions.asyncio import AsyncMachine
 
-from . import sql
-from .bench_measure import linear_definition, trivial_steps
-from .context import WorkflowContext
-from .definition import WorkflowDefinition, WorkflowStep
-from .machine import WorkflowMachine
-from .runner import PersistentWorkflowStateMachine
-from .settings import DBConfig, parse_table_name
+from fsmflow import sql
+from fsmflow.bench.measure import linear_definition, trivial_steps
+from fsmflow.engine.machine import WorkflowMachine
+from fsmflow.engine.runner import PersistentWorkflowStateMachine
+from fsmflow.model.context import WorkflowContext
+from fsmflow.model.definition import WorkflowDefinition, WorkflowStep
+from fsmflow.settings import DBConfig, parse_table_name
 
 logger = logging.getLogger("fsmflow.bench")
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal, Protocol
 
-from .context import WorkflowContext
-from .errors import HistoryCorruptError
+from fsmflow.errors import HistoryCorruptError
+from fsmflow.model.context import WorkflowContext
 
 Status = Literal["running", "completed", "failed", "cancelled"]
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})

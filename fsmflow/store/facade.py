@@ -18,9 +18,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 
-from . import dberrors, operations, sql
-from .dberrors import is_retriable
-from .errors import (
+from fsmflow import sql
+from fsmflow.errors import (
     ConcurrentTransitionError,
     FsmflowError,
     HistoryCorruptError,
@@ -30,13 +29,15 @@ from .errors import (
     SchemaMissingError,
     StoreError,
 )
-from .ownership import Lane, Ownership, acquire, lock_key
-from .records import InstanceSummary, TransitionRecord, to_record, to_summary
-from .settings import parse_table_name
-from .sql import REQUIRED_COLUMNS
+from fsmflow.model.records import InstanceSummary, TransitionRecord, to_record, to_summary
+from fsmflow.settings import parse_table_name
+from fsmflow.sql import REQUIRED_COLUMNS
+from fsmflow.store import dberrors, operations
+from fsmflow.store.dberrors import is_retriable
+from fsmflow.store.ownership import Lane, Ownership, acquire, lock_key
 
 if TYPE_CHECKING:
-    from .settings import DBConfig
+    from fsmflow.settings import DBConfig
 
 logger = logging.getLogger("fsmflow.store")
 T = TypeVar("T")
@@ -117,7 +118,7 @@ class Store:
             if self.config.configured:
                 self._connect_kwargs = self.config.connect_kwargs()
             else:
-                from .embedded import embedded_connect_kwargs
+                from fsmflow.store.embedded import embedded_connect_kwargs
 
                 self._connect_kwargs = await asyncio.to_thread(embedded_connect_kwargs, self.config)
                 self._target = f"embedded PostgreSQL ({self._connect_kwargs['host']})"

@@ -15,7 +15,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel, Field
 
-from .errors import ContextSerializationError, ContextTooLargeError
+from fsmflow.errors import ContextSerializationError, ContextTooLargeError
 
 DEFAULT_MAX_CONTEXT_BYTES: Final = 16 * 1024 * 1024
 # jsonb keeps numbers as numeric and prints 1e16 as 10000000000000000, which json.loads

@@ -29,10 +29,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import EmbeddedServerError
+from fsmflow.errors import EmbeddedServerError
 
 if TYPE_CHECKING:
-    from .settings import DBConfig
+    from fsmflow.settings import DBConfig
 
 logger = logging.getLogger("fsmflow.embedded")
 

@@ -13,14 +13,14 @@ import sys
 import textwrap
 from typing import TYPE_CHECKING
 
-from .cli_arguments import command_parser, json_flag
-from .cli_output import dumps
-from .embedded import EmbeddedStatus, data_dir_of, server_status, stop_server
-from .shutdown import EXIT_OK, EXIT_USAGE
+from fsmflow.cli.arguments import command_parser, json_flag
+from fsmflow.cli.output import dumps
+from fsmflow.engine.shutdown import EXIT_OK, EXIT_USAGE
+from fsmflow.store.embedded import EmbeddedStatus, data_dir_of, server_status, stop_server
 
 if TYPE_CHECKING:
-    from .cli_arguments import Commands
-    from .settings import DBConfig
+    from fsmflow.cli.arguments import Commands
+    from fsmflow.settings import DBConfig
 
 
 def add_embedded_parser(commands: Commands, common: argparse.ArgumentParser, epilog: str) -> None:

@@ -27,14 +27,14 @@ from typing import Any, Final
 
 from pydantic import AliasChoices
 
-from . import __version__
-from .bench import add_bench_parser
-from .cli_commands import COMMANDS
-from .cli_embedded import add_embedded_parser
-from .cli_output import printable, printable_lines
-from .errors import ConfigError, FsmflowError, ResetRefusedError
-from .settings import DBConfig
-from .shutdown import EXIT_FAILED, EXIT_USAGE
+from fsmflow import __version__
+from fsmflow.bench.command import add_bench_parser
+from fsmflow.cli.commands import COMMANDS
+from fsmflow.cli.embedded import add_embedded_parser
+from fsmflow.cli.output import printable, printable_lines
+from fsmflow.engine.shutdown import EXIT_FAILED, EXIT_USAGE
+from fsmflow.errors import ConfigError, FsmflowError, ResetRefusedError
+from fsmflow.settings import DBConfig
 
 EXIT_REFUSED: Final = 3
 EXIT_BROKEN_PIPE: Final = 141  # 128 + SIGPIPE, what a shell reports for a killed writer

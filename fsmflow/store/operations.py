@@ -17,9 +17,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final
 
-from .context import encode_context
-from .definition import WorkflowDefinition, check_identifier, diff_summaries
-from .errors import (
+from fsmflow.errors import (
     ConcurrentTransitionError,
     ConfigError,
     DefinitionChangedError,
@@ -30,7 +28,9 @@ from .errors import (
     InstanceStateError,
     PermissionDeniedError,
 )
-from .records import (
+from fsmflow.model.context import encode_context
+from fsmflow.model.definition import WorkflowDefinition, check_identifier, diff_summaries
+from fsmflow.model.records import (
     CANCEL_TRIGGER,
     RETRY_TRIGGER,
     TERMINAL_STATUSES,
@@ -42,8 +42,8 @@ from .records import (
 )
 
 if TYPE_CHECKING:
-    from .ownership import Ownership
-    from .store import Store
+    from fsmflow.store.facade import Store
+    from fsmflow.store.ownership import Ownership
 
 STATUSES: Final = ("running", "completed", "failed", "cancelled")
 PruneProgress = Callable[[Sequence[InstanceSummary], PruneResult], None]

@@ -16,24 +16,10 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, NoReturn, TypeVar
 
-from .choosing import choose_transition, declared_transition
-from .context import WorkflowContext, decode_context, encode_context, seed_json
-from .definition import RetryPolicy, Transition, WorkflowDefinition, WorkflowStep, check_identifier
-from .errors import (
-    ConcurrentTransitionError,
-    HistoryDeletedError,
-    OwnershipLostError,
-    StepFailedError,
-    StoreError,
-    TransitionLimitError,
-    WorkflowError,
-    WorkflowInterruptedError,
-)
-from .failures import error_json, location, traceback_text
-from .machine import WorkflowMachine
-from .ownership import Ownership
-from .records import Status, TransitionRecord, WorkflowState
-from .resuming import (
+from fsmflow.engine.choosing import choose_transition, declared_transition
+from fsmflow.engine.failures import error_json, location, traceback_text
+from fsmflow.engine.machine import WorkflowMachine
+from fsmflow.engine.resuming import (
     check_ended_well,
     definition_changes,
     has_ended,
@@ -41,9 +27,8 @@ from .resuming import (
     same_definition,
     started_record,
 )
-from .settings import DBConfig
-from .shutdown import Shutdown, for_running_loop
-from .steps import (
+from fsmflow.engine.shutdown import Shutdown, for_running_loop
+from fsmflow.engine.steps import (
     StepCall,
     StepsArgument,
     backoff_delay,
@@ -53,7 +38,28 @@ from .steps import (
     should_retry,
     step_outcome,
 )
-from .store import Store
+from fsmflow.errors import (
+    ConcurrentTransitionError,
+    HistoryDeletedError,
+    OwnershipLostError,
+    StepFailedError,
+    StoreError,
+    TransitionLimitError,
+    WorkflowError,
+    WorkflowInterruptedError,
+)
+from fsmflow.model.context import WorkflowContext, decode_context, encode_context, seed_json
+from fsmflow.model.definition import (
+    RetryPolicy,
+    Transition,
+    WorkflowDefinition,
+    WorkflowStep,
+    check_identifier,
+)
+from fsmflow.model.records import Status, TransitionRecord, WorkflowState
+from fsmflow.settings import DBConfig
+from fsmflow.store.facade import Store
+from fsmflow.store.ownership import Ownership
 
 logger = logging.getLogger("fsmflow")
 T = TypeVar("T")

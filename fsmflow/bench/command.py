@@ -39,10 +39,10 @@ from typing import Any
 
 import asyncpg
 
-from . import sql
-from .bench_checks import lock_capacity, memory_check, resume_check
-from .bench_counting import Monitor, StatementLog, account_mode, counting_config
-from .bench_measure import (
+from fsmflow import sql
+from fsmflow.bench.checks import lock_capacity, memory_check, resume_check
+from fsmflow.bench.counting import Monitor, StatementLog, account_mode, counting_config
+from fsmflow.bench.measure import (
     Run,
     baseline_insert,
     baseline_pool,
@@ -53,10 +53,10 @@ from .bench_measure import (
     sample_context,
     trivial_steps,
 )
-from .bench_report import evaluate_targets, format_report
-from .context import encode_context
-from .errors import WorkflowInterruptedError
-from .settings import DBConfig, parse_table_name
+from fsmflow.bench.report import evaluate_targets, format_report
+from fsmflow.errors import WorkflowInterruptedError
+from fsmflow.model.context import encode_context
+from fsmflow.settings import DBConfig, parse_table_name
 
 logger = logging.getLogger("fsmflow.bench")
 
@@ -200,7 +200,7 @@ async def _resolved(config: DBConfig) -> DBConfig:
     """``config`` itself, or for the embedded default a copy naming its socket."""
     if config.configured:
         return config
-    from .embedded import embedded_connect_kwargs
+    from fsmflow.store.embedded import embedded_connect_kwargs
 
     kwargs = await asyncio.to_thread(embedded_connect_kwargs, config)
     return copy_config(

@@ -21,9 +21,15 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from .context import WorkflowContext
-from .definition import RetryPolicy, StepFunction, Transition, WorkflowDefinition, WorkflowStep
-from .errors import DefinitionError, WorkflowError
+from fsmflow.errors import DefinitionError, WorkflowError
+from fsmflow.model.context import WorkflowContext
+from fsmflow.model.definition import (
+    RetryPolicy,
+    StepFunction,
+    Transition,
+    WorkflowDefinition,
+    WorkflowStep,
+)
 
 StepsArgument = Mapping[str, WorkflowStep | StepFunction] | Sequence[WorkflowStep]
 

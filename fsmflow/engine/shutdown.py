@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Coroutine
 from typing import Any, Final, Protocol
 
-from .errors import ConfigError, FsmflowError, WorkflowInterruptedError
+from fsmflow.errors import ConfigError, FsmflowError, WorkflowInterruptedError
 
 logger = logging.getLogger("fsmflow.shutdown")
 

@@ -8,9 +8,9 @@ is taken.
 
 from __future__ import annotations
 
-from .context import WorkflowContext
-from .definition import Transition, WorkflowDefinition
-from .errors import InvalidTransitionError, NoTransitionError
+from fsmflow.errors import InvalidTransitionError, NoTransitionError
+from fsmflow.model.context import WorkflowContext
+from fsmflow.model.definition import Transition, WorkflowDefinition
 
 
 async def choose_transition(

@@ -18,7 +18,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 import asyncpg
 
-from . import sql
+from fsmflow import sql
 
 logger = logging.getLogger("fsmflow.ownership")
 T = TypeVar("T")

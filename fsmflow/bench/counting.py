@@ -24,7 +24,7 @@ from typing import Any, Final
 
 import asyncpg
 
-from .bench_measure import (
+from fsmflow.bench.measure import (
     baseline_insert,
     baseline_pool,
     linear_definition,
@@ -33,8 +33,8 @@ from .bench_measure import (
     sample_context,
     trivial_steps,
 )
-from .context import encode_context
-from .settings import DBConfig
+from fsmflow.model.context import encode_context
+from fsmflow.settings import DBConfig
 
 # -- counting ------------------------------------------------------------------------------
 
