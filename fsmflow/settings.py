@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from pydantic import (
     AliasChoices,
@@ -25,24 +25,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fsmflow.dsn import SSL_MODES, check_dsn, dsn_secrets, redact_url
 from fsmflow.errors import ConfigError
-
-if TYPE_CHECKING:
-    from fsmflow.store.facade import Store
+from fsmflow.model.context import DEFAULT_MAX_CONTEXT_BYTES
+from fsmflow.sql import parse_table_name as parse_table_name  # re-exported: older imports
+from fsmflow.store import Store
+from fsmflow.store.dberrors import scrub
 
 DEFAULT_TABLE: Final = "fsmflow_transitions"
-_IDENT: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
-
-
-def parse_table_name(value: str) -> tuple[str | None, str]:
-    """Split ``[schema.]table`` and validate both parts; raise :class:`ConfigError`."""
-    parts = value.split(".")
-    if len(parts) > 2 or not all(_IDENT.fullmatch(p) for p in parts):
-        raise ConfigError(
-            f"FSMFLOW_TABLE={value!r} is not a valid table name: use lowercase letters, digits "
-            "and '_', starting with a letter or '_', at most 63 characters, optionally "
-            "prefixed by 'schema.'"
-        )
-    return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
 
 
 def setting_names(field: str) -> str:
@@ -133,7 +121,7 @@ class DBConfig(BaseSettings):
         validation_alias=AliasChoices("FSMFLOW_DB_RETRY_SECONDS", "retry_budget"),
     )
     max_context_bytes: int = Field(
-        default=16 * 1024 * 1024,
+        default=DEFAULT_MAX_CONTEXT_BYTES,
         ge=1024,
         validation_alias=AliasChoices("FSMFLOW_MAX_CONTEXT_BYTES", "max_context_bytes"),
     )
@@ -211,9 +199,7 @@ class DBConfig(BaseSettings):
 
     def scrub(self, text: str) -> str:
         """``text`` with every secret of these settings replaced by ``***``."""
-        for secret in self.secrets():
-            text = text.replace(secret, "***")
-        return text
+        return scrub(text, self.secrets())
 
     def connect_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``asyncpg.connect`` (contains the secret: never log it)."""
@@ -237,8 +223,6 @@ class DBConfig(BaseSettings):
     def store(self) -> Store:
         """The :class:`~fsmflow.store.Store` (connection pool and SQL) for these settings."""
         if self._store is None:
-            from fsmflow.store.facade import Store
-
             self._store = Store(self)
         store: Store = self._store
         return store

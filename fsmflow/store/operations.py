@@ -1,22 +1,22 @@
 """Operations on stored instances: list, fork, cancel, retry, prune, and a health check.
 
-These functions are methods of :class:`~fsmflow.store.Store` (bound there, so they are
-called as ``store.fork_instance(...)``); they live here to keep ``store.py`` about
-connections and SQL. Nothing here talks to asyncpg or holds SQL text: every query runs
-through the store's helpers. History stays append-only: fork writes a new instance,
-cancel and retry append one row, and only prune (and ``reset_db``) deletes.
+:class:`~fsmflow.store.Store` calls these with its :class:`Parts` (never with itself):
+the gateway, the history, the owners and the schema. Only prune and reset run SQL of
+their own, through the gateway's named queries. History stays append-only: fork writes a
+new instance, cancel and retry append one row, and only prune (and ``reset_db``) deletes.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import replace
-from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Final
+from dataclasses import dataclass
+from typing import Any, Final
 
+from fsmflow import sql
 from fsmflow.errors import (
     ConcurrentTransitionError,
     ConfigError,
@@ -26,35 +26,41 @@ from fsmflow.errors import (
     InstanceLockedError,
     InstanceNotFoundError,
     InstanceStateError,
-    PermissionDeniedError,
 )
 from fsmflow.model.context import encode_context
 from fsmflow.model.definition import WorkflowDefinition, check_identifier, diff_summaries
 from fsmflow.model.records import (
     CANCEL_TRIGGER,
     RETRY_TRIGGER,
-    TERMINAL_STATUSES,
     HealthReport,
     InstanceSummary,
-    PruneResult,
     Status,
     TransitionRecord,
 )
+from fsmflow.store.database import Database
+from fsmflow.store.history import History
+from fsmflow.store.ownership import Owners, Ownership
+from fsmflow.store.schema import Schema, durability_problem
 
-if TYPE_CHECKING:
-    from fsmflow.store.facade import Store
-    from fsmflow.store.ownership import Ownership
-
+logger = logging.getLogger("fsmflow.store")
 STATUSES: Final = ("running", "completed", "failed", "cancelled")
-PruneProgress = Callable[[Sequence[InstanceSummary], PruneResult], None]
-_DURABLE_COMMIT: Final = ("on", "remote_write", "remote_apply", "local")
+
+
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """The parts of a store that operations use."""
+
+    db: Database
+    history: History
+    owners: Owners
+    schema: Schema
 
 
 # -- listing -----------------------------------------------------------------------------
 
 
 async def list_instances(
-    store: Store,
+    parts: Parts,
     workflow: str | None = None,
     *,
     status: Status | Sequence[Status] | None = None,
@@ -72,7 +78,7 @@ async def list_instances(
         check_identifier(workflow, "workflow name")
     if limit < 1:
         raise ValueError(f"limit must be at least 1, not {limit}")
-    return await store._instance_page(workflow, _statuses(status), None, limit, after)
+    return await parts.history.instance_page(workflow, _statuses(status), None, limit, after)
 
 
 def _statuses(status: Status | Sequence[Status] | None) -> list[str] | None:
@@ -85,10 +91,10 @@ def _statuses(status: Status | Sequence[Status] | None) -> list[str] | None:
     return chosen
 
 
-async def _existing(store: Store, workflow: str, instance_id: str, doing: str) -> TransitionRecord:
+async def _existing(parts: Parts, workflow: str, instance_id: str, doing: str) -> TransitionRecord:
     check_identifier(workflow, "workflow name")
     check_identifier(instance_id, "instance_id")
-    last = await store.last_record(workflow, instance_id)
+    last = await parts.history.last_record(workflow, instance_id)
     if last is None:
         raise InstanceNotFoundError(
             workflow,
@@ -103,7 +109,7 @@ async def _existing(store: Store, workflow: str, instance_id: str, doing: str) -
 
 
 async def fork_instance(
-    store: Store,
+    parts: Parts,
     workflow: str,
     instance_id: str,
     *,
@@ -132,8 +138,8 @@ async def fork_instance(
     ``new_instance_id`` pins the new id (an existing one raises :class:`InstanceExistsError`;
     nothing is overwritten); by default a fresh id is generated. Returns the new seq-0 row.
     """
-    row = await _fork_point(store, workflow, instance_id, seq, chosen=state is not None)
-    first = row if row.seq == 0 else await store.record_at(workflow, instance_id, 0)
+    row = await _fork_point(parts, workflow, instance_id, seq, chosen=state is not None)
+    first = row if row.seq == 0 else await parts.history.record_at(workflow, instance_id, 0)
     if first is None:
         raise HistoryCorruptError(
             workflow, instance_id, "stored history has a gap: seq 0 is missing"
@@ -142,12 +148,12 @@ async def fork_instance(
     dest = _fork_state(row, state, summary)
     encoded = encode_context(
         {**row.context, **dict(overrides or {})},
-        max_bytes=store.config.max_context_bytes,
+        max_bytes=parts.db.config.max_context_bytes,
         where=f"fork of instance {instance_id!r} at seq {row.seq}",
     )
     new_id = _new_instance_id(new_instance_id)
     try:
-        await store.start(
+        await parts.history.start(
             workflow,
             new_id,
             dest,
@@ -159,7 +165,7 @@ async def fork_instance(
         )
     except ConcurrentTransitionError:
         raise _exists(workflow, new_id) from None
-    started = await store.record_at(workflow, new_id, 0)
+    started = await parts.history.record_at(workflow, new_id, 0)
     assert started is not None
     return started
 
@@ -205,9 +211,9 @@ def _fork_state(row: TransitionRecord, state: str | None, summary: dict[str, Any
 
 
 async def _fork_point(
-    store: Store, workflow: str, instance_id: str, seq: int | None, *, chosen: bool
+    parts: Parts, workflow: str, instance_id: str, seq: int | None, *, chosen: bool
 ) -> TransitionRecord:
-    last = await _existing(store, workflow, instance_id, "fork from")
+    last = await _existing(parts, workflow, instance_id, "fork from")
     row: TransitionRecord | None = last
     if seq is not None and seq != last.seq:
         if not 0 <= seq < last.seq:
@@ -216,7 +222,7 @@ async def _fork_point(
                 instance_id,
                 f"has no seq {seq} to fork from (its history has seq 0 to {last.seq})",
             )
-        row = await store.record_at(workflow, instance_id, seq)
+        row = await parts.history.record_at(workflow, instance_id, seq)
     if row is None:
         raise HistoryCorruptError(
             workflow, instance_id, f"stored history has a gap: seq {seq} is missing"
@@ -234,7 +240,7 @@ async def _fork_point(
 
 
 def _new_instance_id(pinned: str | None) -> str:
-    # An existing pinned id is refused by store.start itself (seq 0 exists: unique key).
+    # An existing pinned id is refused by History.start itself (seq 0 exists: unique key).
     return uuid.uuid4().hex if pinned is None else check_identifier(pinned, "new instance_id")
 
 
@@ -251,7 +257,7 @@ def _exists(workflow: str, instance_id: str) -> InstanceExistsError:
 
 
 async def cancel_instance(
-    store: Store, workflow: str, instance_id: str, *, reason: str | None = None
+    parts: Parts, workflow: str, instance_id: str, *, reason: str | None = None
 ) -> TransitionRecord:
     """Append a ``cancelled`` row: the instance ends, and running it raises
     :class:`~fsmflow.errors.InstanceCancelledError`. Returns that row.
@@ -261,17 +267,17 @@ async def cancel_instance(
     :class:`InstanceStateError` if the instance already ended. The row keeps the last context
     and state (fork it to run it again); ``reason`` is stored in its ``error`` column.
     """
-    async with _owned(store, workflow, instance_id, "cancel") as owner:
-        last = await _existing(store, workflow, instance_id, "cancel")
+    async with _owned(parts, workflow, instance_id, "cancel") as owner:
+        last = await _existing(parts, workflow, instance_id, "cancel")
         if last.terminal:
             raise InstanceStateError(
                 workflow, instance_id, f"already {last.status} at seq {last.seq}: nothing to cancel"
             )
         error = {"type": "Cancelled", "message": reason or "cancelled by an operator"}
-        return await _append_after(store, owner, last, "cancelled", CANCEL_TRIGGER, error)
+        return await _append_after(parts, owner, last, "cancelled", CANCEL_TRIGGER, error)
 
 
-async def retry_instance(store: Store, workflow: str, instance_id: str) -> TransitionRecord:
+async def retry_instance(parts: Parts, workflow: str, instance_id: str) -> TransitionRecord:
     """Make a failed instance runnable again: append a ``running`` row after its ``failed``
     row, in the state whose step failed, with the context that step started from.
 
@@ -279,11 +285,11 @@ async def retry_instance(store: Store, workflow: str, instance_id: str) -> Trans
     again. Refused while a runner owns the instance, and for an instance that did not fail.
     Returns the appended row.
     """
-    async with _owned(store, workflow, instance_id, "retry") as owner:
-        last = await _existing(store, workflow, instance_id, "retry")
+    async with _owned(parts, workflow, instance_id, "retry") as owner:
+        last = await _existing(parts, workflow, instance_id, "retry")
         if last.status != "failed":
             raise InstanceStateError(workflow, instance_id, _not_retryable(last))
-        return await _append_after(store, owner, last, "running", RETRY_TRIGGER, None)
+        return await _append_after(parts, owner, last, "running", RETRY_TRIGGER, None)
 
 
 def _not_retryable(last: TransitionRecord) -> str:
@@ -300,12 +306,12 @@ def _not_retryable(last: TransitionRecord) -> str:
 
 @asynccontextmanager
 async def _owned(
-    store: Store, workflow: str, instance_id: str, doing: str
+    parts: Parts, workflow: str, instance_id: str, doing: str
 ) -> AsyncIterator[Ownership]:
     check_identifier(workflow, "workflow name")
     check_identifier(instance_id, "instance_id")
     try:
-        owner = await store.acquire(workflow, instance_id)
+        owner = await parts.owners.acquire(workflow, instance_id, wait=False, lock_timeout=None)
     except InstanceLockedError:
         raise InstanceLockedError(
             workflow,
@@ -320,7 +326,7 @@ async def _owned(
 
 
 async def _append_after(
-    store: Store,
+    parts: Parts,
     owner: Ownership,
     last: TransitionRecord,
     status: Status,
@@ -331,7 +337,7 @@ async def _append_after(
     state = last.dest_state or last.source_state
     seq = last.seq + 1
     where = f"operator row after seq {last.seq}"
-    await store.append(
+    await parts.history.append(
         last.workflow_name,
         last.instance_id,
         seq,
@@ -339,7 +345,7 @@ async def _append_after(
         source=state,
         dest=state,
         context_json=encode_context(
-            last.context, max_bytes=store.config.max_context_bytes, where=where
+            last.context, max_bytes=parts.db.config.max_context_bytes, where=where
         ),
         status=status,
         fingerprint=last.fingerprint,
@@ -348,122 +354,52 @@ async def _append_after(
         error_json=None if error is None else json.dumps(error),
         owner=owner,
     )
-    record = await store.record_at(last.workflow_name, last.instance_id, seq)
+    record = await parts.history.record_at(last.workflow_name, last.instance_id, seq)
     assert record is not None
     return record
-
-
-# -- prune -------------------------------------------------------------------------------
-
-
-async def prune_instances(
-    store: Store,
-    older_than: timedelta,
-    *,
-    workflow: str | None = None,
-    dry_run: bool = False,
-    batch_size: int = 500,
-    on_batch: PruneProgress | None = None,
-) -> PruneResult:
-    """Delete every row of the completed, failed and cancelled instances whose last row is
-    older than ``older_than`` (measured on the database server's clock). Irreversible.
-
-    Running instances are never deleted, nor is an instance a runner owns right now.
-    Works in batches of ``batch_size`` instances, each its own short transaction;
-    ``on_batch(batch, totals_so_far)`` is called after each. ``dry_run`` deletes nothing
-    and reports what would go.
-    """
-    if older_than < timedelta(0) or batch_size < 1:
-        raise ValueError("older_than must not be negative and batch_size must be at least 1")
-    if workflow is not None:
-        check_identifier(workflow, "workflow name")
-    totals = PruneResult(cutoff=_cutoff(await store._server_now(), older_than), dry_run=dry_run)
-    after: InstanceSummary | None = None
-    while batch := await store._instance_page(
-        workflow, sorted(TERMINAL_STATUSES), totals.cutoff, batch_size, after
-    ):
-        after = batch[-1]
-        instances, rows = await _prune_batch(store, batch, totals)
-        totals = replace(
-            totals,
-            instances=totals.instances + instances,
-            rows=totals.rows + rows,
-            skipped=totals.skipped + len(batch) - instances,
-        )
-        if on_batch is not None:
-            on_batch(batch, totals)
-    return totals
-
-
-def _cutoff(now: datetime, older_than: timedelta) -> datetime:
-    try:
-        return now - older_than
-    except OverflowError:
-        raise ValueError(
-            f"older_than={older_than.days} days reaches back before year 1: use a shorter span"
-        ) from None
-
-
-async def _prune_batch(
-    store: Store, batch: Sequence[InstanceSummary], totals: PruneResult
-) -> tuple[int, int]:
-    if totals.dry_run:
-        return len(batch), sum(s.seq + 1 for s in batch)
-    try:
-        return await store._delete_instances(batch, totals.cutoff)
-    except PermissionDeniedError:
-        raise PermissionDeniedError(
-            f"prune needs DELETE on {store.qualified_table!r} in {store.target}: "
-            f"GRANT DELETE ON {store.qualified_table} TO <role> (use the migrator role, not "
-            "the runtime role)"
-        ) from None
 
 
 # -- health ------------------------------------------------------------------------------
 
 
-async def check_health(store: Store) -> HealthReport:
+async def check_health(parts: Parts) -> HealthReport:
     """Connect and check what running workflows needs: the table, its schema version,
     SELECT and INSERT on it, a writable server, and durable commits.
 
     Connection failures raise (after ``FSMFLOW_DB_RETRY_SECONDS``) like any other call.
     """
-    facts = await store._health_facts()
+    facts = await parts.schema.health_facts()
+    row = facts.row
     problems: list[str] = []
     warnings: list[str] = []
-    table = store.qualified_table
-    if not facts["exists"]:
+    table = parts.db.qualified_table
+    if not facts.exists:
         problems.append(f"table {table!r} does not exist: run `fsmflow init-db`")
-    elif facts["schema_problem"]:
-        problems.append(facts["schema_problem"])
-    elif not (facts["can_select"] and facts["can_insert"]):
+    elif facts.problem:
+        problems.append(facts.problem)
+    elif not (row["can_select"] and row["can_insert"]):
         problems.append(f"the role lacks SELECT and INSERT on {table!r}")
-    if facts["in_recovery"]:
+    if row["in_recovery"]:
         problems.append("the server is a read-only standby: appends would fail")
-    _judge_durability(store, facts["synchronous_commit"], problems, warnings)
+    durability = durability_problem(row["synchronous_commit"], parts.db.target)
+    if durability is not None:
+        strict = parts.db.config.strict_durability
+        (problems if strict else warnings).append(
+            durability + (" (FSMFLOW_STRICT_DURABILITY is set)" if strict else "")
+        )
     return HealthReport(
-        target=store.target,
+        target=parts.db.target,
         table=table,
-        server_version=facts["server_version"],
-        table_exists=facts["exists"],
-        schema_version_ok=facts["schema_version_ok"],
-        schema_version=facts["schema_version"],
-        missing_columns=tuple(facts["missing_columns"]),
-        can_select=facts["can_select"],
-        can_insert=facts["can_insert"],
-        can_delete=facts["can_delete"],
-        synchronous_commit=facts["synchronous_commit"],
-        in_recovery=facts["in_recovery"],
+        server_version=row["server_version"],
+        table_exists=facts.exists,
+        schema_version_ok=facts.version == sql.SCHEMA_VERSION,
+        schema_version=facts.version,
+        missing_columns=facts.missing_columns,
+        can_select=row["can_select"],
+        can_insert=row["can_insert"],
+        can_delete=row["can_delete"],
+        synchronous_commit=row["synchronous_commit"],
+        in_recovery=row["in_recovery"],
         problems=tuple(problems),
         warnings=tuple(warnings),
     )
-
-
-def _judge_durability(store: Store, setting: str, problems: list[str], warnings: list[str]) -> None:
-    if setting in _DURABLE_COMMIT:
-        return
-    message = f"synchronous_commit={setting}: a crash can lose acknowledged transitions"
-    if store.config.strict_durability:
-        problems.append(message + " (FSMFLOW_STRICT_DURABILITY is set)")
-    else:
-        warnings.append(message)

@@ -15,9 +15,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import random
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
 
 import asyncpg
 
@@ -30,12 +29,14 @@ from fsmflow.errors import (
     OwnershipLostError,
     StoreError,
 )
+from fsmflow.model.records import TransitionRecord
+from fsmflow.store.database import INSERTED_ONE, Backoff, Database
+from fsmflow.store.dberrors import is_retriable
 from fsmflow.store.lanes import QUERIES, Lane, finish, is_cancelled_statement, session_gone
 
-if TYPE_CHECKING:
-    from fsmflow.store.facade import Store
+__all__ = ["Lane", "Owners", "Ownership", "lock_key"]
 
-__all__ = ["Lane", "Ownership", "acquire", "lock_key"]
+ReadRow = Callable[[str, str, int], Awaitable[TransitionRecord | None]]
 
 logger = logging.getLogger("fsmflow.ownership")
 
@@ -61,12 +62,23 @@ class Ownership:
     runner can interrupt the step it is running.
     """
 
-    def __init__(self, store: Store, lane: Lane, workflow: str, instance_id: str) -> None:
-        self.store = store
+    def __init__(
+        self,
+        db: Database,
+        lane: Lane,
+        workflow: str,
+        instance_id: str,
+        *,
+        read_row: ReadRow,
+        forget: Callable[[Ownership], None],
+    ) -> None:
+        self.db = db
         self.lane = lane
         self.workflow = workflow
         self.instance_id = instance_id
-        self.key = lock_key(store.resolved_table, workflow, instance_id)
+        self.key = lock_key(db.resolved_table, workflow, instance_id)
+        self._read_row = read_row
+        self._forget = forget
         self.generation = -1
         self.is_lost = False
         self.locked = False  # the lock is held on the lane's session (release gives it back)
@@ -93,7 +105,7 @@ class Ownership:
         never leaves the lock granted on the server: a lock query in flight is let finish
         and what it got is given back.
         """
-        return await self.store.retry("lock", self._try_lock_once)
+        return await self.db.retry("lock", self._try_lock_once)
 
     async def _try_lock_once(self) -> bool:
         lane = self.lane
@@ -155,24 +167,21 @@ class Ownership:
         never saw its connection close) is freed by ending that session, within the
         retry budget; a lock held by any other session is another runner's.
         """
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.store.config.retry_budget
-        delay = 0.1
+        backoff = Backoff(self.db.config.retry_budget)
         while not await self.try_lock():
-            holder = await self.store.retry(
+            holder = await self.db.retry(
                 "lock holder", lambda: self.lane.fetchrow("lock_holder", self.key)
             )
             if holder is not None:
                 pid, name = int(holder["pid"]), str(holder["application_name"])
                 if pid not in self.lane.previous_pids():
                     raise self._lost_to(pid, name)
-                if loop.time() + delay > deadline:
+                if backoff.spent():
                     raise self._stuck(pid, name)
                 await self._end_session(pid, name)
-            elif loop.time() + delay > deadline:
+            elif backoff.spent():
                 raise self._stuck(None, "")
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, 2.0)
+            await backoff.sleep()
         logger.info(
             "workflow %r instance %r: ownership re-acquired", self.workflow, self.instance_id
         )
@@ -201,7 +210,7 @@ class Ownership:
         )
 
     def _stuck(self, pid: int | None, name: str) -> OwnershipLostError:
-        budget = self.store.config.retry_budget
+        budget = self.db.config.retry_budget
         holder = "a session that ended meanwhile" if pid is None else (
             f"this runner's previous session pid {pid} (application_name {name!r}), which "
             "did not end when terminated"
@@ -232,15 +241,13 @@ class Ownership:
             if session_gone(exc) or not lane.alive:
                 lane.lost(type(exc).__name__)
                 raise _SessionLost() from exc
-            if is_cancelled_statement(exc) or self.store.is_retriable(exc):
+            if is_cancelled_statement(exc) or is_retriable(exc):
                 raise _StatementFailed(exc) from exc  # the session and its locks stand
-            raise self.store.translate(exc) from None
+            raise self.db.translate(exc) from None
 
     async def append(self, seq: int, attempt_id: str, args: tuple[Any, ...], query: str) -> None:
         """Append row ``seq`` exactly once, resolving an unknown outcome by reading it back."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.store.config.retry_budget
-        delay = 0.1
+        backoff = Backoff(self.db.config.retry_budget)
         uncertain = False  # an earlier attempt may have landed: read back before writing
         while True:
             try:
@@ -255,12 +262,12 @@ class Ownership:
             except (_SessionLost, _StatementFailed, DatabaseUnavailableError) as exc:
                 failure: Exception = exc
             else:
-                if result != "INSERT 0 1":
+                if result != INSERTED_ONE:
                     raise ConcurrentTransitionError(self.workflow, self.instance_id, seq)
                 return
             # Outside the handler: a cancellation during the sleep is a plain one.
             uncertain = True
-            if loop.time() + delay > deadline:
+            if backoff.spent():
                 raise self._gave_up(seq, failure) from failure
             logger.warning(
                 "workflow %r instance %r: appending seq %d failed (%s); retrying in %.1fs",
@@ -268,10 +275,9 @@ class Ownership:
                 self.instance_id,
                 seq,
                 failure,
-                delay,
+                backoff.delay,
             )
-            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, 5.0)
+            await backoff.sleep()
 
     def _gave_up(self, seq: int, failure: Exception) -> StoreError:
         cause = failure.__cause__
@@ -280,16 +286,16 @@ class Ownership:
                 f"workflow {self.workflow!r}, instance {self.instance_id!r}: appending seq "
                 f"{seq} was cancelled by the server on every attempt (SQLSTATE 57014, query "
                 "canceled: statement_timeout or pg_cancel_backend) for the whole retry "
-                f"budget ({self.store.config.retry_budget:g} s, FSMFLOW_DB_RETRY_SECONDS); "
+                f"budget ({self.db.config.retry_budget:g} s, FSMFLOW_DB_RETRY_SECONDS); "
                 "nothing was written for this seq. Raise statement_timeout for the fsmflow "
                 "role or stop what cancels its queries, then run the instance again"
             )
         detail = type(cause).__name__ if cause is not None else "retry budget spent"
-        return DatabaseUnavailableError(self.store.target, f"retry budget spent: {detail}")
+        return DatabaseUnavailableError(self.db.target, f"retry budget spent: {detail}")
 
     async def _landed(self, seq: int, attempt_id: str) -> bool:
         """After an unknown outcome: did our row land (True), or nothing (False)?"""
-        record = await self.store.record_at(self.workflow, self.instance_id, seq)
+        record = await self._read_row(self.workflow, self.instance_id, seq)
         if record is None:
             return False
         if record.attempt_id is not None and record.attempt_id.replace("-", "") == attempt_id:
@@ -316,7 +322,7 @@ class Ownership:
                 await self._unlock(self.generation)
         finally:
             self.locked = False
-            self.store.forget_owner(self)
+            self._forget(self)
 
     async def _unlock(self, generation: int) -> None:
         """Unlock on the session of ``generation``; nothing to do if that session is gone."""
@@ -358,58 +364,84 @@ class _StatementFailed(Exception):
         self.cause = cause
 
 
-async def acquire(
-    store: Store,
-    lanes: list[Lane],
-    workflow: str,
-    instance_id: str,
-    *,
-    wait: bool,
-    lock_timeout: float | None,
-) -> Ownership:
-    """Claim an instance on the least busy lane; :class:`InstanceLockedError` if owned.
+class Owners:
+    """This process's owner connections (lanes) and the registry of instances it owns.
 
-    The in-process registry is claimed before the lock is taken (session locks are
-    re-entrant: two runners sharing a lane would both get it), and given back if the
-    lock is not taken, fails or the caller is cancelled.
+    Locks are session-level and re-entrant, so the registry, not the lock, keeps two
+    runners of one process apart.
     """
-    loop = asyncio.get_running_loop()
-    deadline = None if lock_timeout is None else loop.time() + lock_timeout
-    delay = 0.05
-    while True:
-        owner = _claim(store, lanes, workflow, instance_id)
-        if owner is not None and await _lock_claimed(owner):
-            return owner
-        if not wait or (deadline is not None and loop.time() + delay > deadline):
-            who = "in this process" if owner is None else "(it holds the instance's lock)"
-            raise InstanceLockedError(
-                workflow,
-                instance_id,
-                f"another runner {who} is running this instance right now; "
-                "wait for it, or pass wait=True to wait for the lock",
-            )
-        await asyncio.sleep(delay)
-        delay = min(delay * 2, 1.0)
 
+    def __init__(self, db: Database, read_row: ReadRow) -> None:
+        self.db = db
+        self._read_row = read_row
+        self.lanes = [Lane(db, i) for i in range(db.config.owner_connections)]
+        self._owners: dict[tuple[str, str], Ownership] = {}
 
-def _claim(store: Store, lanes: list[Lane], workflow: str, instance_id: str) -> Ownership | None:
-    """Register a new ownership in this process (no await: atomic), or None if taken."""
-    lane = min(lanes, key=lambda ln: (len(ln.owners), ln.index))
-    owner = Ownership(store, lane, workflow, instance_id)
-    if not store.claim_owner(owner):
-        return None
-    # Reserve the lane too, so that instances claimed concurrently spread over the lanes
-    # instead of all choosing the same least-busy one.
-    lane.owners.add(owner)
-    return owner
+    def __repr__(self) -> str:
+        return f"Owners(lanes={len(self.lanes)}, owned={len(self._owners)})"
 
+    def owned_here(self, workflow: str, instance_id: str) -> bool:
+        """True if a runner in this process owns or is taking the instance."""
+        return (workflow, instance_id) in self._owners
 
-async def _lock_claimed(owner: Ownership) -> bool:
-    """Take the claimed owner's lock; undo the claim unless it was taken."""
-    try:
-        got = await owner.try_lock()
-    finally:
-        if not owner.locked:
-            owner.lane.owners.discard(owner)
-            owner.store.forget_owner(owner)
-    return got
+    def _claim(self, workflow: str, instance_id: str) -> Ownership | None:
+        """Register a new ownership (no await: atomic in the loop), or None if taken."""
+        if (workflow, instance_id) in self._owners:
+            return None
+        lane = min(self.lanes, key=lambda ln: (len(ln.owners), ln.index))
+        owner = Ownership(
+            self.db, lane, workflow, instance_id, read_row=self._read_row, forget=self._forget
+        )
+        self._owners[(workflow, instance_id)] = owner
+        # Reserve the lane too, so that instances claimed concurrently spread over the
+        # lanes instead of all choosing the same least-busy one.
+        lane.owners.add(owner)
+        return owner
+
+    def _forget(self, owner: Ownership) -> None:
+        key = (owner.workflow, owner.instance_id)
+        if self._owners.get(key) is owner:
+            del self._owners[key]
+
+    async def acquire(
+        self, workflow: str, instance_id: str, *, wait: bool, lock_timeout: float | None
+    ) -> Ownership:
+        """Claim an instance on the least busy lane; :class:`InstanceLockedError` if owned.
+
+        The registry is claimed before the lock is taken and given back if the lock is
+        not taken, fails or the caller is cancelled.
+        """
+        # The table must be checked first: lock keys use the name the server resolved.
+        await self.db.pool()
+        loop = asyncio.get_running_loop()
+        deadline = None if lock_timeout is None else loop.time() + lock_timeout
+        delay = 0.05
+        while True:
+            owner = self._claim(workflow, instance_id)
+            if owner is not None and await self._lock_claimed(owner):
+                return owner
+            if not wait or (deadline is not None and loop.time() + delay > deadline):
+                who = "in this process" if owner is None else "(it holds the instance's lock)"
+                raise InstanceLockedError(
+                    workflow,
+                    instance_id,
+                    f"another runner {who} is running this instance right now; "
+                    "wait for it, or pass wait=True to wait for the lock",
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _lock_claimed(self, owner: Ownership) -> bool:
+        """Take the claimed owner's lock; undo the claim unless it was taken."""
+        try:
+            got = await owner.try_lock()
+        finally:
+            if not owner.locked:
+                owner.lane.owners.discard(owner)
+                self._forget(owner)
+        return got
+
+    async def close(self) -> None:
+        """Close every owner connection (the server frees their locks)."""
+        for lane in self.lanes:
+            await lane.close()

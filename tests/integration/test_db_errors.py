@@ -31,9 +31,9 @@ from fsmflow import (
     SchemaMismatchError,
     SchemaMissingError,
     StoreError,
-    dberrors,
 )
 from fsmflow.sql import schema_ddl
+from fsmflow.store import dberrors
 from tests.conftest import run_python
 
 from .reliability_support import (
