@@ -90,12 +90,20 @@ class Store:
         """Where the database is, safe to show (no password)."""
         return self._target
 
+    @property
+    def pool(self) -> asyncpg.Pool | None:
+        """The asyncpg pool while the store is open, else None (the seed's ``DBConfig.pool``)."""
+        return self._pool
+
     # -- lifecycle ---------------------------------------------------------------------
 
     async def open(self, *, check_schema: bool = True) -> Store:
         """Connect (retrying transient failures) and verify the table; idempotent."""
         if self._closed:
-            raise StoreError(f"the store for {self._target} is closed; create a new DBConfig")
+            raise StoreError(
+                f"the store for {self._target} is closed; build the runner again from its "
+                "DBConfig (which then opens a new store), or create a new DBConfig"
+            )
         async with self._open_lock:
             if self._pool is None:
                 self._pool = await self.retry("connect", self._create_pool)
