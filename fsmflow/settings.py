@@ -53,6 +53,42 @@ def describe_invalid_settings(exc: ValidationError) -> str:
     return "invalid setting " + "; ".join(problems)
 
 
+class SeedPool:
+    """The seed API's ``DBConfig.pool``: the open asyncpg pool, closed as a whole store.
+
+    Every attribute but ``close`` is the asyncpg pool's (``acquire()``, ``fetch()``,
+    ``execute()``, ``fetchrow()``, ``fetchval()``, ``get_size()`` ...). ``close()``, and
+    leaving ``async with pool``, close the store the pool belongs to, the owner
+    connections holding instance locks included, so that nothing is left half-open: the
+    settings' ``pool`` is then None and their next use opens a new store. Closing a pool
+    whose store is already closed does nothing.
+    """
+
+    def __init__(self, config: DBConfig, store: Store, pool: Any) -> None:
+        self._config = config
+        self._store = store
+        self._pool = pool
+
+    def __getattr__(self, name: str) -> Any:
+        # Called only for names not defined here: the asyncpg pool's public API.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._pool, name)
+
+    def __repr__(self) -> str:
+        return f"SeedPool({self._store!r})"
+
+    async def __aenter__(self) -> SeedPool:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the store this pool belongs to: the pool and the owner connections."""
+        await self._config._close_store(self._store)
+
+
 class DBConfig(BaseSettings):
     """Database settings, read from the environment and ``.env`` files.
 
@@ -65,8 +101,10 @@ class DBConfig(BaseSettings):
     shape too, see :func:`fsmflow.dsn.check_dsn`). ``redact_errors``
     (``FSMFLOW_REDACT_ERRORS``) keeps a failed step's message out of history and logs.
 
-    The seed API lives here too: ``await init_db()``, ``await reset_db()``, ``await close()``
-    delegate to :attr:`store`, the object that owns the connections.
+    The seed API lives here too: ``await setup()``, ``pool``, ``await init_db()``,
+    ``await reset_db()`` and ``await close()`` delegate to :attr:`store`, the object that
+    owns the connections. After ``close()`` (or ``await pool.close()``) the settings open a
+    new store on their next use; runners built before then hold the closed one.
     """
 
     model_config = SettingsConfigDict(
@@ -238,9 +276,33 @@ class DBConfig(BaseSettings):
         await self.store.reset_db(force=force)
 
     async def close(self) -> None:
-        """Close the connections opened for these settings."""
+        """Close every connection opened for these settings (the owner connections that
+        hold instance locks included); ``pool`` is None afterwards, and the next use
+        opens a new store."""
         if self._store is not None:
-            await self._store.close()
+            await self._close_store(self._store)
+
+    async def _close_store(self, store: Store) -> None:
+        # Forget the store first: from here on `pool` is None and a new use reconnects.
+        if self._store is store:
+            self._store = None
+        await store.close()
+
+    # -- seed API compatibility --
+
+    @property
+    def pool(self) -> SeedPool | None:
+        """The seed API's pool: None until connected (``await setup()``, or any use), then
+        a :class:`SeedPool` over the asyncpg pool; None again once closed."""
+        store: Store | None = self._store
+        if store is None or store.pool is None:
+            return None
+        return SeedPool(self, store, store.pool)
+
+    async def setup(self) -> None:
+        """Connect (the seed API's ``await db_config.setup()``); idempotent. The table is
+        checked at its first use, so this may come before ``init_db()``."""
+        await self.store.open(check_schema=False)
 
     def __repr__(self) -> str:
         return f"DBConfig(target={self.display_target()!r}, table={self.table!r})"

@@ -695,6 +695,14 @@ class PersistentWorkflowStateMachine:
         self.context = WorkflowContext(data=decode_context(encoded))
         await run_after(chosen, self.context)
 
+    # -- seed API compatibility --
+
+    async def setup(self) -> None:
+        """Connect to the database (the seed API's ``await workflow.setup()``); optional,
+        since ``run_workflow()`` connects by itself. :class:`~fsmflow.errors.StoreError`
+        if the settings were closed since this runner was built: build it again."""
+        await self.store.open(check_schema=False)
+
 
 # What each interrupt reason may cancel, by what the runner is awaiting.
 _CANCELLED_BY: Final[dict[str, frozenset[str]]] = {

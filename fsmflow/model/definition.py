@@ -44,6 +44,7 @@ RESERVED_NAMES: Final = frozenset(
         "trigger",
         "may_trigger",
         "workflow_state",
+        "setup",
         "close",
         "allow_definition_change",
         "retry_failed",

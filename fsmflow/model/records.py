@@ -59,7 +59,10 @@ class TransitionRecord:
 
 @dataclass(frozen=True, slots=True)
 class WorkflowState:
-    """Where an instance stands: what ``run_workflow`` returns."""
+    """Where an instance stands: what ``run_workflow`` returns.
+
+    ``workflow_id`` is ``instance_id`` under the seed API's name.
+    """
 
     workflow_name: str
     instance_id: str
@@ -68,6 +71,11 @@ class WorkflowState:
     completed: bool
     status: Status = "running"
     seq: int = 0
+
+    @property
+    def workflow_id(self) -> str:
+        """The instance id under the seed API's name (``workflow_state.workflow_id``)."""
+        return self.instance_id
 
     @classmethod
     def from_record(cls, record: TransitionRecord) -> WorkflowState:

@@ -86,11 +86,19 @@ class Database:
         """True while the pool exists."""
         return self._pool is not None
 
+    @property
+    def current_pool(self) -> asyncpg.Pool | None:
+        """The pool if it exists (never connects)."""
+        return self._pool
+
     async def pool(self, *, checked: bool = True) -> asyncpg.Pool:
         """The pool, connecting first (retrying transient failures); with ``checked`` the
         table is verified once before it is handed out."""
         if self.closed:
-            raise StoreError(f"the store for {self.target} is closed; create a new DBConfig")
+            raise StoreError(
+                f"the store for {self.target} is closed; build the runner again from its "
+                "DBConfig (which then opens a new store), or create a new DBConfig"
+            )
         if self._pool is None:
             async with self._open_lock:
                 if self._pool is None:

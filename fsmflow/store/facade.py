@@ -85,6 +85,11 @@ class Store:
         """The table as the server resolved it, schema included (known once opened)."""
         return self._db.resolved_table
 
+    @property
+    def pool(self) -> asyncpg.Pool | None:
+        """The asyncpg pool while the store is open, else None (the seed's ``DBConfig.pool``)."""
+        return self._db.current_pool
+
     # -- lifecycle ---------------------------------------------------------------------
 
     async def open(self, *, check_schema: bool = True) -> Store:
