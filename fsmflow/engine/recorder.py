@@ -9,6 +9,7 @@ instance stands in its stored history; the recorder advances it after each commi
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Awaitable
@@ -71,6 +72,12 @@ class Position:
     seq: int = -1
     status: Status = "running"
     context_json: str = "{}"
+
+    def restore(self, record: TransitionRecord) -> None:
+        """Stand at ``record``, the instance's last row (a failed instance runs again)."""
+        self.seq = record.seq
+        self.status = "running" if record.status == "failed" else record.status
+        self.context_json = json.dumps(record.context, ensure_ascii=False, separators=(",", ":"))
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,10 +11,8 @@ model and drives the run; it hands the attempts of a state's step to
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,14 +21,10 @@ from fsmflow.engine.attempts import Attempts
 from fsmflow.engine.choosing import choose_transition, declared_transition
 from fsmflow.engine.interrupts import Interrupts
 from fsmflow.engine.machine import WorkflowMachine
+from fsmflow.engine.opening import Opening
 from fsmflow.engine.recorder import Instance, Position, Recorder
 from fsmflow.engine.resuming import (
-    check_ended_well,
-    definition_changes,
     has_ended,
-    resume_state,
-    same_definition,
-    started_record,
 )
 from fsmflow.engine.shutdown import for_running_loop
 from fsmflow.engine.steps import (
@@ -47,7 +41,7 @@ from fsmflow.model.context import (
     encode_context,
     seed_json,
 )
-from fsmflow.model.definition import WorkflowDefinition, WorkflowStep, check_identifier
+from fsmflow.model.definition import Transition, WorkflowDefinition, WorkflowStep, check_identifier
 from fsmflow.model.records import Status, TransitionRecord, WorkflowState
 from fsmflow.settings import DBConfig
 from fsmflow.store.facade import Store
@@ -126,11 +120,10 @@ class PersistentWorkflowStateMachine:
         self._steps: dict[str, WorkflowStep] = {}
         self._max_bytes = self.store.config.max_context_bytes
         self._machine = WorkflowMachine.of(workflow_definition)
-        self._owner: Ownership | None = None
+        self._opening = Opening(self.store, workflow_definition, self._machine.definition_json)
         self._interrupts = Interrupts(self.workflow_name, lambda: self.instance_id)
         self._recorder: Recorder | None = None  # these two exist while the lock is held
         self._attempts: Attempts | None = None
-        self._resumed = False  # the instance existed before this run
         self._redact = self.store.config.redact_errors
         self._listeners = tuple(listeners)
         if steps is not None:
@@ -214,23 +207,24 @@ class PersistentWorkflowStateMachine:
 
     async def _run(self, initial: str, *, given_context: bool) -> WorkflowState:
         start_state, guarded = self.definition.initial_state, self._interrupts.guarded
-        await guarded("wait", start_state, self._choose_instance())
-        assert self.instance_id is not None
+        opening = self._opening
+        self.instance_id = await guarded("wait", start_state, opening.choose(self.instance_id))
         acquiring = self.store.acquire(
             self.workflow_name,
             self.instance_id,
             wait=bool(self.options["wait"]),
             lock_timeout=self.options["lock_timeout"],
         )
-        owner = self._owner = await guarded("wait", start_state, acquiring)
+        owner = await guarded("wait", start_state, acquiring)
         owner.on_lost = lambda: self.interrupt("lost")
         try:
-            loading = self._load_or_start(initial, given_context=given_context)
+            loading = opening.load_or_start(self.instance_id, initial, given_context=given_context)
             record = await guarded("wait", start_state, loading)
             if has_ended(record, retry_failed=self.retry_failed):
                 return self._finished(record)
             self._restore(record)
-            state = await self._check_resumable(record)
+            allow_change = self.allow_definition_change
+            state = await opening.check_resumable(record, allow_change=allow_change)
             self._collaborators(owner)
             self._machine.attach(self, state)
             try:
@@ -238,7 +232,7 @@ class PersistentWorkflowStateMachine:
             finally:
                 self._machine.detach(self)
         finally:
-            self._owner = self._recorder = self._attempts = None
+            self._recorder = self._attempts = None
             await owner.release()
 
     def _collaborators(self, owner: Ownership) -> None:
@@ -251,96 +245,14 @@ class PersistentWorkflowStateMachine:
         self._recorder = recorder
         self._attempts = Attempts(self._interrupts, recorder, owner, lambda: self.state, instance)
 
-    async def _choose_instance(self) -> None:
-        if self.instance_id is None:
-            self.instance_id = await self.store.latest_unfinished(self.workflow_name)
-        if self.instance_id is None:
-            self.instance_id = uuid.uuid4().hex
-
-    async def _load_or_start(self, initial_json: str, *, given_context: bool) -> TransitionRecord:
-        assert self.instance_id is not None
-        last = await self.store.last_record(self.workflow_name, self.instance_id)
-        if last is None:
-            return await self._start(initial_json)
-        self._resumed = True
-        if given_context:
-            # Programs pass their seed context on every start, not knowing whether they
-            # resume: that is normal, so INFO, not WARNING.
-            logger.info(
-                "workflow %r instance %r exists: resuming with its stored context "
-                "(the given context seeds new instances only)",
-                self.workflow_name,
-                self.instance_id,
-            )
-        return last
-
-    async def _start(self, initial_json: str) -> TransitionRecord:
-        state = self.definition.initial_state
-        assert self.instance_id is not None
-        attempt = uuid.uuid4().hex
-        await self.store.start(
-            self.workflow_name,
-            self.instance_id,
-            state,
-            initial_json,
-            fingerprint=self.definition.fingerprint,
-            attempt_id=attempt,
-            definition_json=self._machine.definition_json,
-        )
-        logger.info(
-            "workflow %r instance %r started in state %r",
-            self.workflow_name,
-            self.instance_id,
-            state,
-        )
-        return started_record(self.definition, self.instance_id, initial_json, attempt)
-
     def _finished(self, record: TransitionRecord) -> WorkflowState:
         self._restore(record)
-        check_ended_well(self.workflow_name, record)
-        logger.info(
-            "workflow %r instance %r already %s",
-            self.workflow_name,
-            record.instance_id,
-            record.status,
-        )
+        self._opening.check_ended(record)
         return WorkflowState.from_record(record)
 
     def _restore(self, record: TransitionRecord) -> None:
-        position = self._position
-        position.seq = record.seq
-        position.status = "running" if record.status == "failed" else record.status
-        position.context_json = json.dumps(
-            record.context, ensure_ascii=False, separators=(",", ":")
-        )
+        self._position.restore(record)
         self.context = WorkflowContext(data=record.context)
-
-    async def _check_resumable(self, record: TransitionRecord) -> str:
-        """The state to resume in; refuses unknown states and (unless allowed) drift."""
-        state = resume_state(self.definition, record)
-        if not await same_definition(self.definition, record, self.store.record_at):
-            await self._check_drift(record)
-        if self._resumed:
-            logger.info(
-                "workflow %r instance %r resumed in state %r after seq %d",
-                self.workflow_name,
-                record.instance_id,
-                state,
-                record.seq,
-            )
-        return state
-
-    async def _check_drift(self, record: TransitionRecord) -> None:
-        first = record
-        if record.seq != 0:
-            first = await self.store.record_at(self.workflow_name, record.instance_id, 0) or record
-        changes = definition_changes(self.definition, first, allowed=self.allow_definition_change)
-        logger.warning(
-            "workflow %r instance %r resumes under a changed definition: %s",
-            self.workflow_name,
-            record.instance_id,
-            "; ".join(changes),
-        )
 
     async def _run_loop(self) -> WorkflowState:
         recorder, attempts = self._recorder, self._attempts
@@ -362,12 +274,10 @@ class PersistentWorkflowStateMachine:
                     return self.workflow_state
                 continue
             try:
-                context, trigger = step_outcome(result, self.workflow_name, self.instance_id, state)
-                where = f"context returned by step {state!r}"
-                encoded = encode_context(context.data, max_bytes=self._max_bytes, where=where)
-                chosen = await choose_transition(
-                    self.definition, self.instance_id, state, trigger, context
+                deciding = _decide(
+                    self.definition, self.instance_id, state, result, self._max_bytes
                 )
+                context, encoded, chosen = await deciding
             except Exception as exc:
                 # A bug in the step or the definition: running the step again would repeat
                 # it (an LLM call each time), so the instance fails here, visibly.
@@ -416,7 +326,7 @@ class PersistentWorkflowStateMachine:
         moment, and the step's own return value no longer chooses a transition.
         """
         recorder = self._recorder
-        if self._owner is None or recorder is None or self.status != "running":
+        if recorder is None or self.status != "running":
             assert self.instance_id is not None
             raise WorkflowError(
                 self.workflow_name,
@@ -435,3 +345,15 @@ class PersistentWorkflowStateMachine:
             self._interrupts.phase = phase  # the append ran inside the step's attempt
         self.context = WorkflowContext(data=decode_context(encoded))
         await run_after(chosen, self.context)
+
+
+async def _decide(
+    definition: WorkflowDefinition, instance_id: str, state: str, result: Any, max_bytes: int
+) -> tuple[WorkflowContext, str, Transition | None]:
+    """What ``state``'s step returned means: the context (and its stored text) and the
+    transition to take (None completes the instance)."""
+    context, trigger = step_outcome(result, definition.name, instance_id, state)
+    where = f"context returned by step {state!r}"
+    encoded = encode_context(context.data, max_bytes=max_bytes, where=where)
+    chosen = await choose_transition(definition, instance_id, state, trigger, context)
+    return context, encoded, chosen
