@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import itertools
-import json
 import resource
 import time
 import uuid
@@ -24,7 +23,7 @@ import asyncpg
 
 from fsmflow import sql
 from fsmflow.engine.runner import PersistentWorkflowStateMachine
-from fsmflow.model.context import WorkflowContext
+from fsmflow.model.context import WorkflowContext, compact_json
 from fsmflow.model.definition import Transition, WorkflowDefinition, WorkflowStep
 from fsmflow.settings import DBConfig
 
@@ -75,7 +74,7 @@ def sample_context(size: int) -> dict[str, Any]:
         },
         "pad": "",
     }
-    used = len(json.dumps(data, separators=(",", ":")))
+    used = len(compact_json(data, ensure_ascii=True))
     data["pad"] = "x" * max(0, size - used)
     return data
 

@@ -45,9 +45,14 @@ from fsmflow.engine.machine import WorkflowMachine
 from fsmflow.engine.shutdown import EXIT_OK
 from fsmflow.errors import ConfigError, FsmflowError, InstanceNotFoundError
 from fsmflow.model.definition import WorkflowDefinition
-from fsmflow.model.records import InstanceSummary, PruneResult, TransitionRecord, WorkflowState
+from fsmflow.model.records import (
+    STATUSES,
+    InstanceSummary,
+    PruneResult,
+    TransitionRecord,
+    WorkflowState,
+)
 from fsmflow.settings import DBConfig
-from fsmflow.store.operations import STATUSES
 
 if TYPE_CHECKING:
     from fsmflow.cli.arguments import Commands

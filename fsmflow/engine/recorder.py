@@ -9,7 +9,6 @@ instance stands in its stored history; the recorder advances it after each commi
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
 from collections.abc import Awaitable
@@ -23,6 +22,7 @@ from fsmflow.errors import (
     StepFailedError,
     TransitionLimitError,
 )
+from fsmflow.model.context import compact_json
 from fsmflow.model.definition import Transition
 from fsmflow.model.records import Status, TransitionRecord
 from fsmflow.store.ownership import Ownership
@@ -77,7 +77,7 @@ class Position:
         """Stand at ``record``, the instance's last row (a failed instance runs again)."""
         self.seq = record.seq
         self.status = "running" if record.status == "failed" else record.status
-        self.context_json = json.dumps(record.context, ensure_ascii=False, separators=(",", ":"))
+        self.context_json = compact_json(record.context)
 
 
 @dataclass(frozen=True, slots=True)

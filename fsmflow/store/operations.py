@@ -33,6 +33,7 @@ from fsmflow.model.definition import WorkflowDefinition, check_identifier, diff_
 from fsmflow.model.records import (
     CANCEL_TRIGGER,
     RETRY_TRIGGER,
+    STATUSES,
     TERMINAL_STATUSES,
     HealthReport,
     InstanceSummary,
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
     from fsmflow.store.facade import Store
     from fsmflow.store.ownership import Ownership
 
-STATUSES: Final = ("running", "completed", "failed", "cancelled")
 PruneProgress = Callable[[Sequence[InstanceSummary], PruneResult], None]
 _DURABLE_COMMIT: Final = ("on", "remote_write", "remote_apply", "local")
 
