@@ -1,22 +1,9 @@
 """``fsmflow bench``: what fsmflow costs per transition, next to raw INSERTs.
 
-fsmflow's unavoidable cost is one durable INSERT per transition. The bench runs, in one
-invocation and against the configured database (or the embedded default):
-
-* a **baseline** of raw asyncpg single-row autocommit INSERTs of the same row shape, and
-* **fsmflow** workflows of ``--steps`` trivial async steps,
-
-each **sequentially** (one at a time) and **concurrently** (``--concurrency`` in flight),
-interleaved over ``--rounds`` rounds. It prints transitions/s (median, min-max),
-per-transition latency p50/p99, the client's CPU per transition, the ratio fsmflow /
-baseline (median of the per-round ratios), and from separate accounting passes the SQL
-statements and transactions per transition (``pg_stat_statements`` when loaded, else
-counted on the client; ``[client]`` is always shown). ``--resume-check`` and
-``--memory-check`` add the resume-lookup and memory-per-instance checks.
-
-Everything happens in scratch tables (``fsmflow_bench_<random>``) that are dropped
-afterwards, also on error, Ctrl-C (exit 130) or SIGTERM (exit 143). Run it on a quiet
-machine: the ratio compares runs made seconds apart, other load moves it.
+What it measures and how is the text of ``fsmflow bench --help``
+(:data:`fsmflow.cli.bench_parser.DESCRIPTION`, declared with the command's arguments so
+that the CLI registers the command without importing the benchmark). Entry points:
+:func:`run_bench_command` (the command's handler) and :func:`run_bench`.
 """
 
 from __future__ import annotations
@@ -77,57 +64,6 @@ class BenchOptions:
     memory_instances: int = 10_000
     tracemalloc: bool = False
     info_logs: bool = False
-
-
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
-
-
-def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register the ``bench`` sub-command (its handler is :func:`run_bench_command`)."""
-    parser = subparsers.add_parser(
-        "bench",
-        help="measure fsmflow's per-transition cost against raw INSERTs",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add = parser.add_argument
-    add("--steps", type=_positive, default=20, help="steps per workflow (default 20)")
-    add(
-        "--instances",
-        type=_positive,
-        default=100,
-        help="instances per timed run; the baseline inserts as many rows as they record "
-        "transitions (default 100)",
-    )
-    add("--concurrency", type=_positive, default=32, help="in flight when concurrent (32)")
-    add("--rounds", type=_positive, default=3, help="interleaved rounds (default 3)")
-    add("--context-bytes", type=_positive, default=200, help="context size (default 200)")
-    add("--json", action="store_true", help="print the report as JSON")
-    add("--no-throughput", action="store_true", help="skip the baseline/fsmflow runs")
-    add(
-        "--resume-check",
-        action="store_true",
-        help="time the resume lookup with 10 rows, then with --resume-rows rows",
-    )
-    add("--resume-rows", type=_positive, default=1_000_000, help="(default 1,000,000)")
-    add(
-        "--memory-check",
-        action="store_true",
-        help="park --memory-instances instances inside a step; report memory",
-    )
-    add("--memory-instances", type=_positive, default=10_000, help="(default 10,000)")
-    add("--tracemalloc", action="store_true", help="also trace Python allocations (slower)")
-    add(
-        "--info-logs",
-        action="store_true",
-        help="format fsmflow's INFO lines (one per transition) during the runs and write them "
-        "to /dev/null, to see their cost (default: fsmflow logs at WARNING meanwhile)",
-    )
-    parser.set_defaults(handler=run_bench_command)
 
 
 async def run_bench_command(args: argparse.Namespace, config: DBConfig) -> int:

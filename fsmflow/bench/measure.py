@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import itertools
-import json
 import resource
 import time
 import uuid
@@ -24,9 +23,10 @@ import asyncpg
 
 from fsmflow import sql
 from fsmflow.engine.runner import PersistentWorkflowStateMachine
-from fsmflow.model.context import WorkflowContext
+from fsmflow.model.context import WorkflowContext, compact_json
 from fsmflow.model.definition import Transition, WorkflowDefinition, WorkflowStep
 from fsmflow.settings import DBConfig
+from fsmflow.store.database import no_reset
 
 BASELINE_WORKFLOW: Final = "bench_baseline"
 _BASELINE_INSERT: Final = (
@@ -75,7 +75,7 @@ def sample_context(size: int) -> dict[str, Any]:
         },
         "pad": "",
     }
-    used = len(json.dumps(data, separators=(",", ":")))
+    used = len(compact_json(data, ensure_ascii=True))
     data["pad"] = "x" * max(0, size - used)
     return data
 
@@ -200,15 +200,9 @@ async def run_baseline(
     return Run(rows, seconds, cpu, latencies)
 
 
-async def _no_reset(connection: asyncpg.Connection) -> None:
-    return None  # like fsmflow's own pool: no reset statements on release
-
-
 async def baseline_pool(connect_kwargs: dict[str, Any], size: int) -> asyncpg.Pool:
     """A pool like fsmflow's (``size`` connections, no reset on release), all opened."""
-    pool = await asyncpg.create_pool(
-        min_size=size, max_size=size, reset=_no_reset, **connect_kwargs
-    )
+    pool = await asyncpg.create_pool(min_size=size, max_size=size, reset=no_reset, **connect_kwargs)
     assert pool is not None
     return pool
 

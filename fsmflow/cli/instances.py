@@ -1,9 +1,9 @@
-"""The ``fsmflow`` sub-commands about instances: list, show, graph, fork, retry, cancel.
+"""The ``fsmflow`` sub-commands about instances: list, show, graph, fork, retry, cancel, prune.
 
 Handlers follow the CLI convention (see :mod:`fsmflow.cli`): ``async def handler(args,
 config) -> int``. They print results on stdout (a table, or JSON with ``--json``); logs
-go to stderr. None of them deletes anything: fork writes a new instance, retry and
-cancel append one row.
+go to stderr. Only prune deletes (finished instances, and asks first): fork writes a new
+instance, retry and cancel append one row.
 """
 
 from __future__ import annotations
@@ -13,24 +13,29 @@ import importlib
 import json
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final
 
 from fsmflow.cli.arguments import (
     assignment,
     command_parser,
     definition_change_flag,
+    duration,
+    duration_text,
     identifier,
     instance_arguments,
     json_flag,
     positive,
     seq_number,
     text_assignment,
+    yes_flag,
 )
 from fsmflow.cli.output import (
     dumps,
     history_notes,
     history_table,
     instances_table,
+    jsonable,
     printable_lines,
     record_json,
     say,
@@ -40,12 +45,19 @@ from fsmflow.engine.machine import WorkflowMachine
 from fsmflow.engine.shutdown import EXIT_OK
 from fsmflow.errors import ConfigError, FsmflowError, InstanceNotFoundError
 from fsmflow.model.definition import WorkflowDefinition
-from fsmflow.model.records import TransitionRecord, WorkflowState
+from fsmflow.model.records import (
+    STATUSES,
+    InstanceSummary,
+    PruneResult,
+    TransitionRecord,
+    WorkflowState,
+)
 from fsmflow.settings import DBConfig
-from fsmflow.store.operations import STATUSES
 
 if TYPE_CHECKING:
     from fsmflow.cli.arguments import Commands
+
+SAMPLE_SIZE: Final = 20  # instances a prune shows (its dry run lists them)
 
 
 # -- list, show, graph -------------------------------------------------------------------
@@ -312,3 +324,79 @@ async def cancel_command(args: argparse.Namespace, config: DBConfig) -> int:
         record,
         f"cancelled instance {args.instance!r} at seq {record.seq}, in state {record.dest_state!r}",
     )
+
+
+# -- prune -------------------------------------------------------------------------------
+
+
+def add_prune(commands: Commands, common: argparse.ArgumentParser, epilog: str) -> None:
+    """``fsmflow prune``."""
+    parser = command_parser(
+        commands, common, epilog, "prune", "delete old finished instances (asks first)",
+        "Delete the completed, failed and cancelled instances last updated longer ago than "
+        "--older-than (by the database server's clock), in batches. Running instances, and "
+        "instances a runner owns, are never deleted. --dry-run only shows what would go. "
+        "Asks for confirmation on a terminal; without one, --yes is required (else exit 2).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--older-than", type=duration, required=True, metavar="DURATION", help="e.g. 30d, 12h"
+    )
+    parser.add_argument("--workflow", type=identifier, help="only this workflow")
+    parser.add_argument("--dry-run", action="store_true", help="show what would go; delete nothing")
+    parser.add_argument("--batch-size", type=positive, default=500, help="instances per batch")
+    yes_flag(parser)
+    json_flag(parser)
+    parser.set_defaults(handler=prune_command, confirm=_prune_question)
+
+
+def _prune_question(args: argparse.Namespace, config: DBConfig) -> str | None:
+    if args.dry_run:
+        return None
+    scope = f"workflow {args.workflow!r}" if args.workflow else "every workflow"
+    return (
+        f"prune deletes the completed, failed and cancelled instances of {scope} last "
+        f"updated more than {duration_text(args.older_than)} ago from table {config.table!r} "
+        f"at {config.display_target()}"
+    )
+
+
+async def prune_command(args: argparse.Namespace, config: DBConfig) -> int:
+    """Prune (or list what would be pruned)."""
+    sample: list[InstanceSummary] = []
+
+    def progress(batch: Sequence[InstanceSummary], totals: PruneResult) -> None:
+        sample.extend(batch[: SAMPLE_SIZE - len(sample)])
+        if len(batch) == args.batch_size and not args.json:
+            verb = "found" if totals.dry_run else "deleted"
+            say(f"{verb} {totals.instances} instances ({totals.rows} rows) so far", file=sys.stderr)
+
+    result = await config.store.prune_instances(
+        args.older_than,
+        workflow=args.workflow,
+        dry_run=args.dry_run,
+        batch_size=args.batch_size,
+        on_batch=progress,
+    )
+    if args.json:
+        print(dumps({**jsonable(result), "sample": sample if args.dry_run else []}))
+    else:
+        say("\n".join(_prune_lines(result, sample)))
+    return EXIT_OK
+
+
+def _prune_lines(result: PruneResult, sample: Sequence[InstanceSummary]) -> list[str]:
+    cutoff = f"last updated before {timestamp(result.cutoff)} UTC"
+    if not result.dry_run:
+        lines = [f"deleted {result.instances} instances ({result.rows} rows) {cutoff}"]
+        if result.skipped:
+            lines.append(f"skipped {result.skipped} (owned by a runner, or retried meanwhile)")
+        return lines
+    lines = [
+        f"dry run: would delete {result.instances} instances ({result.rows} rows) {cutoff}; "
+        "nothing was deleted"
+    ]
+    if sample:
+        lines.append(instances_table(sample))
+    if result.instances > len(sample):
+        lines.append(f"... and {result.instances - len(sample)} more")
+    return lines

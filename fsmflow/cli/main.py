@@ -28,7 +28,7 @@ from typing import Any, Final
 from pydantic import AliasChoices
 
 from fsmflow import __version__
-from fsmflow.bench.command import add_bench_parser
+from fsmflow.cli.bench_parser import add_bench_parser
 from fsmflow.cli.commands import COMMANDS
 from fsmflow.cli.embedded import add_embedded_parser
 from fsmflow.cli.output import printable, printable_lines

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
+from fsmflow.model.context import compact_json
 from fsmflow.model.records import InstanceSummary, TransitionRecord
 
 # C0 and C1 controls, DEL, and the characters that reorder or separate text (bidi
@@ -77,7 +78,7 @@ def timestamp(moment: datetime) -> str:
 
 def context_size(context: dict[str, Any]) -> int:
     """Bytes of the context as stored (compact JSON, UTF-8)."""
-    text = json.dumps(context, ensure_ascii=False, separators=(",", ":"))
+    text = compact_json(context)
     return len(text.encode("utf-8"))
 
 

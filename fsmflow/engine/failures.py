@@ -10,10 +10,11 @@ surrogates, and a failure that could not be recorded would leave the instance ru
 
 from __future__ import annotations
 
-import json
 import traceback
 from pathlib import Path
 from typing import Any, Final
+
+from fsmflow.model.context import compact_json
 
 MAX_FRAMES: Final = 20
 MAX_MESSAGE: Final = 2000
@@ -77,7 +78,7 @@ def error_json(
     if raised_in is not None:
         error["raised_in"] = raised_in
     error["traceback"] = frames(exc)
-    return json.dumps(error, ensure_ascii=False, separators=(",", ":"))
+    return compact_json(error)
 
 
 def traceback_text(exc: BaseException, *, redact: bool) -> str:

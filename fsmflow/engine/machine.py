@@ -13,8 +13,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any, Protocol
 
-from transitions.core import EventData
-from transitions.extensions.asyncio import AsyncEvent, AsyncMachine
+from transitions.extensions.asyncio import AsyncEvent, AsyncEventData, AsyncMachine
 
 from fsmflow.errors import InvalidTransitionError
 from fsmflow.model.conditions import Condition
@@ -34,8 +33,8 @@ class MachineModel(Protocol):
         """Record a transition fired through a trigger method (``await model.next()``)."""
 
 
-def _condition_callback(condition: Condition) -> Callable[[EventData], bool | Awaitable[bool]]:
-    def check(event: EventData) -> bool | Awaitable[bool]:
+def _condition_callback(condition: Condition) -> Callable[[AsyncEventData], bool | Awaitable[bool]]:
+    def check(event: AsyncEventData) -> bool | Awaitable[bool]:
         model: MachineModel = event.model  # type: ignore[assignment]
         return condition.holds(model.condition_context.data)
 
@@ -43,7 +42,7 @@ def _condition_callback(condition: Condition) -> Callable[[EventData], bool | Aw
     return check
 
 
-async def _record_manual(event: EventData) -> None:
+async def _record_manual(event: AsyncEventData) -> None:
     transition = event.transition
     assert transition is not None and event.event is not None
     model: MachineModel = event.model  # type: ignore[assignment]

@@ -22,6 +22,7 @@ from fsmflow.errors import (
     UnknownStateError,
 )
 from fsmflow.model.conditions import UNARY_OPERATORS, Condition, canonical_json, canonical_value
+from fsmflow.model.context import compact_json
 from fsmflow.model.definition import WorkflowDefinition, diff_summaries
 from fsmflow.model.records import TransitionRecord
 
@@ -106,7 +107,7 @@ def summaries_match(stored: dict[str, Any] | None, definition: WorkflowDefinitio
 
 def legacy_fingerprint(definition: WorkflowDefinition) -> str:
     """The fingerprint fsmflow 0.1 stored for ``definition`` (in this process's hash seed)."""
-    text = json.dumps(_legacy_summary(definition), sort_keys=True, separators=(",", ":"))
+    text = compact_json(_legacy_summary(definition), ensure_ascii=True, sort_keys=True)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 

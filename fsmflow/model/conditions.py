@@ -8,13 +8,14 @@ nested dicts) and applies an operator. A missing field makes every operator fals
 from __future__ import annotations
 
 import inspect
-import json
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+from fsmflow.model.context import compact_json
 
 MISSING: Final = object()
 
@@ -93,7 +94,7 @@ def _canonical_key(key: Any) -> str:
 
 def canonical_json(data: Any) -> str:
     """The one JSON text of canonical ``data``: sorted keys, no spaces, ASCII only."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return compact_json(data, ensure_ascii=True, sort_keys=True, allow_nan=False)
 
 
 def render_value(data: Any) -> str:

@@ -138,7 +138,7 @@ def encode_context(
             "ctx", f"context data must be a dict, not {type(data).__name__}", where=where
         )
     _raise(_problem(data, surrogates=False), "ctx", where)
-    text = json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    text = compact_json(data, allow_nan=False)
     if text.isascii():
         size = len(text)
     else:
@@ -177,3 +177,17 @@ def decode_context(text: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError("stored context is not a JSON object")
     return data
+
+
+def compact_json(
+    value: Any, *, ensure_ascii: bool = False, sort_keys: bool = False, allow_nan: bool = True
+) -> str:
+    """``value`` as JSON text without spaces (``{"a":1}``): how fsmflow writes the JSON it
+    stores, measures and fingerprints. The keyword arguments are :func:`json.dumps`'s."""
+    return json.dumps(
+        value,
+        ensure_ascii=ensure_ascii,
+        sort_keys=sort_keys,
+        allow_nan=allow_nan,
+        separators=(",", ":"),
+    )

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Literal, Protocol, get_args
 
 from fsmflow.errors import HistoryCorruptError
 from fsmflow.model.context import WorkflowContext
 
 Status = Literal["running", "completed", "failed", "cancelled"]
+STATUSES: Final[tuple[Status, ...]] = get_args(Status)  # every status, in this order
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 

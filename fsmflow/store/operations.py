@@ -14,7 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from fsmflow import sql
 from fsmflow.errors import (
@@ -32,6 +32,7 @@ from fsmflow.model.definition import WorkflowDefinition, check_identifier, diff_
 from fsmflow.model.records import (
     CANCEL_TRIGGER,
     RETRY_TRIGGER,
+    STATUSES,
     HealthReport,
     InstanceSummary,
     Status,
@@ -43,7 +44,6 @@ from fsmflow.store.ownership import Owners, Ownership
 from fsmflow.store.schema import Schema, durability_problem
 
 logger = logging.getLogger("fsmflow.store")
-STATUSES: Final = ("running", "completed", "failed", "cancelled")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,278 @@
+"""The recorder: every row a run appends to its instance's history, and the checks on it.
+
+One :class:`Recorder` per run of one instance, created once the lock is held: it appends
+on the owning session (a finished step, a trigger fired by hand, the terminal failed
+row with its traceback), refuses to go past the definition's loop limit, and tells a
+history deleted under the run from a competing runner. :class:`Position` is where the
+instance stands in its stored history; the recorder advances it after each committed row.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import NoReturn, Protocol, TypeVar
+
+from fsmflow.engine.failures import error_json, location, traceback_text
+from fsmflow.errors import (
+    ConcurrentTransitionError,
+    HistoryDeletedError,
+    StepFailedError,
+    TransitionLimitError,
+)
+from fsmflow.model.context import compact_json
+from fsmflow.model.definition import Transition
+from fsmflow.model.records import Status, TransitionRecord
+from fsmflow.store.ownership import Ownership
+
+logger = logging.getLogger("fsmflow")
+T = TypeVar("T")
+
+
+class History(Protocol):
+    """What the recorder needs of the store (:class:`~fsmflow.store.facade.Store`)."""
+
+    async def append(
+        self,
+        workflow: str,
+        instance_id: str,
+        seq: int,
+        *,
+        trigger: str | None,
+        source: str | None,
+        dest: str | None,
+        context_json: str,
+        status: str,
+        fingerprint: str | None,
+        attempt_id: str,
+        duration_ms: float | None,
+        error_json: str | None = None,
+        owner: Ownership | None = None,
+    ) -> None:
+        """Append row ``seq``; :class:`ConcurrentTransitionError` if it is not the next."""
+
+    async def last_record(self, workflow: str, instance_id: str) -> TransitionRecord | None:
+        """The instance's last row, or None if it has none."""
+
+
+class Guard(Protocol):
+    """How the recorder awaits an append: interruptible by a shutdown only."""
+
+    async def guarded(self, phase: str, state: str, work: Awaitable[T]) -> T:
+        """Await ``work`` in ``phase``; an interrupt raises WorkflowInterruptedError."""
+
+
+@dataclass(slots=True)
+class Position:
+    """Where an instance stands: its last row's ``seq`` and ``status`` (``"running"``
+    for a failed instance run again) and the context that row stored, as JSON text."""
+
+    seq: int = -1
+    status: Status = "running"
+    context_json: str = "{}"
+
+    def restore(self, record: TransitionRecord) -> None:
+        """Stand at ``record``, the instance's last row (a failed instance runs again)."""
+        self.seq = record.seq
+        self.status = "running" if record.status == "failed" else record.status
+        self.context_json = compact_json(record.context)
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """The instance a recorder writes: its names and its definition's fingerprint."""
+
+    workflow_name: str
+    instance_id: str
+    fingerprint: str
+    redact: bool  # FSMFLOW_REDACT_ERRORS: no error messages in rows and logs
+
+
+class Recorder:
+    """Appends the rows of one run of ``instance`` on ``owner``'s session.
+
+    ``position`` is shared with the runner, which reads it; only the recorder advances it,
+    and only after a row committed.
+    """
+
+    def __init__(
+        self,
+        history: History,
+        guard: Guard,
+        owner: Ownership,
+        instance: Instance,
+        position: Position,
+    ) -> None:
+        self._history = history
+        self._guard = guard
+        self._owner = owner
+        self._instance = instance
+        self.position = position
+
+    def __repr__(self) -> str:
+        return f"Recorder({self._instance.workflow_name!r}, {self._instance.instance_id!r})"
+
+    @property
+    def seq(self) -> int:
+        """The seq of the instance's last row."""
+        return self.position.seq
+
+    @property
+    def context_json(self) -> str:
+        """The context the instance's last row stored, as JSON text."""
+        return self.position.context_json
+
+    async def record(
+        self,
+        chosen: Transition | None,
+        source: str,
+        dest: str | None,
+        encoded: str,
+        duration_ms: float,
+    ) -> None:
+        """Append the row of a finished step (or a trigger fired by hand): a move to
+        ``dest``, or with ``dest`` None the instance's completion."""
+        status: Status = "running" if dest is not None else "completed"
+        trigger = None if chosen is None else chosen.trigger
+        seq = await self._append(
+            source, dest, encoded, status, trigger=trigger, duration_ms=duration_ms
+        )
+        name, instance_id = self._instance.workflow_name, self._instance.instance_id
+        # Context values are never logged: only the size of what was stored. Per
+        # transition at DEBUG (an INFO line costs ~13 us per transition once a handler
+        # formats it); INFO marks start, resume, completion and failure.
+        logger.debug(
+            "workflow %r instance %r seq %d: %s -> %s (step %.1f ms, context %d bytes)",
+            name,
+            instance_id,
+            seq,
+            source,
+            dest or "(end)",
+            duration_ms,
+            len(encoded),
+        )
+        if dest is None:
+            logger.info(
+                "workflow %r instance %r completed at seq %d in state %r",
+                name,
+                instance_id,
+                seq,
+                source,
+            )
+
+    async def check_limit(self, state: str, limit: int) -> None:
+        """Before the step of ``state``: past ``limit`` rows (the definition's
+        ``max_transitions``) record the instance as failed and raise
+        :class:`TransitionLimitError`."""
+        seq = self.position.seq
+        if seq < limit:
+            return
+        exc = TransitionLimitError(
+            self._instance.workflow_name,
+            self._instance.instance_id,
+            f"reached max_transitions={limit} (seq {seq}) before the step of state "
+            f"{state!r}: a loop that never ends? The instance is recorded as failed; raise "
+            "the definition's max_transitions, or fix the loop, then `fsmflow retry` it",
+        )
+        await self.record_failure(state, 0, exc)
+        raise exc
+
+    async def fail(
+        self, state: str, attempts: int, exc: Exception, *, raised_in: str | None = None
+    ) -> NoReturn:
+        """Record the instance as failed in ``state`` and raise :class:`StepFailedError`
+        (``raised_in``: the state whose step raised, when the instance moved on since)."""
+        await self.record_failure(state, attempts, exc, raised_in=raised_in)
+        raise StepFailedError(
+            self._instance.workflow_name,
+            self._instance.instance_id,
+            raised_in or state,
+            attempts,
+            exc,
+            redact=self._instance.redact,
+            location=location(exc),
+        ) from exc
+
+    async def record_failure(
+        self, state: str, attempts: int, exc: Exception, *, raised_in: str | None = None
+    ) -> None:
+        """Append the terminal failed row (in ``state``, with the last stored context) and
+        log the failure with its traceback, once, at ERROR."""
+        redact = self._instance.redact
+        error = error_json(exc, attempts, redact=redact, raised_in=raised_in)
+        await self._append(state, state, self.position.context_json, "failed", error_json=error)
+        logger.error(
+            "workflow %r instance %r step %r failed after %d attempt(s) and is recorded as "
+            "failed at seq %d: %s\n%s",
+            self._instance.workflow_name,
+            self._instance.instance_id,
+            raised_in or state,
+            attempts,
+            self.position.seq,
+            type(exc).__name__,
+            traceback_text(exc, redact=redact),
+        )
+
+    async def check_unmoved(self) -> None:
+        """After the lock was retaken: :class:`ConcurrentTransitionError` if another runner
+        moved the instance on meanwhile, :class:`HistoryDeletedError` if it is gone."""
+        instance, seq = self._instance, self.position.seq
+        last = await self._history.last_record(instance.workflow_name, instance.instance_id)
+        if last is None or last.seq < seq:
+            await self.check_not_deleted(seq + 1)
+        if last is None or last.seq != seq:
+            raise ConcurrentTransitionError(instance.workflow_name, instance.instance_id, seq + 1)
+
+    async def check_not_deleted(self, seq: int) -> None:
+        """After a refused append: :class:`HistoryDeletedError` if the history is gone
+        (``reset_db`` with force, ``prune`` or a DELETE), rather than blaming a runner."""
+        instance = self._instance
+        last = await self._history.last_record(instance.workflow_name, instance.instance_id)
+        if last is None or last.seq < seq - 1:
+            found = "no rows" if last is None else f"rows up to seq {last.seq}"
+            raise HistoryDeletedError(
+                instance.workflow_name,
+                instance.instance_id,
+                f"its stored history was deleted while this runner ran it (expected seq "
+                f"{seq - 1}, found {found}); nothing was written. Start the instance again "
+                "if that was not intended",
+            )
+
+    async def _append(
+        self,
+        source: str,
+        dest: str | None,
+        encoded: str,
+        status: Status,
+        *,
+        trigger: str | None = None,
+        duration_ms: float | None = None,
+        error_json: str | None = None,
+    ) -> int:
+        """Append the instance's next row on the owning session, then advance to it."""
+        instance, seq = self._instance, self.position.seq + 1
+        appending = self._history.append(
+            instance.workflow_name,
+            instance.instance_id,
+            seq,
+            trigger=trigger,
+            source=source,
+            dest=dest,
+            context_json=encoded,
+            status=status,
+            fingerprint=instance.fingerprint,
+            attempt_id=uuid.uuid4().hex,
+            duration_ms=duration_ms,
+            error_json=error_json,
+            owner=self._owner,
+        )
+        try:
+            await self._guard.guarded("append", source, appending)
+        except ConcurrentTransitionError:
+            await self.check_not_deleted(seq)
+            raise
+        position = self.position
+        position.seq, position.status, position.context_json = seq, status, encoded
+        return seq
