@@ -9,12 +9,13 @@ one table check, creation, upgrades), :class:`History` (appends and reads),
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
+from fsmflow.errors import FsmflowError
 from fsmflow.model.definition import WorkflowDefinition
 from fsmflow.model.records import (
     HealthReport,
@@ -23,7 +24,7 @@ from fsmflow.model.records import (
     Status,
     TransitionRecord,
 )
-from fsmflow.store import deleting, operations
+from fsmflow.store import dberrors, deleting, operations
 from fsmflow.store.config import StoreConfig
 from fsmflow.store.database import Database
 from fsmflow.store.deleting import PruneProgress
@@ -31,6 +32,8 @@ from fsmflow.store.history import Appender, History
 from fsmflow.store.operations import Parts
 from fsmflow.store.ownership import Owners, Ownership
 from fsmflow.store.schema import Schema
+
+T = TypeVar("T")
 
 
 class Store:
@@ -110,6 +113,24 @@ class Store:
     async def connect(self) -> asyncpg.Connection:
         """A dedicated (unpooled) connection with the same settings."""
         return await self._db.connect()
+
+    # -- errors (delegates kept from fsmflow 0.1's Store) -------------------------------
+
+    def translate(self, exc: BaseException) -> FsmflowError:
+        """Map a driver or OS error to the fsmflow error that says what to do."""
+        return self._db.translate(exc)
+
+    def is_retriable(self, exc: BaseException) -> bool:
+        """True for errors that a reconnect may cure."""
+        return dberrors.is_retriable(exc)
+
+    async def retry(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run ``operation``, retrying retriable errors with capped, jittered backoff."""
+        return await self._db.retry(what, operation)
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every configured secret replaced by ``***``."""
+        return dberrors.scrub(text, self.config.secrets())
 
     # -- administration ----------------------------------------------------------------
 
