@@ -180,3 +180,26 @@ SELECT c.workflow_name, c.instance_id
 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS c(workflow_name, instance_id, key)
 WHERE CASE WHEN pg_try_advisory_lock(c.key) THEN NOT pg_advisory_unlock(c.key) ELSE true END
 ORDER BY c.workflow_name, c.instance_id;
+
+-- name: migration_facts
+-- fsmflow migrate: who owns the table ($1) and whether this session's role may ALTER it
+-- (only the owner or a member of the owning role may).
+SELECT pg_get_userbyid(c.relowner) AS owner, current_user::text AS role,
+       pg_has_role(c.relowner, 'MEMBER') AS may_alter
+FROM pg_class c
+WHERE c.oid = to_regclass($1);
+
+-- name: invalid_indexes
+-- fsmflow migrate, before a CONCURRENTLY step: the INVALID indexes of the table ($1) that
+-- an interrupted CREATE INDEX CONCURRENTLY left (dropped, then built again).
+SELECT n.nspname::text AS schema_name, c.relname::text AS index_name
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE i.indrelid = to_regclass($1) AND NOT i.indisvalid
+ORDER BY c.relname;
+
+-- name: try_migrate_lock
+-- fsmflow migrate: take the migrators' session advisory lock ($1) if free, never wait in
+-- the server (a waiting session holds a transaction that CREATE INDEX CONCURRENTLY waits for).
+SELECT pg_try_advisory_lock($1::bigint);
