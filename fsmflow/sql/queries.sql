@@ -78,10 +78,17 @@ TRUNCATE fsmflow_transitions;
 -- Instances, newest first: of workflow $1 (NULL: every workflow), whose status is in $2
 -- (NULL: any), last updated before $3 (NULL: any time), at most $4, after the keyset
 -- ($5 started_at, $6 workflow_name, $7 instance_id) of the previous page's last instance.
--- Index-backed at any size: a loose scan of the primary key finds the workflow names,
--- the partial started index walks each workflow's instances in order, and a primary-key
--- probe finds each instance's last row. Instances that started at or after $3 cannot have
--- been updated before it, so $3 also bounds the index range.
+-- Index-backed at any size: a loose scan of the primary key finds the workflow names.
+-- Then one of two branches runs (the other's one-time filter is false):
+-- * any status, or 'running' among $2: the partial started index walks each workflow's
+--   instances in order and a primary-key probe finds each instance's last row. Instances
+--   that started at or after $3 cannot have been updated before it, so $3 also bounds
+--   the index range.
+-- * terminal statuses only: the partial terminal index finds the terminal rows of each
+--   workflow with such a status (no walk over running instances: rare statuses are
+--   cheap), a primary-key probe keeps those that are still their instance's last row (a
+--   failed row followed by `fsmflow retry`'s running row is not), and one more finds the
+--   instance's seq 0 for its start time.
 WITH RECURSIVE names(name) AS (
     SELECT coalesce($1::text, (SELECT min(workflow_name) FROM fsmflow_transitions))
   UNION ALL
@@ -90,8 +97,9 @@ WITH RECURSIVE names(name) AS (
     FROM names n
     WHERE n.name IS NOT NULL AND $1::text IS NULL
 )
-SELECT i.* FROM names n
-CROSS JOIN LATERAL (
+SELECT u.* FROM (
+  SELECT i.* FROM names n
+  CROSS JOIN LATERAL (
     SELECT s.workflow_name, s.instance_id, s.created_at AS started_at,
            s.forked_from_instance, l.seq, l.status,
            coalesce(l.dest_state, l.source_state) AS current_state,
@@ -113,9 +121,41 @@ CROSS JOIN LATERAL (
       AND ($3::timestamptz IS NULL OR l.created_at < $3::timestamptz)
     ORDER BY s.created_at DESC, s.instance_id
     LIMIT $4::integer
-) i
-WHERE n.name IS NOT NULL
-ORDER BY i.started_at DESC, i.workflow_name, i.instance_id
+  ) i
+  WHERE n.name IS NOT NULL AND ($2::text[] IS NULL OR 'running' = ANY ($2::text[]))
+UNION ALL
+  SELECT i.* FROM names n
+  CROSS JOIN LATERAL (
+    SELECT s.workflow_name, s.instance_id, s.created_at AS started_at,
+           s.forked_from_instance, l.seq, l.status,
+           coalesce(l.dest_state, l.source_state) AS current_state,
+           l.created_at AS updated_at
+    FROM fsmflow_transitions l
+    CROSS JOIN LATERAL (  -- LIMIT keeps the terminal rows the outer side of the loop
+        SELECT f.workflow_name, f.instance_id, f.created_at, f.forked_from_instance
+        FROM fsmflow_transitions f
+        WHERE f.workflow_name = l.workflow_name AND f.instance_id = l.instance_id
+          AND f.seq = 0
+        LIMIT 1
+    ) s
+    WHERE l.workflow_name = n.name AND l.status <> 'running'
+      AND l.status = ANY ($2::text[])
+      AND ($3::timestamptz IS NULL OR l.created_at < $3::timestamptz)
+      AND l.seq = (  -- still the last row (a scalar probe: never a join over the table)
+          SELECT p.seq FROM fsmflow_transitions p
+          WHERE p.workflow_name = l.workflow_name AND p.instance_id = l.instance_id
+          ORDER BY p.seq DESC
+          LIMIT 1)
+      AND s.created_at <= least(coalesce($3::timestamptz, 'infinity'),
+                                coalesce($5::timestamptz, 'infinity'))
+      AND ($5::timestamptz IS NULL OR s.created_at < $5::timestamptz
+           OR (s.workflow_name, s.instance_id) > ($6::text, $7::text))
+    ORDER BY s.created_at DESC, s.instance_id
+    LIMIT $4::integer
+  ) i
+  WHERE n.name IS NOT NULL AND NOT ($2::text[] IS NULL OR 'running' = ANY ($2::text[]))
+) u
+ORDER BY u.started_at DESC, u.workflow_name, u.instance_id
 LIMIT $4::integer;
 
 -- name: server_time

@@ -127,7 +127,9 @@ async def test_init_db_upgrades_a_version_1_table_with_rows_and_it_resumes(
 
     await asyncio.gather(*(h.config(table="old_history").init_db() for _ in range(3)))
     upgraded = [r.getMessage() for r in logs.records if r.levelno == logging.INFO]
-    assert sum(f"from schema version 1 to {fsql.SCHEMA_VERSION}" in m for m in upgraded) == 1, upgraded
+    assert sum(f"from schema version 1 to {fsql.SCHEMA_VERSION}" in m for m in upgraded) == 1, (
+        upgraded
+    )
     context_type = h.sql(
         "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
         "WHERE attrelid = 'old_history'::regclass AND attname = 'context'"
