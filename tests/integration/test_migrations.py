@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from fsmflow import (
+    PermissionDeniedError,
     PersistentWorkflowStateMachine,
     SchemaMismatchError,
     Transition,
@@ -227,3 +228,84 @@ def test_object_names_fit_and_stay_apart() -> None:
     assert fsql.object_name("x" * 55, "_started_idx") == "x" * 55 + "_started"
     names = {fsql.object_name(t, "_started_idx") for t in ("a" * 63, "a" * 62 + "b", "a" * 60)}
     assert len(names) == 3 and all(len(n) <= 63 for n in names)
+
+
+# -- fsmflow migrate: resumable, one at a time, least privilege ---------------------------
+
+
+def index_facts(h: Harness, table: str) -> list[tuple[Any, ...]]:
+    return h.sql(
+        "SELECT c.relname, i.indisvalid, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = %s::regclass "
+        "ORDER BY c.relname",
+        (table,),
+    )
+
+
+async def test_migrate_drops_an_invalid_index_an_interrupted_build_left_and_rebuilds_it(
+    h: Harness,
+) -> None:
+    create_version_1(h, "interrupted")
+    h.sql(fsql.migration(2, None, "interrupted").statements[0])  # version 2 committed
+    insert_v1_instance(h, "interrupted", "i-1")
+    h.sql("INSERT INTO interrupted (workflow_name, instance_id, seq, context, status) "
+          "VALUES ('w', 'x', 0, '{}', 'failed'), ('w', 'y', 0, '{}', 'failed')")  # fmt: skip
+    index = fsql.object_name("interrupted", "_terminal_idx")
+    # A concurrent build that failed half-way leaves an INVALID index of that name behind.
+    with pytest.raises(Exception, match="could not create unique index"):
+        h.sql(f"CREATE UNIQUE INDEX CONCURRENTLY {index} ON interrupted (workflow_name) "
+              "WHERE status <> 'running'")  # fmt: skip
+    assert (index, False) in [(n, v) for n, v, _ in index_facts(h, "interrupted")]
+
+    store = h.config(table="interrupted").store
+    pending = await store.migrate(dry_run=True)
+    assert [m.name for m in pending] == ["0003_list_by_status.sql"]
+    assert not pending[0].in_transaction
+    applied = await store.migrate()
+
+    assert [m.version for m in applied] == [3]
+    h.sql(fsql.schema_ddl(None, "canonical"))
+    assert shape(h, "interrupted") == shape(h, "canonical")
+    assert all(valid for _, valid, _ in index_facts(h, "interrupted"))
+    assert await store.migrate() == []  # nothing pending: nothing done
+
+
+async def test_two_migrators_never_run_at_once(h: Harness) -> None:
+    create_version_1(h, "locked")
+    holder = h.connect_as(h.info.user)
+    holder.execute("SELECT pg_advisory_lock(%s)", (0x0F5A1,))
+    migrating = asyncio.ensure_future(h.config(table="locked").store.migrate())
+    try:
+        for _ in range(600):  # bounds a hang only: the migrator polls the lock
+            waiting = h.sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND query LIKE '%%pg_try_advisory_lock%%' AND pid <> pg_backend_pid()"
+            )
+            if waiting[0][0]:
+                break
+            await asyncio.sleep(0.05)
+        assert not migrating.done()
+        assert fsql.schema_version(shape(h, "locked")["comment"][0][0]) == 1  # untouched
+    finally:
+        holder.execute("SELECT pg_advisory_unlock(%s)", (0x0F5A1,))
+    applied = await asyncio.wait_for(migrating, 60)
+    assert [m.version for m in applied] == [2, 3]
+
+
+async def test_a_pending_migration_under_a_role_that_may_not_alter_names_the_way_out(
+    h: Harness,
+) -> None:
+    create_version_1(h, "owned")  # owned by the superuser (the migrator here)
+    insert_v1_instance(h, "owned", "i-1")
+    runtime = h.create_role("runtime")
+    h.sql(f"GRANT SELECT, INSERT ON owned TO {runtime}")
+    before = shape(h, "owned")
+    for attempt in (h.config(user=runtime, table="owned").init_db,
+                    h.config(user=runtime, table="owned").store.migrate):  # fmt: skip
+        with pytest.raises(PermissionDeniedError) as denied:
+            await attempt()
+        message = str(denied.value)
+        assert "schema version 1" in message and "fsmflow migrate" in message, message
+        assert runtime in message and "migrator role" in message and h.info.user in message
+    assert shape(h, "owned") == before
+    assert len(h.rows(WORKFLOW, "i-1", "owned")) == 2
