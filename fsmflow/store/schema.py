@@ -147,13 +147,22 @@ class Schema:
         :class:`SchemaMismatchError` for a foreign or newer table.
         """
         db = self.db
-        conn = await db.connect()
+        conn = await self._connect()
         try:
             async with db.translated():
                 await self._wait_for_lock(conn)
                 return await self._migrate_locked(conn, dry_run)
         finally:
             await conn.close()  # ends the session: the advisory lock goes with it
+
+    async def _connect(self) -> asyncpg.Connection:
+        """The migrator's dedicated connection, without the runtime's timeouts: rewriting
+        or indexing a big table takes longer than any command should at run time."""
+        kwargs = dict(await self.db.connect_kwargs())
+        settings = {**kwargs.get("server_settings", {}), "statement_timeout": "0"}
+        kwargs.update(command_timeout=None, server_settings=settings)
+        async with self.db.translated():
+            return await asyncpg.connect(**kwargs)
 
     async def _wait_for_lock(self, conn: asyncpg.Connection) -> None:
         """Take the migrators' lock, polling: a session blocked in ``pg_advisory_lock``
