@@ -345,6 +345,7 @@ async def test_init_db_twice_is_idempotent_and_keeps_data(h: Harness) -> None:
     assert sorted(i for (i,) in indexes) == [
         "fsmflow_transitions_pkey",
         "fsmflow_transitions_started_idx",
+        "fsmflow_transitions_terminal_idx",
     ]
     # The completed instance is still complete: nothing runs again.
     assert await run_to_end(h, "kept") == {}
