@@ -323,11 +323,11 @@ def test_units_run_unprivileged_with_the_environment_file(name: str) -> None:
     assert home == "%S/" + last(service, "StateDirectory")  # ProtectHome hides /home
 
 
-def test_init_db_unit_runs_init_db_as_the_migrator() -> None:
+def test_init_db_unit_runs_migrate_as_the_migrator() -> None:
     sections = unit(INIT_UNIT)
     service = sections["Service"]
     assert last(service, "Type") == "oneshot"
-    assert shlex.split(last(service, "ExecStart"))[1:] == ["init-db"]
+    assert shlex.split(last(service, "ExecStart"))[1:] == ["migrate"]
     assert service["EnvironmentFile"] == [
         "/etc/fsmflow/fsmflow.env",
         "/etc/fsmflow/migrator.env",  # last: its DB_USER/DB_PASSWORD win
@@ -345,6 +345,26 @@ def test_workflow_unit_runs_the_example_after_init_db() -> None:
     assert argv[1].endswith(EXAMPLE)
     assert argv[2:] == ["--instance-id", "${SUPPORT_TICKET_INSTANCE_ID}"]
     assert INIT_UNIT in " ".join(sections["Unit"]["After"]).split()
+
+
+ROLE_SETUP_FILES = (KUBERNETES / "secret-migrator.yaml", SYSTEMD / "migrator.env.example")
+_SETUP_LINE = re.compile(r"^#\s+((?:CREATE|GRANT|ALTER)\b.*;)\s*$")
+
+
+def documented_role_setup(path: Path) -> list[str]:
+    """The SQL a deploy file documents for the DBA (comment lines ``#   CREATE ...;``)."""
+    return [m.group(1) for line in path.read_text().splitlines() if (m := _SETUP_LINE.match(line))]
+
+
+def test_deploy_files_document_one_role_setup() -> None:
+    setups = [documented_role_setup(path) for path in ROLE_SETUP_FILES]
+    assert setups[0] and all(setup == setups[0] for setup in setups), setups
+    text = " ".join(setups[0])
+    runtime = parse_env_file(SYSTEMD / "fsmflow.env.example")
+    migrator = parse_env_file(SYSTEMD / "migrator.env.example")
+    for role in (runtime["DB_USER"], migrator["DB_USER"]):
+        assert f"CREATE ROLE {role} " in text
+    assert runtime["FSMFLOW_TABLE"].split(".")[0] in text
 
 
 def test_units_reference_only_existing_units() -> None:
@@ -408,7 +428,7 @@ def test_only_the_init_db_job_gets_the_migrator_credentials() -> None:
             sources = env_sources(container)
             if job == "fsmflow-init-db":
                 assert sources == ["fsmflow-settings", "fsmflow-db-migrator"]  # last wins
-                assert container["command"][-2:] == ["fsmflow", "init-db"]
+                assert container["command"][-2:] == ["fsmflow", "migrate"]
             else:
                 assert sources == ["fsmflow-settings", "fsmflow-db-runtime"]
 

@@ -25,9 +25,11 @@ if TYPE_CHECKING:
 def add_init_db(commands: Commands, common: argparse.ArgumentParser, epilog: str) -> None:
     """``fsmflow init-db``."""
     parser = command_parser(
-        commands, common, epilog, "init-db", "create the history table if missing",
-        "Create the history table (FSMFLOW_TABLE) and its indexes if missing. Idempotent and "
-        "safe to run concurrently; needs a role that may CREATE in the schema.",
+        commands, common, epilog, "init-db", "create the history table, or migrate it",
+        "Create the history table (FSMFLOW_TABLE) at the latest schema version if missing, "
+        "or apply its pending migrations (like `fsmflow migrate`). Idempotent and safe to run "
+        "concurrently. Creating needs a role that may CREATE in the schema, migrating the "
+        "table's owner; with nothing to do it issues no DDL, so the runtime role may run it.",
     )  # fmt: skip
     parser.set_defaults(handler=init_db_command)
 

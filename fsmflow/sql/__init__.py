@@ -3,7 +3,10 @@ files here.
 
 ``schema.sql`` is the current schema, applied to a new table. ``migrations/NNNN_*.sql``
 takes a table from version NNNN - 1 to NNNN (``0001_initial.sql`` is version 1 as fsmflow
-0.1 created it); the version of a table is in its comment (``fsmflow schema_version=N``).
+0.1 created it); the version of a table is in its comment (``fsmflow schema_version=N``),
+which each migration sets last. A migration whose first line is ``-- fsmflow:
+no-transaction`` runs statement by statement outside a transaction (``CREATE INDEX
+CONCURRENTLY``); every other one runs in one transaction.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Collection
+from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from typing import Final
@@ -18,11 +22,13 @@ from typing import Final
 from fsmflow.errors import ConfigError
 
 PLACEHOLDER: Final = "fsmflow_transitions"
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 SCHEMA_COMMENT: Final = f"fsmflow schema_version={SCHEMA_VERSION}"  # as schema.sql sets it
 MAX_NAME_BYTES: Final = 63  # PostgreSQL truncates longer identifiers silently
 _VERSION_COMMENT: Final = re.compile(r"^fsmflow schema_version=(\d+)$")
 _MIGRATION_FILE: Final = re.compile(r"^(\d{4})_\w+\.sql$")
+NO_TRANSACTION: Final = "-- fsmflow: no-transaction"
+_STATEMENT_END: Final = re.compile(r";\s*$", re.MULTILINE)
 # The columns of a table of every schema version; the store refuses a table that lacks one.
 REQUIRED_COLUMNS: Final = frozenset(
     {
@@ -104,19 +110,51 @@ def schema_problem(
     if version < SCHEMA_VERSION:
         return (
             f"{table} has fsmflow schema version {version}; this fsmflow needs version "
-            f"{SCHEMA_VERSION}: run `fsmflow init-db` (or `await DBConfig().init_db()`) once "
-            "to upgrade it in place (it rewrites the table; see Upgrading in the README)"
+            f"{SCHEMA_VERSION}: stop the runners of the old fsmflow, then run `fsmflow "
+            "migrate` once with the migrator role (one that may ALTER the table: its owner; "
+            "the runtime role has SELECT and INSERT only), see Upgrading in the README"
         ), True
     return None, False
 
 
-def migrations_ddl(schema: str | None, table: str, from_version: int) -> list[tuple[int, str]]:
-    """The DDL of each migration after ``from_version``, in order, with the table bound."""
-    files = migration_files()
-    return [
-        (version, bind_table(read(files[version]), schema, table))
-        for version in range(from_version + 1, SCHEMA_VERSION + 1)
-    ]
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One numbered migration with the table bound: it takes a table to ``version``."""
+
+    version: int
+    name: str  # the file name, e.g. ``0002_context_json.sql``
+    statements: tuple[str, ...]  # one item (the whole file) when ``in_transaction``
+    in_transaction: bool
+
+
+def migration(version: int, schema: str | None, table: str) -> Migration:
+    """Migration ``version`` (a packaged file) with the table bound."""
+    path = migration_files()[version]
+    text = bind_table(read(path), schema, table)
+    in_transaction = not text.startswith(NO_TRANSACTION)
+    statements: tuple[str, ...]
+    if in_transaction:
+        statements = (text,)
+    else:  # each statement on its own: CONCURRENTLY refuses a multi-statement string
+        parts = (_strip_comments(part) for part in _STATEMENT_END.split(text))
+        statements = tuple(part for part in parts if part)
+    return Migration(version, path.removeprefix("migrations/"), statements, in_transaction)
+
+
+def _strip_comments(statement: str) -> str:
+    lines = (line for line in statement.splitlines() if not line.lstrip().startswith("--"))
+    return "\n".join(lines).strip()
+
+
+def migrations(schema: str | None, table: str, from_version: int) -> list[Migration]:
+    """Every migration after ``from_version``, in order, with the table bound."""
+    return [migration(v, schema, table) for v in range(from_version + 1, SCHEMA_VERSION + 1)]
+
+
+def drop_index_concurrently(schema: str, index: str) -> str:
+    """The DDL that drops ``schema.index`` (names read from the catalog) without blocking
+    the table: how a migration clears an INVALID index an interrupted build left."""
+    return f"DROP INDEX CONCURRENTLY IF EXISTS {quote_ident(schema)}.{quote_ident(index)}"
 
 
 def object_name(table: str, suffix: str) -> str:

@@ -78,10 +78,17 @@ TRUNCATE fsmflow_transitions;
 -- Instances, newest first: of workflow $1 (NULL: every workflow), whose status is in $2
 -- (NULL: any), last updated before $3 (NULL: any time), at most $4, after the keyset
 -- ($5 started_at, $6 workflow_name, $7 instance_id) of the previous page's last instance.
--- Index-backed at any size: a loose scan of the primary key finds the workflow names,
--- the partial started index walks each workflow's instances in order, and a primary-key
--- probe finds each instance's last row. Instances that started at or after $3 cannot have
--- been updated before it, so $3 also bounds the index range.
+-- Index-backed at any size: a loose scan of the primary key finds the workflow names.
+-- Then one of two branches runs (the other's one-time filter is false):
+-- * any status, or 'running' among $2: the partial started index walks each workflow's
+--   instances in order and a primary-key probe finds each instance's last row. Instances
+--   that started at or after $3 cannot have been updated before it, so $3 also bounds
+--   the index range.
+-- * terminal statuses only: the partial terminal index finds the terminal rows of each
+--   workflow with such a status (no walk over running instances: rare statuses are
+--   cheap), a primary-key probe keeps those that are still their instance's last row (a
+--   failed row followed by `fsmflow retry`'s running row is not), and one more finds the
+--   instance's seq 0 for its start time.
 WITH RECURSIVE names(name) AS (
     SELECT coalesce($1::text, (SELECT min(workflow_name) FROM fsmflow_transitions))
   UNION ALL
@@ -90,8 +97,9 @@ WITH RECURSIVE names(name) AS (
     FROM names n
     WHERE n.name IS NOT NULL AND $1::text IS NULL
 )
-SELECT i.* FROM names n
-CROSS JOIN LATERAL (
+SELECT u.* FROM (
+  SELECT i.* FROM names n
+  CROSS JOIN LATERAL (
     SELECT s.workflow_name, s.instance_id, s.created_at AS started_at,
            s.forked_from_instance, l.seq, l.status,
            coalesce(l.dest_state, l.source_state) AS current_state,
@@ -113,9 +121,41 @@ CROSS JOIN LATERAL (
       AND ($3::timestamptz IS NULL OR l.created_at < $3::timestamptz)
     ORDER BY s.created_at DESC, s.instance_id
     LIMIT $4::integer
-) i
-WHERE n.name IS NOT NULL
-ORDER BY i.started_at DESC, i.workflow_name, i.instance_id
+  ) i
+  WHERE n.name IS NOT NULL AND ($2::text[] IS NULL OR 'running' = ANY ($2::text[]))
+UNION ALL
+  SELECT i.* FROM names n
+  CROSS JOIN LATERAL (
+    SELECT s.workflow_name, s.instance_id, s.created_at AS started_at,
+           s.forked_from_instance, l.seq, l.status,
+           coalesce(l.dest_state, l.source_state) AS current_state,
+           l.created_at AS updated_at
+    FROM fsmflow_transitions l
+    CROSS JOIN LATERAL (  -- LIMIT keeps the terminal rows the outer side of the loop
+        SELECT f.workflow_name, f.instance_id, f.created_at, f.forked_from_instance
+        FROM fsmflow_transitions f
+        WHERE f.workflow_name = l.workflow_name AND f.instance_id = l.instance_id
+          AND f.seq = 0
+        LIMIT 1
+    ) s
+    WHERE l.workflow_name = n.name AND l.status <> 'running'
+      AND l.status = ANY ($2::text[])
+      AND ($3::timestamptz IS NULL OR l.created_at < $3::timestamptz)
+      AND l.seq = (  -- still the last row (a scalar probe: never a join over the table)
+          SELECT p.seq FROM fsmflow_transitions p
+          WHERE p.workflow_name = l.workflow_name AND p.instance_id = l.instance_id
+          ORDER BY p.seq DESC
+          LIMIT 1)
+      AND s.created_at <= least(coalesce($3::timestamptz, 'infinity'),
+                                coalesce($5::timestamptz, 'infinity'))
+      AND ($5::timestamptz IS NULL OR s.created_at < $5::timestamptz
+           OR (s.workflow_name, s.instance_id) > ($6::text, $7::text))
+    ORDER BY s.created_at DESC, s.instance_id
+    LIMIT $4::integer
+  ) i
+  WHERE n.name IS NOT NULL AND NOT ($2::text[] IS NULL OR 'running' = ANY ($2::text[]))
+) u
+ORDER BY u.started_at DESC, u.workflow_name, u.instance_id
 LIMIT $4::integer;
 
 -- name: server_time
@@ -180,3 +220,26 @@ SELECT c.workflow_name, c.instance_id
 FROM unnest($1::text[], $2::text[], $3::bigint[]) AS c(workflow_name, instance_id, key)
 WHERE CASE WHEN pg_try_advisory_lock(c.key) THEN NOT pg_advisory_unlock(c.key) ELSE true END
 ORDER BY c.workflow_name, c.instance_id;
+
+-- name: migration_facts
+-- fsmflow migrate: who owns the table ($1) and whether this session's role may ALTER it
+-- (only the owner or a member of the owning role may).
+SELECT pg_get_userbyid(c.relowner) AS owner, current_user::text AS role,
+       pg_has_role(c.relowner, 'MEMBER') AS may_alter
+FROM pg_class c
+WHERE c.oid = to_regclass($1);
+
+-- name: invalid_indexes
+-- fsmflow migrate, before a CONCURRENTLY step: the INVALID indexes of the table ($1) that
+-- an interrupted CREATE INDEX CONCURRENTLY left (dropped, then built again).
+SELECT n.nspname::text AS schema_name, c.relname::text AS index_name
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE i.indrelid = to_regclass($1) AND NOT i.indisvalid
+ORDER BY c.relname;
+
+-- name: try_migrate_lock
+-- fsmflow migrate: take the migrators' session advisory lock ($1) if free, never wait in
+-- the server (a waiting session holds a transaction that CREATE INDEX CONCURRENTLY waits for).
+SELECT pg_try_advisory_lock($1::bigint);

@@ -1,4 +1,4 @@
--- fsmflow schema, version 2.
+-- fsmflow schema, version 3.
 --
 -- One append-only table holds the history of every workflow instance: one row per event.
 -- seq 0 starts an instance; each finished step appends the next seq; a terminal row has
@@ -6,9 +6,8 @@
 --
 -- Apply by hand with:  psql "$DATABASE_URL" -f schema.sql
 -- (fsmflow's init_db applies this same file to a new table, with the configured table name
--- substituted for fsmflow_transitions, and upgrades an older table in place with the files
--- in migrations/, then applies this file again.) Safe to run again: on a table of this
--- version it creates only what is missing.
+-- substituted for fsmflow_transitions; `fsmflow migrate` upgrades an older table in place
+-- with the files in migrations/: version 1 plus every migration is exactly this file.)
 -- context is json, not jsonb: the exact text fsmflow wrote, keys in their order.
 
 CREATE TABLE IF NOT EXISTS fsmflow_transitions (
@@ -38,4 +37,10 @@ CREATE INDEX IF NOT EXISTS fsmflow_transitions_started_idx
     ON fsmflow_transitions (workflow_name, created_at DESC, instance_id)
     WHERE seq = 0;
 
-COMMENT ON TABLE fsmflow_transitions IS 'fsmflow schema_version=2';
+-- Instances by terminal status (listing failed ones, prune's candidates): only terminal
+-- rows, the last row of their instance except after `fsmflow retry`.
+CREATE INDEX IF NOT EXISTS fsmflow_transitions_terminal_idx
+    ON fsmflow_transitions (workflow_name, status, created_at DESC, instance_id)
+    WHERE status <> 'running';
+
+COMMENT ON TABLE fsmflow_transitions IS 'fsmflow schema_version=3';

@@ -24,6 +24,7 @@ from fsmflow.model.records import (
     Status,
     TransitionRecord,
 )
+from fsmflow.sql import Migration
 from fsmflow.store import dberrors, deleting, operations
 from fsmflow.store.config import StoreConfig
 from fsmflow.store.database import Database
@@ -139,6 +140,11 @@ class Store:
         place (each migration after its version). Idempotent, safe to run concurrently.
         :class:`~fsmflow.errors.SchemaMismatchError` for a foreign or newer table."""
         await self._schema.init_db()
+
+    async def migrate(self, *, dry_run: bool = False) -> list[Migration]:
+        """Create the table or apply its pending migrations, one migrator at a time; what
+        was applied (``dry_run``: what would be, nothing changed). Needs the migrator role."""
+        return await self._schema.migrate(dry_run=dry_run)
 
     async def reset_db(self, *, force: bool = False) -> None:
         """Delete every row of the table: all history of all workflows. Irreversible.

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from fsmflow import (
+    PermissionDeniedError,
     PersistentWorkflowStateMachine,
     SchemaMismatchError,
     Transition,
@@ -87,8 +88,9 @@ def test_schema_sql_is_version_1_plus_every_migration(h: Harness) -> None:
     assert sorted(fsql.migration_files()) == list(range(1, fsql.SCHEMA_VERSION + 1))
     h.sql(fsql.schema_ddl(None, "canonical"))
     create_version_1(h, "migrated")
-    for _, ddl in fsql.migrations_ddl(None, "migrated", 1):
-        h.sql(ddl)
+    for migration in fsql.migrations(None, "migrated", 1):
+        for statement in migration.statements:
+            h.sql(statement)
     canonical, migrated = shape(h, "canonical"), shape(h, "migrated")
     assert canonical == migrated
     assert canonical["comment"] == [(f"fsmflow schema_version={fsql.SCHEMA_VERSION}",)]
@@ -119,12 +121,16 @@ async def test_init_db_upgrades_a_version_1_table_with_rows_and_it_resumes(
     )
     with pytest.raises(SchemaMismatchError) as refused:
         await runner.run_workflow()
-    assert "schema version 1" in str(refused.value) and "fsmflow init-db" in str(refused.value)
-    assert "upgrade" in str(refused.value)
+    message = str(refused.value)
+    assert "schema version 1" in message and f"needs version {fsql.SCHEMA_VERSION}" in message
+    assert "`fsmflow migrate`" in message and "ALTER" in message, message
+    assert [r["seq"] for r in h.rows(WORKFLOW, "i-1", "old_history")] == [0, 1]  # nothing written
 
     await asyncio.gather(*(h.config(table="old_history").init_db() for _ in range(3)))
     upgraded = [r.getMessage() for r in logs.records if r.levelno == logging.INFO]
-    assert sum("upgraded from schema version 1 to 2" in m for m in upgraded) == 1, upgraded
+    assert sum(f"from schema version 1 to {fsql.SCHEMA_VERSION}" in m for m in upgraded) == 1, (
+        upgraded
+    )
     context_type = h.sql(
         "SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
         "WHERE attrelid = 'old_history'::regclass AND attname = 'context'"
@@ -162,9 +168,10 @@ async def test_init_db_logs_at_info_only_when_it_creates_or_upgrades(
     await h.config(table="logged").init_db()
     infos = [r.getMessage() for r in logs.records if r.levelno >= logging.INFO]
     debugs = [r.getMessage() for r in logs.records if r.levelno == logging.DEBUG]
-    assert sum("created at schema version 2" in m for m in infos) == 1, infos
-    assert not any("initialized" in m for m in infos[1:]), infos
-    assert any("logged" in m and "schema version 2 already" in m for m in debugs), debugs
+    version = fsql.SCHEMA_VERSION
+    assert sum(f"created at schema version {version}" in m for m in infos) == 1, infos
+    assert sum("initialized" in m for m in infos) == 1, infos
+    assert any("logged" in m and f"schema version {version} already" in m for m in debugs), debugs
 
 
 async def test_a_newer_schema_version_says_to_upgrade_fsmflow(h: Harness) -> None:
@@ -182,7 +189,7 @@ async def test_check_reports_the_schema_version(h: Harness) -> None:
     create_version_1(h, "old_history")
     report = await h.config(table="old_history").store.check_health()
     assert not report.healthy and report.schema_version == 1
-    assert "schema version 1" in report.problems[0] and "fsmflow init-db" in report.problems[0]
+    assert "schema version 1" in report.problems[0] and "fsmflow migrate" in report.problems[0]
     report = await h.config().store.check_health()
     assert report.healthy and report.schema_version == fsql.SCHEMA_VERSION
 
@@ -200,7 +207,7 @@ async def test_a_63_character_table_gets_its_started_index(h: Harness) -> None:
     started = [name for name, definition in indexes if "WHERE (seq = 0)" in definition]
     assert started == [fsql.object_name(TABLE_63, "_started_idx")]
     assert len(started[0]) <= 63 and started[0].endswith("_started_idx")
-    assert len(indexes) == 2  # and the primary key's
+    assert len(indexes) == 3  # and the primary key's, the terminal one
 
 
 async def test_init_db_creates_the_index_a_63_character_table_lacks(
@@ -211,7 +218,7 @@ async def test_init_db_creates_the_index_a_63_character_table_lacks(
     await h.config(table=TABLE_63).init_db()
     infos = [r.getMessage() for r in logs.records if r.levelno == logging.INFO]
     index = fsql.object_name(TABLE_63, "_started_idx")
-    assert any("upgraded from schema version 1" in m and index in m for m in infos), infos
+    assert any("upgraded from schema version 1" in m for m in infos), infos
     assert h.sql("SELECT to_regclass(%s) IS NOT NULL", (index,)) == [(True,)]
 
 
@@ -221,3 +228,84 @@ def test_object_names_fit_and_stay_apart() -> None:
     assert fsql.object_name("x" * 55, "_started_idx") == "x" * 55 + "_started"
     names = {fsql.object_name(t, "_started_idx") for t in ("a" * 63, "a" * 62 + "b", "a" * 60)}
     assert len(names) == 3 and all(len(n) <= 63 for n in names)
+
+
+# -- fsmflow migrate: resumable, one at a time, least privilege ---------------------------
+
+
+def index_facts(h: Harness, table: str) -> list[tuple[Any, ...]]:
+    return h.sql(
+        "SELECT c.relname, i.indisvalid, pg_get_indexdef(i.indexrelid) FROM pg_index i "
+        "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = %s::regclass "
+        "ORDER BY c.relname",
+        (table,),
+    )
+
+
+async def test_migrate_drops_an_invalid_index_an_interrupted_build_left_and_rebuilds_it(
+    h: Harness,
+) -> None:
+    create_version_1(h, "interrupted")
+    h.sql(fsql.migration(2, None, "interrupted").statements[0])  # version 2 committed
+    insert_v1_instance(h, "interrupted", "i-1")
+    h.sql("INSERT INTO interrupted (workflow_name, instance_id, seq, context, status) "
+          "VALUES ('w', 'x', 0, '{}', 'failed'), ('w', 'y', 0, '{}', 'failed')")  # fmt: skip
+    index = fsql.object_name("interrupted", "_terminal_idx")
+    # A concurrent build that failed half-way leaves an INVALID index of that name behind.
+    with pytest.raises(Exception, match="could not create unique index"):
+        h.sql(f"CREATE UNIQUE INDEX CONCURRENTLY {index} ON interrupted (workflow_name) "
+              "WHERE status <> 'running'")  # fmt: skip
+    assert (index, False) in [(n, v) for n, v, _ in index_facts(h, "interrupted")]
+
+    store = h.config(table="interrupted").store
+    pending = await store.migrate(dry_run=True)
+    assert [m.name for m in pending] == ["0003_list_by_status.sql"]
+    assert not pending[0].in_transaction
+    applied = await store.migrate()
+
+    assert [m.version for m in applied] == [3]
+    h.sql(fsql.schema_ddl(None, "canonical"))
+    assert shape(h, "interrupted") == shape(h, "canonical")
+    assert all(valid for _, valid, _ in index_facts(h, "interrupted"))
+    assert await store.migrate() == []  # nothing pending: nothing done
+
+
+async def test_two_migrators_never_run_at_once(h: Harness) -> None:
+    create_version_1(h, "locked")
+    holder = h.connect_as(h.info.user)
+    holder.execute("SELECT pg_advisory_lock(%s)", (0x0F5A1,))
+    migrating = asyncio.ensure_future(h.config(table="locked").store.migrate())
+    try:
+        for _ in range(600):  # bounds a hang only: the migrator polls the lock
+            waiting = h.sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND query LIKE '%%pg_try_advisory_lock%%' AND pid <> pg_backend_pid()"
+            )
+            if waiting[0][0]:
+                break
+            await asyncio.sleep(0.05)
+        assert not migrating.done()
+        assert fsql.schema_version(shape(h, "locked")["comment"][0][0]) == 1  # untouched
+    finally:
+        holder.execute("SELECT pg_advisory_unlock(%s)", (0x0F5A1,))
+    applied = await asyncio.wait_for(migrating, 60)
+    assert [m.version for m in applied] == [2, 3]
+
+
+async def test_a_pending_migration_under_a_role_that_may_not_alter_names_the_way_out(
+    h: Harness,
+) -> None:
+    create_version_1(h, "owned")  # owned by the superuser (the migrator here)
+    insert_v1_instance(h, "owned", "i-1")
+    runtime = h.create_role("runtime")
+    h.sql(f"GRANT SELECT, INSERT ON owned TO {runtime}")
+    before = shape(h, "owned")
+    for attempt in (h.config(user=runtime, table="owned").init_db,
+                    h.config(user=runtime, table="owned").store.migrate):  # fmt: skip
+        with pytest.raises(PermissionDeniedError) as denied:
+            await attempt()
+        message = str(denied.value)
+        assert "schema version 1" in message and "fsmflow migrate" in message, message
+        assert runtime in message and "migrator role" in message and h.info.user in message
+    assert shape(h, "owned") == before
+    assert len(h.rows(WORKFLOW, "i-1", "owned")) == 2

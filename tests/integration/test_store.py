@@ -345,6 +345,7 @@ async def test_init_db_twice_is_idempotent_and_keeps_data(h: Harness) -> None:
     assert sorted(i for (i,) in indexes) == [
         "fsmflow_transitions_pkey",
         "fsmflow_transitions_started_idx",
+        "fsmflow_transitions_terminal_idx",
     ]
     # The completed instance is still complete: nothing runs again.
     assert await run_to_end(h, "kept") == {}
@@ -358,7 +359,7 @@ async def test_init_db_creates_a_configured_table(h: Harness, table: str) -> Non
     await config.init_db()
     await config.init_db()
     comment = h.sql("SELECT obj_description(%s::regclass, 'pg_class')", (table,))
-    assert comment == [("fsmflow schema_version=2",)]
+    assert comment == [("fsmflow schema_version=3",)]
     assert await run_to_end(h, "i1", table=table) == {"fetch": 1, "think": 1, "report": 1}
     assert h.count(table) == 4
     assert h.count() == 0  # the default table is untouched

@@ -2,9 +2,10 @@
 -- so a resumed step receives its context with the keys in the order they were written
 -- (jsonb sorts keys by length, then bytes). Rows written before keep jsonb's order.
 --
--- Rewrites the table under an ACCESS EXCLUSIVE lock: on a big table, run it in a quiet
--- moment (`fsmflow init-db` applies it in one transaction). By hand:
---   psql "$DATABASE_URL" -1 -f 0002_context_json.sql   (with your table name substituted)
+-- Rewrites the table (and rebuilds its indexes) under an ACCESS EXCLUSIVE lock: runners
+-- wait while it runs; see Upgrading in the README for how long. `fsmflow migrate` applies
+-- it in one transaction. By hand (your table name substituted):
+--   psql "$DATABASE_URL" -1 -f 0002_context_json.sql
 
 ALTER TABLE fsmflow_transitions ALTER COLUMN context TYPE json USING context::json;
 
