@@ -31,6 +31,7 @@ print(json.dumps(sorted(bench)))
 # A valid command line for each command (its required arguments), bench excluded.
 ARGUMENTS: dict[str, list[str]] = {
     "init-db": [],
+    "migrate": ["--dry-run"],
     "reset-db": ["--yes"],
     "check": [],
     "list": [],

@@ -1,10 +1,11 @@
 """The ``fsmflow`` sub-commands: :data:`COMMANDS` registers them, in ``--help`` order.
 
 The commands about the table itself (init-db, reset-db, check) are in
-:mod:`fsmflow.cli.admin`, those about instances (list, show, graph, fork, retry, cancel,
-prune) in :mod:`fsmflow.cli.instances`, ``bench`` in :mod:`fsmflow.cli.bench_parser` and
-``embedded`` in :mod:`fsmflow.cli.embedded`; the argument types and registration helpers
-are in :mod:`fsmflow.cli.arguments`. Each ``add_*`` registers one parser and its handler.
+:mod:`fsmflow.cli.admin`, ``migrate`` in :mod:`fsmflow.cli.migrate`, those about
+instances (list, show, graph, fork, retry, cancel, prune) in :mod:`fsmflow.cli.instances`,
+``bench`` in :mod:`fsmflow.cli.bench_parser` and ``embedded`` in
+:mod:`fsmflow.cli.embedded`; the argument types and registration helpers are in
+:mod:`fsmflow.cli.arguments`. Each ``add_*`` registers one parser and its handler.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from fsmflow.cli.instances import (
     add_retry,
     add_show,
 )
+from fsmflow.cli.migrate import add_migrate
 
 if TYPE_CHECKING:
     from fsmflow.cli.arguments import Register
 
 COMMANDS: Final[tuple[Register, ...]] = (
     add_init_db,
+    add_migrate,
     add_reset_db,
     add_check,
     add_list,

@@ -31,7 +31,6 @@ from fsmflow import __version__
 from fsmflow.cli.bench_parser import add_bench_parser
 from fsmflow.cli.commands import COMMANDS
 from fsmflow.cli.embedded import add_embedded_parser
-from fsmflow.cli.migrate import add_migrate
 from fsmflow.cli.output import printable, printable_lines
 from fsmflow.engine.shutdown import EXIT_FAILED, EXIT_USAGE
 from fsmflow.errors import ConfigError, FsmflowError, ResetRefusedError
@@ -89,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"fsmflow {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for register in (*COMMANDS, add_migrate):
+    for register in COMMANDS:
         register(commands, common, epilog)
     add_bench_parser(commands)
     add_embedded_parser(commands, common, epilog)
