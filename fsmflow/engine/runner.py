@@ -23,9 +23,7 @@ from fsmflow.engine.interrupts import Interrupts
 from fsmflow.engine.machine import WorkflowMachine
 from fsmflow.engine.opening import Opening
 from fsmflow.engine.recorder import Instance, Position, Recorder
-from fsmflow.engine.resuming import (
-    has_ended,
-)
+from fsmflow.engine.resuming import has_ended
 from fsmflow.engine.shutdown import for_running_loop
 from fsmflow.engine.steps import (
     StepsArgument,
