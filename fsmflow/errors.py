@@ -158,7 +158,8 @@ class UnknownStateError(WorkflowError):
             f"stored state {state!r} (seq {seq}) is not in the current definition; "
             "restore the state in the definition, or fork the instance onto a known state "
             "of the current code: `fsmflow fork WORKFLOW ID --state STATE --definition "
-            "MODULE:ATTR` (fork_instance(..., state=, definition=))",
+            "MODULE:ATTR --allow-definition-change` (fork_instance(..., state=, definition=, "
+            "allow_definition_change=True))",
         )
 
 

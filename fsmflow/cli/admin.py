@@ -123,7 +123,7 @@ def _health_lines(report: HealthReport) -> list[str]:
         f"  server              PostgreSQL {report.server_version} ({role})",
         f"  table               {'exists, ' + schema if report.table_exists else 'missing'}",
         f"  privileges          SELECT {yes(report.can_select)}, INSERT {yes(report.can_insert)}"
-        f", DELETE {yes(report.can_delete)} (only prune and reset-db need DELETE)",
+        f", DELETE {yes(report.can_delete)} (only prune needs DELETE; reset-db TRUNCATE)",
         f"  synchronous_commit  {report.synchronous_commit}",
     ]
     lines += [f"warning: {w}" for w in report.warnings]

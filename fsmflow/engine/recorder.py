@@ -201,6 +201,21 @@ class Recorder:
         """Append the terminal failed row (in ``state``, with the last stored context) and
         log the failure with its traceback, once, at ERROR."""
         redact = self._instance.redact
+        if self.position.status == "completed":
+            # A trigger fired by hand completed the instance before its step raised: the
+            # completion is committed and stays the last row (a failed row after it would
+            # let a retry run a finished instance again).
+            logger.error(
+                "workflow %r instance %r: step %r raised after a trigger fired by hand "
+                "completed the instance at seq %d; nothing more is recorded: %s\n%s",
+                self._instance.workflow_name,
+                self._instance.instance_id,
+                raised_in or state,
+                self.position.seq,
+                type(exc).__name__,
+                traceback_text(exc, redact=redact),
+            )
+            return
         error = error_json(exc, attempts, redact=redact, raised_in=raised_in)
         await self._append(state, state, self.position.context_json, "failed", error_json=error)
         logger.error(

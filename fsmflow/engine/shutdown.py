@@ -80,7 +80,7 @@ class Shutdown:
 
         With no runner running, the signal gets the handling it had before fsmflow's.
         """
-        if not self._runners and not self.requested:
+        if not self._runners:  # also after a first signal once every runner has stopped
             self._pass_on(signal.Signals(signum))
             return
         name = signal.Signals(signum).name

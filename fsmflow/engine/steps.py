@@ -13,6 +13,7 @@ return value means.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -55,6 +56,7 @@ class StepCall:
         self.execute = execute
         self.context = context
         self.thread: threading.Thread | None = None
+        self._thread_done: asyncio.Event | None = None
 
     async def run(self, time_limit: float | None, *, name: str = "") -> Any:
         """Run the attempt (bounded by ``time_limit`` seconds) and return the step's result.
@@ -87,6 +89,7 @@ class StepCall:
     async def _in_thread(self) -> Any:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
+        done = self._thread_done = asyncio.Event()
         ctx = contextvars.copy_context()
 
         def settle(ok: bool, value: Any) -> None:
@@ -97,9 +100,13 @@ class StepCall:
             try:
                 value = ctx.run(self.execute, self.context)
             except BaseException as exc:
-                loop.call_soon_threadsafe(settle, False, exc)
+                outcome: tuple[bool, Any] = (False, exc)
             else:
-                loop.call_soon_threadsafe(settle, True, value)
+                outcome = (True, value)
+            # The loop may be closed by now (the program ended while the thread ran on).
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, *outcome)
+                loop.call_soon_threadsafe(done.set)
 
         name = f"fsmflow-step-{getattr(self.execute, '__name__', 'step')}"
         self.thread = threading.Thread(target=work, name=name, daemon=True)
@@ -107,9 +114,13 @@ class StepCall:
         return await future
 
     async def wait_abandoned(self) -> None:
-        """After a cancellation: wait until a sync step's thread has really finished."""
-        if self.thread is not None and self.thread.is_alive():
-            await asyncio.to_thread(self.thread.join)
+        """After a cancellation: wait until a sync step's thread has really finished.
+
+        The thread tells the loop when it ends: no executor thread is blocked joining it,
+        so a program stopped meanwhile is never held up at exit by a hung step.
+        """
+        if self._thread_done is not None and self.thread is not None and self.thread.is_alive():
+            await self._thread_done.wait()
 
 
 def normalize_steps(steps: StepsArgument) -> dict[str, WorkflowStep]:

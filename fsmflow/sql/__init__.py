@@ -157,6 +157,10 @@ def drop_index_concurrently(schema: str, index: str) -> str:
     return f"DROP INDEX CONCURRENTLY IF EXISTS {quote_ident(schema)}.{quote_ident(index)}"
 
 
+LEGACY_SUFFIX: Final = "_started_idx"  # the only index fsmflow 0.1 created
+FSMFLOW_INDEX_SUFFIXES: Final = (LEGACY_SUFFIX, "_terminal_idx")
+
+
 def object_name(table: str, suffix: str) -> str:
     """The name of the table's index or constraint ``table + suffix``, made to fit 63 bytes.
 
@@ -167,7 +171,12 @@ def object_name(table: str, suffix: str) -> str:
     of the whole table name keeps names of different tables apart.
     """
     name = table + suffix
-    if len(table.encode("utf-8")) < MAX_NAME_BYTES:
+    if len(name.encode("utf-8")) <= MAX_NAME_BYTES:
+        return name
+    if suffix == LEGACY_SUFFIX and len(table.encode("utf-8")) < MAX_NAME_BYTES:
+        # The one name fsmflow 0.1 created truncated: keep it, so upgraded tables keep
+        # their index. Any other truncated name could equal another (a 62-byte table
+        # would give `<table>_` twice): those get the hash below.
         return name.encode("utf-8")[:MAX_NAME_BYTES].decode("utf-8", "ignore")
     digest = hashlib.blake2b(table.encode("utf-8"), digest_size=4).hexdigest()
     keep = MAX_NAME_BYTES - len(suffix) - len(digest) - 1

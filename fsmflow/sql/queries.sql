@@ -230,13 +230,14 @@ FROM pg_class c
 WHERE c.oid = to_regclass($1);
 
 -- name: invalid_indexes
--- fsmflow migrate, before a CONCURRENTLY step: the INVALID indexes of the table ($1) that
--- an interrupted CREATE INDEX CONCURRENTLY left (dropped, then built again).
+-- fsmflow migrate, before a CONCURRENTLY step: fsmflow's own indexes (names $2) of the
+-- table ($1) left INVALID by an interrupted CREATE INDEX CONCURRENTLY (dropped, then built
+-- again); anybody else's index is left alone.
 SELECT n.nspname::text AS schema_name, c.relname::text AS index_name
 FROM pg_index i
 JOIN pg_class c ON c.oid = i.indexrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
-WHERE i.indrelid = to_regclass($1) AND NOT i.indisvalid
+WHERE i.indrelid = to_regclass($1) AND NOT i.indisvalid AND c.relname = ANY ($2::text[])
 ORDER BY c.relname;
 
 -- name: try_migrate_lock

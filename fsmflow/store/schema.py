@@ -225,7 +225,8 @@ class Schema:
                 for statement in migration.statements:
                     await conn.execute(statement)
             return
-        for stale in await conn.fetch(db.queries["invalid_indexes"], db.qualified_table):
+        own = [sql.object_name(db.table, suffix) for suffix in sql.FSMFLOW_INDEX_SUFFIXES]
+        for stale in await conn.fetch(db.queries["invalid_indexes"], db.qualified_table, own):
             logger.warning(
                 "dropping index %s.%s left INVALID by an interrupted build; building it again",
                 stale["schema_name"], stale["index_name"],

@@ -189,3 +189,39 @@ async def test_a_second_signal_is_reported_as_such(tmp_path: Path, db_env: dict[
     assert code == 75, program.stderr
     assert "cancelled because a second signal arrived" in program.stderr
     assert "grace period" not in program.stderr.split("SIGINT again")[-1]
+
+
+def _spawn_hung_step(tmp_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    with (tmp_path / "out").open("w") as stdout, (tmp_path / "err").open("w") as stderr:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tests.faults.hung_step_program"],
+            cwd=ROOT,
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+        )
+
+
+@pytest.mark.timeout(300)
+async def test_sigterm_while_waiting_for_a_hung_sync_step_exits_at_once(
+    tmp_path: Path, db_env: dict[str, str]
+) -> None:
+    """A timed-out sync step's thread cannot be stopped; the runner waits for it before
+    the retry. A stop during that wait must not be held up by the thread at exit."""
+    out = tmp_path / "out"
+    proc = _spawn_hung_step(tmp_path, _env(db_env))
+    deadline = time.monotonic() + SAFETY_TIMEOUT
+    while "step started" not in out.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)  # past the 0.3 s timeout: waiting for the abandoned thread
+    proc.send_signal(signal.SIGTERM)
+    try:
+        # The thread sleeps for 120 s; the program must be gone long before that.
+        code = await asyncio.to_thread(proc.wait, 60)
+    finally:
+        proc.kill()
+    err = (tmp_path / "err").read_text()
+    print(f"[SIGTERM while a hung sync step is abandoned] exit {code}")
+    assert code == 75, err
+    assert "WorkflowInterruptedError" in err

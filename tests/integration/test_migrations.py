@@ -228,6 +228,13 @@ def test_object_names_fit_and_stay_apart() -> None:
     assert fsql.object_name("x" * 55, "_started_idx") == "x" * 55 + "_started"
     names = {fsql.object_name(t, "_started_idx") for t in ("a" * 63, "a" * 62 + "b", "a" * 60)}
     assert len(names) == 3 and all(len(n) <= 63 for n in names)
+    # A 62-character table: truncating both suffixes would give `<table>_` twice, and
+    # IF NOT EXISTS would then silently skip the second index.
+    for length in range(45, 64):
+        table = "t" * length
+        own = [fsql.object_name(table, suffix) for suffix in fsql.FSMFLOW_INDEX_SUFFIXES]
+        assert len(set(own)) == len(own) and table not in own, length
+        assert all(len(name.encode()) <= 63 for name in own)
 
 
 # -- fsmflow migrate: resumable, one at a time, least privilege ---------------------------

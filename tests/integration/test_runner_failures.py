@@ -297,3 +297,27 @@ async def test_a_loop_that_never_ends_fails_at_max_transitions(h: Harness) -> No
     assert rows[-1]["error"]["type"] == "TransitionLimitError"
     with pytest.raises(InstanceFailedError):
         await h.runner(h.config(), LOOP, steps, instance_id="l1").run_workflow()
+
+
+async def test_an_exception_after_a_completing_trigger_fired_by_hand_leaves_it_completed(
+    h: Harness,
+) -> None:
+    runner: Any = None
+
+    async def review(ctx: WorkflowContext) -> WorkflowContext:
+        await runner.accept()
+        return ctx
+
+    async def accepted(ctx: WorkflowContext) -> WorkflowContext:
+        await runner.finish()  # dest=None: this completes the instance
+        raise RuntimeError("a bug after the completing trigger")
+
+    steps = {"review": review, "rejected": accepted, "accepted": accepted}
+    runner = h.runner(h.config(), REVIEW, steps, instance_id="m3")
+    with pytest.raises(StepFailedError, match="step 'accepted'"):
+        await runner.run_workflow()
+    rows = h.rows(WORKFLOW, "m3")
+    assert [r["status"] for r in rows] == ["running", "running", "completed"]
+    # Completed is final: running it again returns the completed state, runs nothing.
+    state = await h.runner(h.config(), REVIEW, steps, instance_id="m3").run_workflow()
+    assert state.completed
