@@ -34,7 +34,6 @@ LANE_SETTINGS: Final = {
     "idle_in_transaction_session_timeout": "0",
 }
 QUERIES: Final = sql.named("ownership.sql")
-QUERY_CANCELED: Final = "57014"  # statement_timeout, pg_cancel_backend: the session lives
 # The server ended the session (admin shutdown, crash shutdown, cannot connect now).
 _SESSION_ENDED: Final = ("57P01", "57P02", "57P03")
 _PIDS_KEPT: Final = 3
@@ -72,11 +71,6 @@ def session_gone(exc: BaseException) -> bool:
         return True
     state = getattr(exc, "sqlstate", None)
     return isinstance(state, str) and (state.startswith("08") or state in _SESSION_ENDED)
-
-
-def is_cancelled_statement(exc: BaseException) -> bool:
-    """True for SQLSTATE 57014 (``statement_timeout``, ``pg_cancel_backend``)."""
-    return getattr(exc, "sqlstate", None) == QUERY_CANCELED
 
 
 async def finish(task: asyncio.Task[T]) -> T:

@@ -31,8 +31,8 @@ from fsmflow.errors import (
 )
 from fsmflow.model.records import TransitionRecord
 from fsmflow.store.database import INSERTED_ONE, Backoff, Database
-from fsmflow.store.dberrors import is_retriable
-from fsmflow.store.lanes import QUERIES, Lane, finish, is_cancelled_statement, session_gone
+from fsmflow.store.dberrors import is_query_cancelled, is_retriable
+from fsmflow.store.lanes import QUERIES, Lane, finish, session_gone
 
 __all__ = ["Lane", "Owners", "Ownership", "lock_key"]
 
@@ -241,7 +241,7 @@ class Ownership:
             if session_gone(exc) or not lane.alive:
                 lane.lost(type(exc).__name__)
                 raise _SessionLost() from exc
-            if is_cancelled_statement(exc) or is_retriable(exc):
+            if is_query_cancelled(exc) or is_retriable(exc):
                 raise _StatementFailed(exc) from exc  # the session and its locks stand
             raise self.db.translate(exc) from None
 
@@ -281,7 +281,7 @@ class Ownership:
 
     def _gave_up(self, seq: int, failure: Exception) -> StoreError:
         cause = failure.__cause__
-        if isinstance(failure, _StatementFailed) and is_cancelled_statement(failure.cause):
+        if isinstance(failure, _StatementFailed) and is_query_cancelled(failure.cause):
             return StoreError(
                 f"workflow {self.workflow!r}, instance {self.instance_id!r}: appending seq "
                 f"{seq} was cancelled by the server on every attempt (SQLSTATE 57014, query "

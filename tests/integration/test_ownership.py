@@ -24,7 +24,8 @@ from fsmflow import (
     WorkflowContext,
     WorkflowInterruptedError,
 )
-from fsmflow.store.lanes import is_cancelled_statement, session_gone
+from fsmflow.store.dberrors import is_query_cancelled
+from fsmflow.store.lanes import session_gone
 from fsmflow.store.ownership import lock_key
 from tests.conftest import run_python
 
@@ -400,7 +401,7 @@ def test_only_errors_of_a_dead_session_count_as_a_lost_session(
     error: BaseException, gone: bool
 ) -> None:
     assert session_gone(error) is gone
-    assert is_cancelled_statement(error) is isinstance(error, asyncpg.QueryCanceledError)
+    assert is_query_cancelled(error) is isinstance(error, asyncpg.QueryCanceledError)
 
 
 async def test_cancelling_a_runner_waiting_for_the_lock_leaves_nothing_behind(
