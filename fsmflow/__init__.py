@@ -42,6 +42,7 @@ from fsmflow.errors import (
     StepFailedError,
     StoreError,
     TransitionLimitError,
+    UnknownEventError,
     UnknownStateError,
     WorkflowError,
     WorkflowInterruptedError,
@@ -50,9 +51,11 @@ from fsmflow.model.conditions import Condition
 from fsmflow.model.context import WorkflowContext
 from fsmflow.model.definition import RetryPolicy, Transition, WorkflowDefinition, WorkflowStep
 from fsmflow.model.records import (
+    EventRecord,
     HealthReport,
     InstanceSummary,
     PruneResult,
+    SentEvent,
     TransitionRecord,
     WorkflowState,
 )
@@ -79,6 +82,7 @@ __all__ = [
     "DefinitionChangedError",
     "DefinitionError",
     "EmbeddedServerError",
+    "EventRecord",
     "FsmflowError",
     "HealthReport",
     "HistoryCorruptError",
@@ -103,12 +107,14 @@ __all__ = [
     "RunnerEvent",
     "SchemaMismatchError",
     "SchemaMissingError",
+    "SentEvent",
     "StepFailedError",
     "Store",
     "StoreError",
     "Transition",
     "TransitionLimitError",
     "TransitionRecord",
+    "UnknownEventError",
     "UnknownStateError",
     "WorkflowContext",
     "WorkflowDefinition",

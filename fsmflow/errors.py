@@ -22,6 +22,7 @@
     │   ├── InstanceStateError       wrong status for the operation (cancel, retry, fork)
     │   ├── InstanceFailedError      the instance ended failed earlier
     │   ├── InstanceCancelledError   the instance was cancelled
+    │   ├── UnknownEventError        an event the instance's definition waits for nowhere
     │   ├── OwnershipLostError       the runner lost its lock and could not retake it
     │   ├── LockTableFullError       the server's lock table is full (raise a setting)
     │   ├── TransitionLimitError     an instance reached its definition's max_transitions
@@ -209,6 +210,11 @@ class InstanceExistsError(WorkflowError):
 class InstanceStateError(WorkflowError):
     """The instance is not in a status this operation applies to (e.g. cancelling a
     completed instance, retrying one that did not fail, forking from a completion row)."""
+
+
+class UnknownEventError(WorkflowError):
+    """An event sent to an instance whose stored definition does not wait for it; the
+    message lists the events it declares."""
 
 
 class InstanceFailedError(WorkflowError):

@@ -59,4 +59,4 @@ def test_init_db_from_the_unpacked_wheel(wheel: Path, tmp_path: Path, postgresql
     assert result.returncode == 0, result.stderr
     with postgresql.cursor() as cur:
         cur.execute("SELECT obj_description('from_wheel'::regclass, 'pg_class')")
-        assert cur.fetchone()[0] == "fsmflow schema_version=3"
+        assert cur.fetchone()[0] == "fsmflow schema_version=4"

@@ -95,7 +95,7 @@ class Attempts:
             # The session may have died while no step ran (backoff, an `after` callback):
             # never start a step without the lock, or it could overlap another runner's.
             if self._lock.is_lost:
-                await guarded("wait", state, self._regain_ownership())
+                await guarded("wait", state, self.regain_ownership())
             # Each attempt gets a fresh copy of the stored context: exactly what a
             # resumed process would see, whatever an earlier attempt mutated.
             context = WorkflowContext(data=decode_context(self._recording.context_json))
@@ -145,7 +145,7 @@ class Attempts:
         # retake the lock, and make sure nobody advanced the instance meanwhile; then run
         # the step again.
         await call.wait_abandoned()
-        await self._regain_ownership()
+        await self.regain_ownership()
         logger.warning(
             "workflow %r instance %r: step %r interrupted by a lost session; running it again",
             self._instance.workflow_name,
@@ -153,7 +153,7 @@ class Attempts:
             state,
         )
 
-    async def _regain_ownership(self) -> None:
+    async def regain_ownership(self) -> None:
         """Retake a lost lock; :class:`ConcurrentTransitionError` if another runner moved
         the instance on meanwhile (:class:`OwnershipLostError` if it still holds it)."""
         await self._lock.reacquire()

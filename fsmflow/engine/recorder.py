@@ -13,6 +13,7 @@ import logging
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import NoReturn, Protocol, TypeVar
 
 from fsmflow.engine.failures import error_json, location, traceback_text
@@ -50,6 +51,9 @@ class History(Protocol):
         duration_ms: float | None,
         error_json: str | None = None,
         owner: Ownership | None = None,
+        waiting_since: datetime | None = None,
+        wait_seconds: float | None = None,
+        event_id: int | None = None,
     ) -> None:
         """Append row ``seq``; :class:`ConcurrentTransitionError` if it is not the next."""
 
@@ -78,6 +82,15 @@ class Position:
         self.seq = record.seq
         self.status = "running" if record.status == "failed" else record.status
         self.context_json = compact_json(record.context)
+
+
+@dataclass(frozen=True, slots=True)
+class Wait:
+    """A waiting row's wait: begun at ``since`` (None: a new wait, begun now by the server's
+    clock), its first deadline ``seconds`` after that (None: none)."""
+
+    since: datetime | None = None
+    seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +133,11 @@ class Recorder:
         return self.position.seq
 
     @property
+    def instance_id(self) -> str:
+        """The id of the instance this recorder writes."""
+        return self._instance.instance_id
+
+    @property
     def context_json(self) -> str:
         """The context the instance's last row stored, as JSON text."""
         return self.position.context_json
@@ -131,13 +149,27 @@ class Recorder:
         dest: str | None,
         encoded: str,
         duration_ms: float,
+        *,
+        wait: Wait | None = None,
+        event_id: int | None = None,
+        trigger: str | None = None,
     ) -> None:
-        """Append the row of a finished step (or a trigger fired by hand): a move to
-        ``dest``, or with ``dest`` None the instance's completion."""
-        status: Status = "running" if dest is not None else "completed"
-        trigger = None if chosen is None else chosen.trigger
+        """Append the row of a finished step (or a trigger fired by hand, a delivered
+        event, a timeout): a move to ``dest``, or with ``dest`` None the instance's
+        completion; with ``wait``, the instance waits in ``dest`` from this row on.
+        ``trigger`` overrides the chosen transition's (the runner's own waiting rows)."""
+        status: Status = "waiting" if wait is not None else "running" if dest else "completed"
+        if trigger is None and chosen is not None:
+            trigger = chosen.trigger
         seq = await self._append(
-            source, dest, encoded, status, trigger=trigger, duration_ms=duration_ms
+            source,
+            dest,
+            encoded,
+            status,
+            trigger=trigger,
+            duration_ms=duration_ms,
+            wait=wait,
+            event_id=event_id,
         )
         name, instance_id = self._instance.workflow_name, self._instance.instance_id
         # Context values are never logged: only the size of what was stored. Per
@@ -265,6 +297,8 @@ class Recorder:
         trigger: str | None = None,
         duration_ms: float | None = None,
         error_json: str | None = None,
+        wait: Wait | None = None,
+        event_id: int | None = None,
     ) -> int:
         """Append the instance's next row on the owning session, then advance to it."""
         instance, seq = self._instance, self.position.seq + 1
@@ -282,6 +316,9 @@ class Recorder:
             duration_ms=duration_ms,
             error_json=error_json,
             owner=self._owner,
+            waiting_since=None if wait is None else wait.since,
+            wait_seconds=None if wait is None else wait.seconds,
+            event_id=event_id,
         )
         try:
             await self._guard.guarded("append", source, appending)

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from fsmflow.engine.attempts import Attempts
-from fsmflow.engine.choosing import choose_transition, declared_transition
+from fsmflow.engine.choosing import declared_transition
 from fsmflow.engine.interrupts import Interrupts
 from fsmflow.engine.machine import WorkflowMachine
 from fsmflow.engine.opening import Opening
@@ -30,8 +29,9 @@ from fsmflow.engine.steps import (
     check_steps,
     normalize_steps,
     run_after,
-    step_outcome,
 )
+from fsmflow.engine.turns import Turns
+from fsmflow.engine.waiting import Waiter
 from fsmflow.errors import WorkflowError
 from fsmflow.model.context import (
     WorkflowContext,
@@ -39,7 +39,7 @@ from fsmflow.model.context import (
     encode_context,
     seed_json,
 )
-from fsmflow.model.definition import Transition, WorkflowDefinition, WorkflowStep, check_identifier
+from fsmflow.model.definition import WorkflowDefinition, WorkflowStep, check_identifier
 from fsmflow.model.records import Status, TransitionRecord, WorkflowState
 from fsmflow.settings import DBConfig
 from fsmflow.store.facade import Store
@@ -120,8 +120,9 @@ class PersistentWorkflowStateMachine:
         self._machine = WorkflowMachine.of(workflow_definition)
         self._opening = Opening(self.store, workflow_definition, self._machine.definition_json)
         self._interrupts = Interrupts(self.workflow_name, lambda: self.instance_id)
-        self._recorder: Recorder | None = None  # these two exist while the lock is held
+        self._recorder: Recorder | None = None  # these exist while the lock is held
         self._attempts: Attempts | None = None
+        self._turns: Turns | None = None
         self._redact = self.store.config.redact_errors
         self._listeners = tuple(listeners)
         if steps is not None:
@@ -159,8 +160,9 @@ class PersistentWorkflowStateMachine:
 
     @property
     def workflow_state(self) -> WorkflowState:
-        """Where this instance stands now."""
+        """Where this instance stands now (a waiting one: what for, and until when)."""
         assert self.instance_id is not None
+        waiting = self.status == "waiting" and self.state is not None
         return WorkflowState(
             workflow_name=self.workflow_name,
             instance_id=self.instance_id,
@@ -169,17 +171,24 @@ class PersistentWorkflowStateMachine:
             completed=self.status == "completed",
             status=self.status,
             seq=self.seq,
+            waiting_for=self.definition.awaited_events(self.state or "") if waiting else (),
+            wake_at=self._turns.waiter.wake_at if waiting and self._turns is not None else None,
         )
 
     # -- running -----------------------------------------------------------------------
 
     async def run_workflow(
-        self, context: WorkflowContext | Mapping[str, Any] | None = None
+        self, context: WorkflowContext | Mapping[str, Any] | None = None, *, suspend: bool = False
     ) -> WorkflowState:
         """Run the instance until it completes; return its final :class:`WorkflowState`.
 
         ``context`` seeds a new instance; it is ignored (logged at INFO) when an existing
         instance resumes, since that instance's stored context wins.
+
+        An instance that waits (for an event, a deadline) is waited for here, holding its
+        lock but no transaction, woken by the event's notification or at the deadline.
+        With ``suspend=True`` the call returns as soon as the instance waits, with
+        ``WorkflowState(status="waiting")`` and the lock released; a later run continues.
 
         A step that raises after its last attempt, returns a context that breaks the
         context rules, or leaves no transition to take records the instance as failed
@@ -196,14 +205,14 @@ class PersistentWorkflowStateMachine:
             interrupts.shutdown = for_running_loop(self.store.config.shutdown_grace)
             interrupts.shutdown.register(self)
         try:
-            return await self._run(initial, given_context=context is not None)
+            return await self._run(initial, given_context=context is not None, suspend=suspend)
         finally:
             interrupts.task = None
             if interrupts.shutdown is not None:
                 interrupts.shutdown.unregister(self)
                 interrupts.shutdown = None
 
-    async def _run(self, initial: str, *, given_context: bool) -> WorkflowState:
+    async def _run(self, initial: str, *, given_context: bool, suspend: bool) -> WorkflowState:
         start_state, guarded = self.definition.initial_state, self._interrupts.guarded
         opening = self._opening
         self.instance_id = await guarded("wait", start_state, opening.choose(self.instance_id))
@@ -214,7 +223,7 @@ class PersistentWorkflowStateMachine:
             lock_timeout=self.options["lock_timeout"],
         )
         owner = await guarded("wait", start_state, acquiring)
-        owner.on_lost = lambda: self.interrupt("lost")
+        owner.on_lost = self._lost
         try:
             loading = opening.load_or_start(self.instance_id, initial, given_context=given_context)
             record = await guarded("wait", start_state, loading)
@@ -226,12 +235,17 @@ class PersistentWorkflowStateMachine:
             self._collaborators(owner)
             self._machine.attach(self, state)
             try:
-                return await self._run_loop()
+                return await self._run_loop(suspend)
             finally:
                 self._machine.detach(self)
         finally:
-            self._recorder = self._attempts = None
+            self._recorder = self._attempts = self._turns = None
             await owner.release()
+
+    def _lost(self) -> None:
+        self.interrupt("lost")
+        if self._turns is not None:
+            self._turns.waiter.wake()
 
     def _collaborators(self, owner: Ownership) -> None:
         """The recorder and the attempt loop of this run (the lock is held)."""
@@ -241,7 +255,21 @@ class PersistentWorkflowStateMachine:
         )
         recorder = Recorder(self.store, self._interrupts, owner, instance, self._position)
         self._recorder = recorder
-        self._attempts = Attempts(self._interrupts, recorder, owner, lambda: self.state, instance)
+        attempts = Attempts(self._interrupts, recorder, owner, lambda: self.state, instance)
+        self._attempts = attempts
+        waiter = Waiter(
+            self.store,
+            self._interrupts,
+            recorder,
+            self.definition,
+            instance,
+            is_lost=lambda: owner.is_lost,
+            regain=attempts.regain_ownership,
+            max_bytes=self._max_bytes,
+            stepped=frozenset(self._steps),
+        )
+        parts = (recorder, attempts, waiter)
+        self._turns = Turns(self.definition, self._steps, parts, self._emit, self._max_bytes)
 
     def _finished(self, record: TransitionRecord) -> WorkflowState:
         self._restore(record)
@@ -252,43 +280,27 @@ class PersistentWorkflowStateMachine:
         self._position.restore(record)
         self.context = WorkflowContext(data=record.context)
 
-    async def _run_loop(self) -> WorkflowState:
-        recorder, attempts = self._recorder, self._attempts
-        assert recorder is not None and attempts is not None
+    async def _run_loop(self, suspend: bool) -> WorkflowState:
+        recorder, turns = self._recorder, self._turns
+        assert recorder is not None and turns is not None
         while True:
             state = self.state
-            assert state is not None and self.instance_id is not None
+            assert state is not None
             self._interrupts.check_stop(state)
             await recorder.check_limit(state, self.definition.max_transitions)
-            self._emit("step_started", state)
-            started, seq_before = time.perf_counter(), self.seq
-            step = self._steps[state]
-            policy = step.retry or self.definition.default_retry
-            result = await attempts.execute(state, step, policy)
-            duration_ms = (time.perf_counter() - started) * 1000.0
-            self._emit("step_finished", state)
-            if self.seq != seq_before:  # the step fired a trigger by hand: already recorded
+            turn = await turns.take(state, waiting=self.status == "waiting", suspend=suspend)
+            if turn.context is not None:
+                self.context = turn.context
+            if turn.kind == "suspended":
+                return self.workflow_state  # it waits; the lock is released on return
+            if turn.kind != "moved":  # waits (the next turn), or moved by hand already
                 if self.status == "completed":
                     return self.workflow_state
                 continue
-            try:
-                deciding = _decide(
-                    self.definition, self.instance_id, state, result, self._max_bytes
-                )
-                context, encoded, chosen = await deciding
-            except Exception as exc:
-                # A bug in the step or the definition: running the step again would repeat
-                # it (an LLM call each time), so the instance fails here, visibly.
-                await recorder.record_failure(state, 1, exc)
-                raise
-            dest = None if chosen is None else chosen.dest
-            await recorder.record(chosen, state, dest, encoded, duration_ms)
-            self._emit("transition_recorded", state)
-            self.context = context
-            await run_after(chosen, context)
-            if dest is None:
+            await run_after(turn.chosen, self.context)
+            if turn.chosen is None or turn.chosen.dest is None:
                 return self.workflow_state
-            self._machine.move(self, dest)
+            self._machine.move(self, turn.chosen.dest)
 
     def _emit(self, point: str, state: str) -> None:
         if self._listeners:
@@ -300,12 +312,10 @@ class PersistentWorkflowStateMachine:
     # -- stopping: signals, lost sessions ------------------------------------------------
 
     def interrupt(self, reason: str) -> None:
-        """Stop what the runner awaits, if ``reason`` may stop it.
-
-        ``"lost"`` (the session holding the lock died) cancels a running step only;
-        ``"stop"`` (a first SIGTERM/SIGINT) cancels anything but a step or an append, which
-        may finish within the grace period; ``"shutdown"`` cancels whatever runs.
-        """
+        """Stop what the runner awaits, if ``reason`` may stop it: ``"lost"`` (the lock's
+        session died) cancels a running step (and ends a wait's sleep); ``"stop"`` (a first
+        SIGTERM/SIGINT) anything but a step or an append, which may finish within the grace
+        period; ``"shutdown"`` cancels whatever runs."""
         self._interrupts.interrupt(reason)
 
     # -- triggers fired by hand --------------------------------------------------------
@@ -337,8 +347,9 @@ class PersistentWorkflowStateMachine:
         encoded = encode_context(context.data, max_bytes=self._max_bytes, where="manual trigger")
         chosen = declared_transition(self.definition, source, trigger, dest)
         phase = self._interrupts.phase
+        wait = None if self._turns is None else self._turns.waiter.entering(dest)
         try:
-            await recorder.record(chosen, source, dest, encoded, 0.0)
+            await recorder.record(chosen, source, dest, encoded, 0.0, wait=wait)
         finally:
             self._interrupts.phase = phase  # the append ran inside the step's attempt
         self.context = WorkflowContext(data=decode_context(encoded))
@@ -351,15 +362,3 @@ class PersistentWorkflowStateMachine:
         since ``run_workflow()`` connects by itself. :class:`~fsmflow.errors.StoreError`
         if the settings were closed since this runner was built: build it again."""
         await self.store.open(check_schema=False)
-
-
-async def _decide(
-    definition: WorkflowDefinition, instance_id: str, state: str, result: Any, max_bytes: int
-) -> tuple[WorkflowContext, str, Transition | None]:
-    """What ``state``'s step returned means: the context (and its stored text) and the
-    transition to take (None completes the instance)."""
-    context, trigger = step_outcome(result, definition.name, instance_id, state)
-    where = f"context returned by step {state!r}"
-    encoded = encode_context(context.data, max_bytes=max_bytes, where=where)
-    chosen = await choose_transition(definition, instance_id, state, trigger, context)
-    return context, encoded, chosen

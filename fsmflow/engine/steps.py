@@ -134,9 +134,14 @@ def normalize_steps(steps: StepsArgument) -> dict[str, WorkflowStep]:
 
 
 def check_steps(definition: WorkflowDefinition, steps: Mapping[str, WorkflowStep]) -> None:
-    """:class:`DefinitionError` unless every state has exactly its own step."""
+    """:class:`DefinitionError` unless every state has exactly its own step (a state
+    whose transitions are all event/timeout ones needs none: it only waits)."""
     states = definition.steps
-    problems = [f"state {s!r} has no step" for s in states if s not in steps]
+    problems = [
+        f"state {s!r} has no step"
+        for s in states
+        if s not in steps and not definition.is_wait_state(s)
+    ]
     problems += [f"step {n!r} is not a state of the workflow" for n in steps if n not in states]
     problems += [
         f"step for state {name!r} is named {step.name!r}"

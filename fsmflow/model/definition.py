@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import keyword
+import math
 from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
 from typing import Any, Final, TypeAlias
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
@@ -123,6 +125,12 @@ class Transition(BaseModel):
     ``dest=None`` completes the instance. ``conditions`` must all hold for the transition
     to be taken. ``after`` (sync or async, receives the context) runs once the transition
     is recorded; like a step, it may run again if the process dies right after the record.
+
+    A *wait*: with ``event="approval"`` the transition is taken when an event of that name
+    is delivered to the instance while it waits in ``source`` (the event's payload is put
+    into the context at ``context.data["approval"]`` before ``conditions`` are judged);
+    with ``timeout`` (a :class:`~datetime.timedelta` or seconds) when the instance has
+    waited in ``source`` that long, by the database server's clock.
     """
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
@@ -132,6 +140,8 @@ class Transition(BaseModel):
     dest: str | None = None
     conditions: list[Condition] = Field(default_factory=list)
     after: Callable[[WorkflowContext], Any] | None = None
+    event: Any = None  # a str; any other value is reported by the definition
+    timeout: float | None = None  # seconds
 
     def __init__(
         self,
@@ -140,9 +150,18 @@ class Transition(BaseModel):
         dest: str | None = None,
         conditions: Sequence[Condition] = (),
         after: Callable[[WorkflowContext], Any] | None = None,
+        *,
+        event: str | None = None,
+        timeout: timedelta | float | None = None,
     ) -> None:
         super().__init__(
-            trigger=trigger, source=source, dest=dest, conditions=list(conditions), after=after
+            trigger=trigger,
+            source=source,
+            dest=dest,
+            conditions=list(conditions),
+            after=after,
+            event=event,
+            timeout=_seconds(trigger, timeout),
         )
 
     @property
@@ -150,9 +169,54 @@ class Transition(BaseModel):
         """The source states as a tuple."""
         return (self.source,) if isinstance(self.source, str) else tuple(self.source)
 
+    @property
+    def waits(self) -> bool:
+        """True for an event or timeout transition (taken while the instance waits)."""
+        return self.event is not None or self.timeout is not None
+
     def describe(self) -> str:
-        """``trigger: source -> dest`` for messages."""
-        return f"{self.trigger}: {'|'.join(self.sources)} -> {self.dest or '(complete)'}"
+        """``trigger: source -> dest`` for messages (with the event or timeout it waits for)."""
+        return f"{self.trigger}: {'|'.join(self.sources)} -> {self.dest or '(complete)'}" + (
+            _wait_text(self.summary())
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON-able description the fingerprint is computed from (``event`` and
+        ``timeout`` appear only when set, so older definitions keep their fingerprint)."""
+        described: dict[str, Any] = {
+            "trigger": self.trigger,
+            "source": list(self.sources),
+            "dest": self.dest,
+            "conditions": [c.summary() for c in self.conditions],
+        }
+        if self.event is not None:
+            described["event"] = self.event
+        if self.timeout is not None:
+            described["timeout"] = self.timeout
+        return described
+
+
+def _seconds(trigger: str, timeout: timedelta | float | None) -> float | None:
+    """A transition's timeout in seconds; TypeError for what is neither a timedelta nor a
+    number (range problems are reported with the definition's others)."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, timedelta):
+        return timeout.total_seconds()
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(
+            f"transition {trigger!r}: timeout must be a datetime.timedelta or a number of "
+            f"seconds, not {type(timeout).__name__}"
+        )
+    return float(timeout)
+
+
+def _wait_text(summary: dict[str, Any]) -> str:
+    if "event" in summary:
+        return f" on event {summary['event']!r}"
+    if "timeout" in summary:
+        return f" after {summary['timeout']:g} s"
+    return ""
 
 
 class WorkflowDefinition(BaseModel):
@@ -231,6 +295,28 @@ class WorkflowDefinition(BaseModel):
         """Trigger names valid in ``state`` (declaration order, no duplicates)."""
         return list(dict.fromkeys(t.trigger for t in self.outgoing(state)))
 
+    def ordinary_from(self, state: str) -> tuple[Transition, ...]:
+        """The transitions out of ``state`` that its step's result chooses from (no waits)."""
+        return tuple(t for t in self.outgoing(state) if not t.waits)
+
+    def waits_from(self, state: str) -> tuple[Transition, ...]:
+        """The event and timeout transitions out of ``state``, in declaration order."""
+        return tuple(t for t in self.outgoing(state) if t.waits)
+
+    def awaited_events(self, state: str) -> tuple[str, ...]:
+        """The event names an instance waiting in ``state`` takes (declaration order)."""
+        return tuple(dict.fromkeys(t.event for t in self.waits_from(state) if t.event))
+
+    def is_wait_state(self, state: str) -> bool:
+        """True for a state whose transitions are all event/timeout ones: it needs no step."""
+        outgoing = self.outgoing(state)
+        return bool(outgoing) and all(t.waits for t in outgoing)
+
+    @property
+    def declared_events(self) -> tuple[str, ...]:
+        """Every event name the definition's transitions wait for (declaration order)."""
+        return tuple(dict.fromkeys(t.event for t in self.transitions if t.event is not None))
+
     def summary(self) -> dict[str, Any]:
         """A JSON-able description of the graph; what the fingerprint is computed from.
 
@@ -240,15 +326,7 @@ class WorkflowDefinition(BaseModel):
         return {
             "states": list(self.steps),
             "initial": self.initial_state,
-            "transitions": [
-                {
-                    "trigger": t.trigger,
-                    "source": list(t.sources),
-                    "dest": t.dest,
-                    "conditions": [c.summary() for c in t.conditions],
-                }
-                for t in self.transitions
-            ],
+            "transitions": [t.summary() for t in self.transitions],
         }
 
     def __repr__(self) -> str:
@@ -279,6 +357,8 @@ def _find_problems(definition: WorkflowDefinition) -> Iterator[str]:
         yield f"initial state {definition.initial!r} is not among the states"
     for index, t in enumerate(definition.transitions):
         yield from _transition_problems(index, t, known)
+        yield from _wait_problems(index, t)
+    yield from _trigger_clashes(definition)
     if states and definition.initial_state in known:
         for state in _unreachable(definition):
             yield f"state {state!r} is unreachable from initial state {definition.initial_state!r}"
@@ -310,6 +390,53 @@ def _transition_problems(index: int, t: Transition, known: set[str]) -> Iterator
             yield f"{label}: condition on {cond.field!r}: {problem}"
 
 
+def _wait_problems(index: int, t: Transition) -> Iterator[str]:
+    label = f"transition #{index} ({t.trigger!r})"
+    if t.event is not None and t.timeout is not None:
+        yield (
+            f"{label}: has both event={t.event!r} and timeout={t.timeout:g}; a transition "
+            "waits for one of them: declare two transitions"
+        )
+    if t.timeout is not None and not (math.isfinite(t.timeout) and t.timeout >= 0):
+        yield f"{label}: timeout={t.timeout} must be a finite number of seconds, 0 or more"
+    if t.event is not None:
+        yield from (f"{label}: {p}" for p in event_name_problems(t.event))
+
+
+def event_name_problems(event: object) -> Iterator[str]:
+    """Why ``event`` cannot name an event (it becomes a context key and a condition field)."""
+    if not isinstance(event, str):
+        yield f"event must be a str, not {type(event).__name__}"
+        return
+    try:
+        check_identifier(event, "event name")
+    except InvalidIdentifierError as exc:
+        yield str(exc)
+        return
+    if "." in event:
+        yield (
+            f"event name {event!r} contains '.', which separates the parts of a condition's "
+            "field (approval.ok): use '_' instead"
+        )
+
+
+def _trigger_clashes(definition: WorkflowDefinition) -> Iterator[str]:
+    """A trigger of one source is of one kind: ordinary, one event's, or a timeout's."""
+    kinds: dict[tuple[str, str], set[str]] = {}
+    for t in definition.transitions:
+        kind = "an ordinary transition" if not t.waits else (
+            f"event {t.event!r}" if t.event is not None else "a timeout"
+        )  # fmt: skip
+        for source in t.sources:
+            kinds.setdefault((source, t.trigger), set()).add(kind)
+    for (source, trigger), found in kinds.items():
+        if len(found) > 1:
+            yield (
+                f"trigger {trigger!r} from state {source!r} is used by "
+                f"{' and '.join(sorted(found))}: give each wait its own trigger"
+            )
+
+
 def _unreachable(definition: WorkflowDefinition) -> list[str]:
     seen = {definition.initial_state}
     frontier = [definition.initial_state]
@@ -334,6 +461,7 @@ def diff_summaries(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     def edges(summary: dict[str, Any]) -> list[str]:
         return [
             f"{t['trigger']}: {'|'.join(t['source'])} -> {t['dest'] or '(complete)'}"
+            + _wait_text(t)
             + (
                 f" if {' and '.join(map(_condition_text, t['conditions']))}"
                 if t["conditions"]

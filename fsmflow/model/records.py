@@ -14,7 +14,7 @@ from typing import Any, Final, Literal, Protocol, get_args
 from fsmflow.errors import HistoryCorruptError
 from fsmflow.model.context import WorkflowContext
 
-Status = Literal["running", "completed", "failed", "cancelled"]
+Status = Literal["running", "waiting", "completed", "failed", "cancelled"]
 STATUSES: Final[tuple[Status, ...]] = get_args(Status)  # every status, in this order
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
@@ -46,6 +46,9 @@ class TransitionRecord:
     definition: dict[str, Any] | None = field(default=None, repr=False)
     forked_from_instance: str | None = None
     forked_from_seq: int | None = None
+    waiting_since: datetime | None = None  # a waiting row: when the wait began (server clock)
+    wake_at: datetime | None = None  # a waiting row: its earliest deadline, if any
+    event_id: int | None = None  # the event this row delivered (or consumed unmatched)
 
     @property
     def completed(self) -> bool:
@@ -62,7 +65,9 @@ class TransitionRecord:
 class WorkflowState:
     """Where an instance stands: what ``run_workflow`` returns.
 
-    ``workflow_id`` is ``instance_id`` under the seed API's name.
+    ``workflow_id`` is ``instance_id`` under the seed API's name. A ``waiting`` instance
+    (returned by ``run_workflow(suspend=True)``) waits in ``current_state`` for one of the
+    events ``waiting_for`` or until ``wake_at`` (its next deadline, server clock).
     """
 
     workflow_name: str
@@ -72,6 +77,8 @@ class WorkflowState:
     completed: bool
     status: Status = "running"
     seq: int = 0
+    waiting_for: tuple[str, ...] = ()
+    wake_at: datetime | None = None
 
     @property
     def workflow_id(self) -> str:
@@ -89,7 +96,34 @@ class WorkflowState:
             completed=record.completed,
             status=record.status,
             seq=record.seq,
+            wake_at=record.wake_at if record.status == "waiting" else None,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    """One event sent to an instance (``send_event``): ``payload`` is its JSON value.
+
+    ``delivered_seq`` is the seq of the history row that consumed it (None: pending).
+    """
+
+    workflow_name: str
+    instance_id: str
+    event_id: int
+    event: str
+    key: str | None
+    payload: Any = field(repr=False)
+    created_at: datetime
+    delivered_seq: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SentEvent:
+    """What ``send_event`` did: the stored event, and whether it was stored by an earlier
+    send with the same key (``duplicate``: this send wrote nothing)."""
+
+    event: EventRecord
+    duplicate: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +144,10 @@ class InstanceSummary:
 # not Python identifiers, so they can never clash with a trigger of a definition.
 CANCEL_TRIGGER: Final = "fsmflow:cancel"
 RETRY_TRIGGER: Final = "fsmflow:retry"
+# Triggers of the runner's own waiting rows: the wait begins (after a step, or on entering
+# a state without one), and an event that matched no transition was consumed.
+WAIT_TRIGGER: Final = "fsmflow:wait"
+UNMATCHED_TRIGGER: Final = "fsmflow:unmatched-event"
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +253,31 @@ def to_record(row: Row) -> TransitionRecord:
         definition=_json_or_none(row["definition"]),
         forked_from_instance=row["forked_from_instance"],
         forked_from_seq=row["forked_from_seq"],
+        waiting_since=_optional(row, "waiting_since"),
+        wake_at=_optional(row, "wake_at"),
+        event_id=_optional(row, "event_id"),
+    )
+
+
+def _optional(row: Row, column: str) -> Any:
+    """A column that rows read before schema version 4 lack (None for them)."""
+    try:
+        return row[column]
+    except KeyError:
+        return None
+
+
+def to_event(row: Row) -> EventRecord:
+    """Build an :class:`EventRecord` from a row of the events table (plus ``delivered_seq``)."""
+    return EventRecord(
+        workflow_name=row["workflow_name"],
+        instance_id=row["instance_id"],
+        event_id=row["id"],
+        event=row["event"],
+        key=row["key"],
+        payload=json.loads(row["payload"]),
+        created_at=row["created_at"],
+        delivered_seq=row["delivered_seq"],
     )
 
 

@@ -22,13 +22,16 @@ from typing import Final
 from fsmflow.errors import ConfigError
 
 PLACEHOLDER: Final = "fsmflow_transitions"
-SCHEMA_VERSION: Final = 3
+EVENTS_SUFFIX: Final = "_events"  # the events table (fsmflow_transitions_events): a table
+SCHEMA_VERSION: Final = 4
 SCHEMA_COMMENT: Final = f"fsmflow schema_version={SCHEMA_VERSION}"  # as schema.sql sets it
 MAX_NAME_BYTES: Final = 63  # PostgreSQL truncates longer identifiers silently
 _VERSION_COMMENT: Final = re.compile(r"^fsmflow schema_version=(\d+)$")
 _MIGRATION_FILE: Final = re.compile(r"^(\d{4})_\w+\.sql$")
 NO_TRANSACTION: Final = "-- fsmflow: no-transaction"
-_STATEMENT_END: Final = re.compile(r";\s*$", re.MULTILINE)
+# A statement ends at a ';' that ends its line, outside a dollar-quoted body ($tag$...$tag$).
+_STATEMENT_END: Final = re.compile(r";[ \t]*$", re.MULTILINE)
+_DOLLAR_QUOTE: Final = re.compile(r"\$(\w*)\$")
 # The columns of a table of every schema version; the store refuses a table that lacks one.
 REQUIRED_COLUMNS: Final = frozenset(
     {
@@ -51,6 +54,8 @@ REQUIRED_COLUMNS: Final = frozenset(
         "forked_from_seq",
     }
 )
+# The columns only a table at this version has (added by later migrations).
+CURRENT_COLUMNS: Final = REQUIRED_COLUMNS | {"waiting_since", "wake_at", "event_id"}
 _TABLE_IDENT: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -107,6 +112,12 @@ def schema_problem(
             f"{comment!r}, missing columns {sorted(missing)}); point FSMFLOW_TABLE at another "
             "table or migrate this one"
         ), False
+    if version == SCHEMA_VERSION and CURRENT_COLUMNS - set(columns):
+        return (
+            f"{table} says fsmflow schema version {version} but lacks columns "
+            f"{sorted(CURRENT_COLUMNS - set(columns))}: was it altered by hand? Restore them "
+            "(sql/schema.sql has their definitions) or point FSMFLOW_TABLE at another table"
+        ), False
     if version < SCHEMA_VERSION:
         return (
             f"{table} has fsmflow schema version {version}; this fsmflow needs version "
@@ -136,9 +147,28 @@ def migration(version: int, schema: str | None, table: str) -> Migration:
     if in_transaction:
         statements = (text,)
     else:  # each statement on its own: CONCURRENTLY refuses a multi-statement string
-        parts = (_strip_comments(part) for part in _STATEMENT_END.split(text))
+        parts = (_strip_comments(part) for part in split_statements(text))
         statements = tuple(part for part in parts if part)
     return Migration(version, path.removeprefix("migrations/"), statements, in_transaction)
+
+
+def split_statements(text: str) -> list[str]:
+    """``text`` cut after every ``;`` that ends a line, except inside a dollar-quoted body
+    (a ``DO $x$ ... $x$`` block has statements of its own)."""
+    statements: list[str] = []
+    start = position = 0
+    while True:
+        end = _STATEMENT_END.search(text, position)
+        quote = _DOLLAR_QUOTE.search(text, position)
+        if quote is not None and (end is None or quote.start() < end.start()):
+            closing = text.find(quote.group(0), quote.end())
+            position = len(text) if closing < 0 else closing + len(quote.group(0))
+            continue
+        if end is None:
+            statements.append(text[start:])
+            return statements
+        statements.append(text[start : end.start()])
+        start = position = end.end()
 
 
 def _strip_comments(statement: str) -> str:
@@ -158,7 +188,7 @@ def drop_index_concurrently(schema: str, index: str) -> str:
 
 
 LEGACY_SUFFIX: Final = "_started_idx"  # the only index fsmflow 0.1 created
-FSMFLOW_INDEX_SUFFIXES: Final = (LEGACY_SUFFIX, "_terminal_idx")
+FSMFLOW_INDEX_SUFFIXES: Final = (LEGACY_SUFFIX, "_terminal_idx", "_event_idx", "_wake_idx")
 
 
 def object_name(table: str, suffix: str) -> str:
@@ -208,12 +238,17 @@ def bind_table(sql: str, schema: str | None, table: str) -> str:
 
     def replace(match: re.Match[str]) -> str:
         suffix = match.group(1)
-        if suffix:  # an index name: lives in the table's schema, never qualified
-            return quote_ident(object_name(table, suffix))
-        qualified = quote_ident(table)
+        if suffix and suffix != EVENTS_SUFFIX:  # an index or constraint: in the table's
+            return quote_ident(object_name(table, suffix))  # schema, never qualified
+        qualified = quote_ident(object_name(table, suffix) if suffix else table)
         return f"{quote_ident(schema)}.{qualified}" if schema else qualified
 
     return _TABLE_WORD.sub(replace, sql)
+
+
+def events_table(table: str) -> str:
+    """The name of the events table that goes with history table ``table``."""
+    return object_name(table, EVENTS_SUFFIX)
 
 
 def queries(schema: str | None, table: str) -> dict[str, str]:

@@ -3,11 +3,17 @@
 
 -- name: append
 -- Append seq $3 only if the instance's last row is seq $3 - 1 (zero rows: lost the race).
+-- A waiting row ($8 'waiting') records when its wait began ($13, or now for a new wait:
+-- the server's clock) and its first deadline $14 seconds later (NULL: none); $15 names
+-- the event the row delivers.
 INSERT INTO fsmflow_transitions
     (workflow_name, instance_id, seq, trigger, source_state, dest_state, context, status,
-     fingerprint, attempt_id, duration_ms, error)
+     fingerprint, attempt_id, duration_ms, error, waiting_since, wake_at, event_id)
 SELECT $1::text, $2::text, $3::integer, $4::text, $5::text, $6::text, $7::json, $8::text,
-       $9::text, $10::uuid, $11::float8, $12::jsonb
+       $9::text, $10::uuid, $11::float8, $12::jsonb,
+       w.since, w.since + make_interval(secs => $14::float8), $15::bigint
+FROM (SELECT CASE WHEN $8::text = 'waiting'
+                  THEN coalesce($13::timestamptz, clock_timestamp()) END AS since) w
 WHERE coalesce(
     (SELECT max(seq) FROM fsmflow_transitions WHERE workflow_name = $1 AND instance_id = $2),
     -1) = $3 - 1;
@@ -49,7 +55,7 @@ SELECT s.instance_id FROM fsmflow_transitions s
 WHERE s.workflow_name = $1 AND s.seq = 0
   AND (SELECT l.status FROM fsmflow_transitions l
        WHERE l.workflow_name = s.workflow_name AND l.instance_id = s.instance_id
-       ORDER BY l.seq DESC LIMIT 1) = 'running'
+       ORDER BY l.seq DESC LIMIT 1) IN ('running', 'waiting')
 ORDER BY s.created_at DESC, s.instance_id DESC
 LIMIT 1;
 
@@ -63,7 +69,10 @@ SELECT obj_description(to_regclass($1), 'pg_class') AS comment,
              WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped) AS columns,
        current_setting('synchronous_commit') AS synchronous_commit,
        has_table_privilege(to_regclass($1), 'SELECT') AS can_select,
-       has_table_privilege(to_regclass($1), 'INSERT') AS can_insert;
+       has_table_privilege(to_regclass($1), 'INSERT') AS can_insert,
+       to_regclass($2) IS NOT NULL AS events_exist,
+       coalesce(has_table_privilege(to_regclass($2), 'SELECT'), false)
+           AND coalesce(has_table_privilege(to_regclass($2), 'INSERT'), false) AS can_send;
 
 -- name: table_indexes
 -- init_db: the names of the table's indexes (so it logs the ones it had to create).
@@ -71,8 +80,8 @@ SELECT ARRAY(SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i
              WHERE i.indrelid = to_regclass($1)) AS indexes;
 
 -- name: reset
--- Delete every row (reset_db).
-TRUNCATE fsmflow_transitions;
+-- Delete every row of the history and of the events (reset_db).
+TRUNCATE fsmflow_transitions, fsmflow_transitions_events;
 
 -- name: list_instances
 -- Instances, newest first: of workflow $1 (NULL: every workflow), whose status is in $2
@@ -187,6 +196,10 @@ WITH doomed AS (
     USING doomed d
     WHERE t.workflow_name = d.workflow_name AND t.instance_id = d.instance_id
     RETURNING t.seq
+), deleted_events AS (  -- the events sent to them go with them
+    DELETE FROM fsmflow_transitions_events e
+    USING doomed d
+    WHERE e.workflow_name = d.workflow_name AND e.instance_id = d.instance_id
 )
 SELECT count(*) FILTER (WHERE seq = 0) AS instances, count(*) AS rows FROM deleted;
 
@@ -200,13 +213,16 @@ SELECT to_regclass($1) IS NOT NULL AS exists,
        coalesce(has_table_privilege(to_regclass($1), 'SELECT'), false) AS can_select,
        coalesce(has_table_privilege(to_regclass($1), 'INSERT'), false) AS can_insert,
        coalesce(has_table_privilege(to_regclass($1), 'DELETE'), false) AS can_delete,
+       to_regclass($2) IS NOT NULL AS events_exist,
+       coalesce(has_table_privilege(to_regclass($2), 'SELECT'), false)
+           AND coalesce(has_table_privilege(to_regclass($2), 'INSERT'), false) AS can_send,
        current_setting('synchronous_commit') AS synchronous_commit,
        current_setting('server_version') AS server_version,
        pg_is_in_recovery() AS in_recovery;
 
 -- name: reset_lock_table
--- Inside reset_db's transaction: no runner reads or appends until it commits.
-LOCK TABLE fsmflow_transitions IN ACCESS EXCLUSIVE MODE;
+-- Inside reset_db's transaction: no runner reads, appends or sends until it commits.
+LOCK TABLE fsmflow_transitions, fsmflow_transitions_events IN ACCESS EXCLUSIVE MODE;
 
 -- name: reset_instances
 -- Inside reset_db's transaction, under the table lock: every instance in the table.
@@ -244,3 +260,73 @@ ORDER BY c.relname;
 -- fsmflow migrate: take the migrators' session advisory lock ($1) if free, never wait in
 -- the server (a waiting session holds a transaction that CREATE INDEX CONCURRENTLY waits for).
 SELECT pg_try_advisory_lock($1::bigint);
+
+-- name: wait_check
+-- A waiting runner, on every wake-up: the server's clock, the instance's last row (seq,
+-- status, when its wait began) and its oldest pending event among the names $3 (an event
+-- is pending until a history row names it). Primary-key and index probes only.
+SELECT clock_timestamp() AS now, l.seq, l.status, l.waiting_since,
+       e.id, e.event, e.key, e.payload, e.created_at
+FROM (SELECT p.seq, p.status, p.waiting_since FROM fsmflow_transitions p
+      WHERE p.workflow_name = $1 AND p.instance_id = $2
+      ORDER BY p.seq DESC LIMIT 1) l
+LEFT JOIN LATERAL (
+    SELECT v.id, v.event, v.key, v.payload, v.created_at FROM fsmflow_transitions_events v
+    WHERE v.workflow_name = $1 AND v.instance_id = $2 AND v.event = ANY ($3::text[])
+      AND NOT EXISTS (SELECT 1 FROM fsmflow_transitions h
+                      WHERE h.workflow_name = $1 AND h.instance_id = $2 AND h.event_id = v.id)
+    ORDER BY v.id
+    LIMIT 1
+) e ON true;
+
+-- name: send_event
+-- Store one event ($3 name, $4 key or NULL, $5 payload) for instance ($1, $2) and, once
+-- it commits, wake its waiting runner (channel $6, payload $7). A key already used for
+-- the instance stores nothing and returns no row.
+WITH stored AS (
+    INSERT INTO fsmflow_transitions_events (workflow_name, instance_id, event, key, payload)
+    VALUES ($1, $2, $3, $4, $5::json)
+    ON CONFLICT (workflow_name, instance_id, key) WHERE key IS NOT NULL DO NOTHING
+    RETURNING *
+)
+SELECT s.*, NULL::integer AS delivered_seq, pg_notify($6, $7) AS notified FROM stored s;
+
+-- name: event_by_key
+-- The event sent to instance ($1, $2) with idempotency key $3, if any, and the seq of the
+-- row that delivered it.
+SELECT v.*, (SELECT h.seq FROM fsmflow_transitions h
+             WHERE h.workflow_name = $1 AND h.instance_id = $2 AND h.event_id = v.id)
+            AS delivered_seq
+FROM fsmflow_transitions_events v
+WHERE v.workflow_name = $1 AND v.instance_id = $2 AND v.key = $3;
+
+-- name: instance_events
+-- The events sent to instance ($1, $2), oldest first, at most $3, and the seq of the row
+-- that delivered each (NULL: pending); $4 true keeps the pending ones only.
+SELECT v.*, d.seq AS delivered_seq
+FROM fsmflow_transitions_events v
+LEFT JOIN LATERAL (
+    SELECT h.seq FROM fsmflow_transitions h
+    WHERE h.workflow_name = $1 AND h.instance_id = $2 AND h.event_id = v.id
+) d ON true
+WHERE v.workflow_name = $1 AND v.instance_id = $2 AND (NOT $4::boolean OR d.seq IS NULL)
+ORDER BY v.id
+LIMIT $3;
+
+-- name: due_waits
+-- Instances of workflow $1 waiting with a deadline at or before $2, earliest first, at
+-- most $3: the deadline index, and a primary-key probe that the waiting row is still
+-- the instance's last.
+SELECT w.instance_id, w.seq, w.dest_state, w.wake_at
+FROM fsmflow_transitions w
+WHERE w.workflow_name = $1 AND w.status = 'waiting' AND w.wake_at IS NOT NULL
+  AND w.wake_at <= $2::timestamptz
+  AND w.seq = (SELECT p.seq FROM fsmflow_transitions p
+               WHERE p.workflow_name = w.workflow_name AND p.instance_id = w.instance_id
+               ORDER BY p.seq DESC LIMIT 1)
+ORDER BY w.wake_at
+LIMIT $3::integer;
+
+-- name: notify
+-- Wake the runner waiting on an instance (channel $1, payload $2) once this commits.
+SELECT pg_notify($1, $2);

@@ -1,8 +1,11 @@
--- fsmflow schema, version 3.
+-- fsmflow schema, version 4.
 --
 -- One append-only table holds the history of every workflow instance: one row per event.
 -- seq 0 starts an instance; each finished step appends the next seq; a terminal row has
--- status 'completed', 'failed' or 'cancelled'. Rows are never updated.
+-- status 'completed', 'failed' or 'cancelled'; a 'waiting' row says the instance waits in
+-- dest_state (since waiting_since, until wake_at at the latest) for an event or a deadline.
+-- Events sent to instances are appended to a second table, fsmflow_transitions_events; the history
+-- row that delivers one names it in event_id. Rows of neither table are ever updated.
 --
 -- Apply by hand with:  psql "$DATABASE_URL" -f schema.sql
 -- (fsmflow's init_db applies this same file to a new table, with the configured table name
@@ -19,7 +22,8 @@ CREATE TABLE IF NOT EXISTS fsmflow_transitions (
     dest_state      text,
     context         json        NOT NULL,
     status          text        NOT NULL DEFAULT 'running'
-                    CHECK (status IN ('running', 'completed', 'failed', 'cancelled')),
+                    CONSTRAINT fsmflow_transitions_status_check
+                    CHECK (status IN ('running', 'waiting', 'completed', 'failed', 'cancelled')),
     completed       boolean     GENERATED ALWAYS AS (status = 'completed') STORED,
     created_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
     fingerprint     text,
@@ -29,6 +33,9 @@ CREATE TABLE IF NOT EXISTS fsmflow_transitions (
     definition      jsonb,
     forked_from_instance text,
     forked_from_seq integer,
+    waiting_since   timestamptz,
+    wake_at         timestamptz,
+    event_id        bigint,
     PRIMARY KEY (workflow_name, instance_id, seq)
 );
 
@@ -43,4 +50,35 @@ CREATE INDEX IF NOT EXISTS fsmflow_transitions_terminal_idx
     ON fsmflow_transitions (workflow_name, status, created_at DESC, instance_id)
     WHERE status <> 'running';
 
-COMMENT ON TABLE fsmflow_transitions IS 'fsmflow schema_version=3';
+-- An event is delivered at most once: one history row per event, ever.
+CREATE UNIQUE INDEX IF NOT EXISTS fsmflow_transitions_event_idx
+    ON fsmflow_transitions (workflow_name, instance_id, event_id)
+    WHERE event_id IS NOT NULL;
+
+-- Waiting rows with a deadline, by deadline: which instances' timers are due.
+CREATE INDEX IF NOT EXISTS fsmflow_transitions_wake_idx
+    ON fsmflow_transitions (workflow_name, wake_at)
+    WHERE status = 'waiting' AND wake_at IS NOT NULL;
+
+-- Events sent to instances, append-only (sending, delivering and timing out need only
+-- SELECT and INSERT). An event is pending until a history row names it in event_id.
+CREATE TABLE IF NOT EXISTS fsmflow_transitions_events (
+    id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    workflow_name   text        NOT NULL,
+    instance_id     text        NOT NULL,
+    event           text        NOT NULL,
+    key             text,
+    payload         json        NOT NULL,
+    created_at      timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+
+-- An instance's events in the order they were sent.
+CREATE INDEX IF NOT EXISTS fsmflow_transitions_events_instance_idx
+    ON fsmflow_transitions_events (workflow_name, instance_id, id);
+
+-- One event per idempotency key and instance: sending again with the key is a no-op.
+CREATE UNIQUE INDEX IF NOT EXISTS fsmflow_transitions_events_key_idx
+    ON fsmflow_transitions_events (workflow_name, instance_id, key)
+    WHERE key IS NOT NULL;
+
+COMMENT ON TABLE fsmflow_transitions IS 'fsmflow schema_version=4';

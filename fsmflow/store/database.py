@@ -66,6 +66,10 @@ class Database:
         self.config = config
         self.schema, self.table = sql.parse_table_name(config.table)
         self.qualified_table = f"{self.schema}.{self.table}" if self.schema else self.table
+        events = sql.events_table(self.table)
+        self.qualified_events = f"{self.schema}.{events}" if self.schema else events
+        # Notifications that wake waiting runners: one channel per table.
+        self.wake_channel = sql.object_name(self.table, "_wake")
         # The table as the server resolved it (schema always included), set by the schema
         # check: advisory-lock keys use it, so `t` and `public.t` are one lock.
         self.resolved_table = self.qualified_table

@@ -14,6 +14,7 @@ from typing import Final
 
 import asyncpg
 
+from fsmflow import sql
 from fsmflow.errors import (
     DatabaseAuthError,
     DatabaseNotFoundError,
@@ -85,10 +86,12 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
 def grants_message(table: str, schema: str | None, target: str) -> str:
     """What the database role lacks on ``table`` at ``target``, and the GRANTs that fix it."""
     schema = schema or "public"
+    prefix, _, name = table.rpartition(".")
+    events = f"{prefix}." * bool(prefix) + sql.events_table(name)
     return (
         f"the database role lacks privileges on {table!r} in {target}; "
         f"needed at run time: GRANT USAGE ON SCHEMA {schema} TO <role>; "
-        f"GRANT SELECT, INSERT ON {table} TO <role>; "
+        f"GRANT SELECT, INSERT ON {table}, {events} TO <role>; "
         "init-db and reset-db also need CREATE on the schema / ownership of the table"
     )
 

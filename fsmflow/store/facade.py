@@ -9,13 +9,12 @@ one table check, creation, upgrades), :class:`History` (appends and reads),
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from datetime import timedelta
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import asyncpg
 
-from fsmflow.errors import FsmflowError
 from fsmflow.model.definition import WorkflowDefinition
 from fsmflow.model.records import (
     HealthReport,
@@ -25,11 +24,14 @@ from fsmflow.model.records import (
     TransitionRecord,
 )
 from fsmflow.sql import Migration
-from fsmflow.store import dberrors, deleting, operations
+from fsmflow.store import deleting, operations
 from fsmflow.store.config import StoreConfig
 from fsmflow.store.database import Database
 from fsmflow.store.deleting import PruneProgress
+from fsmflow.store.events import Events
+from fsmflow.store.faces import ErrorsFace, EventsFace
 from fsmflow.store.history import Appender, History
+from fsmflow.store.listening import Listener
 from fsmflow.store.operations import Parts
 from fsmflow.store.ownership import Owners, Ownership
 from fsmflow.store.schema import Schema
@@ -37,7 +39,7 @@ from fsmflow.store.schema import Schema
 T = TypeVar("T")
 
 
-class Store:
+class Store(EventsFace, ErrorsFace):
     """Connections and SQL for one table. Open lazily; ``async with`` closes it.
 
     Every method that writes is a single statement in its own transaction (prune and
@@ -51,7 +53,9 @@ class Store:
         db.ready = self._schema.check
         self._history = History(db)
         self._owners = Owners(db, self._history.record_at)
-        self._parts = Parts(db, self._history, self._owners, self._schema)
+        self._events = Events(db, self._history)
+        self._listener = Listener(db)
+        self._parts = Parts(db, self._history, self._owners, self._schema, self._events)
 
     def __repr__(self) -> str:
         state = "closed" if self._db.closed else "open" if self._db.is_open else "not opened"
@@ -104,6 +108,7 @@ class Store:
     async def close(self) -> None:
         """Close every connection (releasing any held locks). The store cannot be reopened."""
         self._db.closed = True
+        await self._listener.close()
         await self._owners.close()
         await self._db.close()
 
@@ -114,24 +119,6 @@ class Store:
     async def connect(self) -> asyncpg.Connection:
         """A dedicated (unpooled) connection with the same settings."""
         return await self._db.connect()
-
-    # -- errors (delegates kept from fsmflow 0.1's Store) -------------------------------
-
-    def translate(self, exc: BaseException) -> FsmflowError:
-        """Map a driver or OS error to the fsmflow error that says what to do."""
-        return self._db.translate(exc)
-
-    def is_retriable(self, exc: BaseException) -> bool:
-        """True for errors that a reconnect may cure."""
-        return dberrors.is_retriable(exc)
-
-    async def retry(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run ``operation``, retrying retriable errors with capped, jittered backoff."""
-        return await self._db.retry(what, operation)
-
-    def scrub(self, text: str) -> str:
-        """``text`` with every configured secret replaced by ``***``."""
-        return dberrors.scrub(text, self.config.secrets())
 
     # -- administration ----------------------------------------------------------------
 
@@ -147,13 +134,11 @@ class Store:
         return await self._schema.migrate(dry_run=dry_run)
 
     async def reset_db(self, *, force: bool = False) -> None:
-        """Delete every row of the table: all history of all workflows. Irreversible.
+        """Delete every row of the history and events tables, of all workflows. Irreversible.
 
         Refused with :class:`~fsmflow.errors.ResetRefusedError` while any session holds an
-        instance's lock (a live runner would fail on its next append), unless ``force``.
-        One transaction: the table is locked first, so no runner reads or appends between
-        the check and the delete.
-        """
+        instance's lock (a live runner would fail on its next append), unless ``force``;
+        one transaction, the tables locked first."""
         await deleting.reset_table(self._parts, force=force)
 
     async def check_health(self) -> HealthReport:
@@ -225,6 +210,9 @@ class Store:
         duration_ms: float | None,
         error_json: str | None = None,
         owner: Appender | None = None,
+        waiting_since: datetime | None = None,
+        wait_seconds: float | None = None,
+        event_id: int | None = None,
     ) -> None:
         """Append ``seq`` if the instance's last row is ``seq - 1`` (one statement); with
         ``owner``, on the owning session, an unknown outcome settled by reading it back."""
@@ -242,6 +230,9 @@ class Store:
             duration_ms=duration_ms,
             error_json=error_json,
             owner=owner,
+            waiting_since=waiting_since,
+            wait_seconds=wait_seconds,
+            event_id=event_id,
         )
 
     async def last_record(self, workflow: str, instance_id: str) -> TransitionRecord | None:

@@ -100,16 +100,23 @@ class History:
         duration_ms: float | None,
         error_json: str | None = None,
         owner: Appender | None = None,
+        waiting_since: datetime | None = None,
+        wait_seconds: float | None = None,
+        event_id: int | None = None,
     ) -> None:
         """Append ``seq`` if the instance's last row is ``seq - 1`` — one statement, one
         round trip. :class:`ConcurrentTransitionError` if another writer got there first.
 
         With ``owner`` the row is written on the owning session, and a lost connection is
         resolved by reading the row back (by ``attempt_id``), never by writing twice.
+        A ``waiting`` row's wait began at ``waiting_since`` (None: now, by the server's
+        clock) and its first deadline is ``wait_seconds`` later (None: none); ``event_id``
+        names the event the row delivers.
         """
         args = (
             workflow, instance_id, seq, trigger, source, dest, context_json, status,
-            fingerprint, attempt_id, duration_ms, error_json,
+            fingerprint, attempt_id, duration_ms, error_json, waiting_since, wait_seconds,
+            event_id,
         )  # fmt: skip
         query = self.db.queries["append"]
         if owner is not None:

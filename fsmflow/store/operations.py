@@ -39,6 +39,7 @@ from fsmflow.model.records import (
     TransitionRecord,
 )
 from fsmflow.store.database import Database
+from fsmflow.store.events import Events
 from fsmflow.store.history import History
 from fsmflow.store.ownership import Owners, Ownership
 from fsmflow.store.schema import Schema, durability_problem
@@ -54,6 +55,7 @@ class Parts:
     history: History
     owners: Owners
     schema: Schema
+    events: Events
 
 
 # -- listing -----------------------------------------------------------------------------
@@ -263,18 +265,33 @@ async def cancel_instance(
     :class:`~fsmflow.errors.InstanceCancelledError`. Returns that row.
 
     Refused with :class:`InstanceLockedError` while a live runner owns the instance (its
-    advisory lock is taken, on a dedicated connection, for the append), and with
-    :class:`InstanceStateError` if the instance already ended. The row keeps the last context
-    and state (fork it to run it again); ``reason`` is stored in its ``error`` column.
+    advisory lock is taken, on a dedicated connection, for the append) — unless the
+    instance waits: a runner waiting on it in-process runs no step, so the row is appended
+    (conditionally) beside it and the runner, woken, stops with the cancellation. Refused
+    with :class:`InstanceStateError` if the instance already ended. The row keeps the last
+    context and state (fork it to run it again); ``reason`` is stored in its ``error`` column.
     """
-    async with _owned(parts, workflow, instance_id, "cancel") as owner:
-        last = await _existing(parts, workflow, instance_id, "cancel")
-        if last.terminal:
-            raise InstanceStateError(
-                workflow, instance_id, f"already {last.status} at seq {last.seq}: nothing to cancel"
-            )
-        error = {"type": "Cancelled", "message": reason or "cancelled by an operator"}
-        return await _append_after(parts, owner, last, "cancelled", CANCEL_TRIGGER, error)
+    error = {"type": "Cancelled", "message": reason or "cancelled by an operator"}
+    try:
+        async with _owned(parts, workflow, instance_id, "cancel") as owner:
+            last = await _cancellable(parts, workflow, instance_id)
+            return await _append_after(parts, owner, last, "cancelled", CANCEL_TRIGGER, error)
+    except InstanceLockedError:
+        last = await _cancellable(parts, workflow, instance_id)
+        if last.status != "waiting":
+            raise
+    record = await _append_after(parts, None, last, "cancelled", CANCEL_TRIGGER, error)
+    await parts.events.notify(workflow, instance_id)
+    return record
+
+
+async def _cancellable(parts: Parts, workflow: str, instance_id: str) -> TransitionRecord:
+    last = await _existing(parts, workflow, instance_id, "cancel")
+    if last.terminal:
+        raise InstanceStateError(
+            workflow, instance_id, f"already {last.status} at seq {last.seq}: nothing to cancel"
+        )
+    return last
 
 
 async def retry_instance(parts: Parts, workflow: str, instance_id: str) -> TransitionRecord:
@@ -327,13 +344,14 @@ async def _owned(
 
 async def _append_after(
     parts: Parts,
-    owner: Ownership,
+    owner: Ownership | None,
     last: TransitionRecord,
     status: Status,
     trigger: str,
     error: dict[str, Any] | None,
 ) -> TransitionRecord:
-    """Append an operator's row after ``last`` on the owning session (conditional append)."""
+    """Append an operator's row after ``last`` (on the owning session, if any): a
+    conditional append either way."""
     state = last.dest_state or last.source_state
     seq = last.seq + 1
     where = f"operator row after seq {last.seq}"
@@ -379,6 +397,9 @@ async def check_health(parts: Parts) -> HealthReport:
         problems.append(facts.problem)
     elif not (row["can_select"] and row["can_insert"]):
         problems.append(f"the role lacks SELECT and INSERT on {table!r}")
+    elif not row["can_send"]:
+        events = parts.db.qualified_events
+        problems.append(f"the role lacks SELECT and INSERT on the events table {events!r}")
     if row["in_recovery"]:
         problems.append("the server is a read-only standby: appends would fail")
     durability = durability_problem(row["synchronous_commit"], parts.db.target)

@@ -86,7 +86,9 @@ class Schema:
         """At open: the table exists at this version, is readable and writable, and commits
         are durable (a warning, or a refusal with ``FSMFLOW_STRICT_DURABILITY``)."""
         db = self.db
-        row = await db.fetchrow("check_schema", db.qualified_table, checked=False)
+        row = await db.fetchrow(
+            "check_schema", db.qualified_table, db.qualified_events, checked=False
+        )
         assert row is not None
         facts = self.facts(row)
         if not facts.exists:
@@ -97,7 +99,7 @@ class Schema:
             )
         if facts.problem is not None:
             raise SchemaMismatchError(facts.problem)
-        if not (row["can_select"] and row["can_insert"]):
+        if not (row["can_select"] and row["can_insert"] and row["can_send"]):
             raise PermissionDeniedError(
                 dberrors.grants_message(db.qualified_table, db.schema, db.target)
             )
@@ -111,7 +113,9 @@ class Schema:
 
     async def health_facts(self) -> TableFacts:
         """The ``health`` query judged (never raises for a missing or foreign table)."""
-        row = await self.db.fetchrow("health", self.db.qualified_table, checked=False)
+        row = await self.db.fetchrow(
+            "health", self.db.qualified_table, self.db.qualified_events, checked=False
+        )
         assert row is not None
         return self.facts(row)
 
@@ -177,7 +181,9 @@ class Schema:
 
     async def _migrate_locked(self, conn: asyncpg.Connection, dry_run: bool) -> list[sql.Migration]:
         db = self.db
-        row = await conn.fetchrow(db.queries["check_schema"], db.qualified_table)
+        row = await conn.fetchrow(
+            db.queries["check_schema"], db.qualified_table, db.qualified_events
+        )
         assert row is not None
         facts = self.facts(row)
         if not facts.exists:

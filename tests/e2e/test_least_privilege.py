@@ -112,11 +112,16 @@ def test_each_example_runs_under_the_readme_runtime_grants(
     for grant in grants:
         owner.execute(with_roles(grant, migrator, runtime))
     privileges = h.sql(
-        "SELECT privilege_type FROM information_schema.role_table_grants "
-        "WHERE grantee = %s ORDER BY 1",
+        "SELECT table_name, privilege_type FROM information_schema.role_table_grants "
+        "WHERE grantee = %s ORDER BY 1, 2",
         (runtime,),
     )
-    assert privileges == [("INSERT",), ("SELECT",)]
+    assert privileges == [
+        ("transitions", "INSERT"),
+        ("transitions", "SELECT"),
+        ("transitions_events", "INSERT"),
+        ("transitions_events", "SELECT"),
+    ]
 
     result = run_python([example, "--instance-id", "least-1"], env_as(db_env, runtime))
 

@@ -93,7 +93,7 @@ async def test_wrong_password_is_an_auth_error_not_retried(
     if h.pgdata is None:
         pytest.skip("needs the embedded server: pg_hba.conf is edited to require passwords")
     role = h.create_role("pw", password=RIGHT_SECRET)
-    h.sql(f"GRANT SELECT, INSERT ON fsmflow_transitions TO {role}")
+    h.sql(f"GRANT SELECT, INSERT ON fsmflow_transitions, fsmflow_transitions_events TO {role}")
     h.require_password(role)
     # Control: with the right password the same role connects, so auth really is checked.
     async with h.config(user=role, password=RIGHT_SECRET).store as store:
@@ -241,7 +241,7 @@ async def test_missing_privileges_list_the_grants_needed(
 
     schema_name = schema or "public"
     assert f"GRANT USAGE ON SCHEMA {schema_name} TO <role>" in str(error)
-    assert f"GRANT SELECT, INSERT ON {table} TO <role>" in str(error)
+    assert f"GRANT SELECT, INSERT ON {table}, {table}_events TO <role>" in str(error)
     assert retries_logged(logs) == []
     assert h.count(table) == 0
     assert_no_secret(logs, error, config, config.store)
@@ -251,7 +251,7 @@ async def test_privilege_revoked_while_running_stops_without_writing(
     h: Harness, logs: pytest.LogCaptureFixture
 ) -> None:
     role = h.create_role("revoked")
-    h.sql(f"GRANT SELECT, INSERT ON fsmflow_transitions TO {role}")
+    h.sql(f"GRANT SELECT, INSERT ON fsmflow_transitions, fsmflow_transitions_events TO {role}")
     tracker = Tracker()
     release = tracker.hold_first("fetch")
     config = h.config(user=role, password=SECRET)
@@ -453,7 +453,7 @@ async def test_invalid_dsn_error_gets_no_tls_hint() -> None:
 async def test_password_never_in_repr_or_str_of_settings_and_store(h: Harness) -> None:
     password = SECRET + "@/#?:"  # characters that need percent-encoding in a DSN
     user = h.create_role("repr", password=password)
-    h.sql(f"GRANT SELECT, INSERT ON fsmflow_transitions TO {user}")
+    h.sql(f"GRANT SELECT, INSERT ON fsmflow_transitions, fsmflow_transitions_events TO {user}")
     configs = [
         h.config(user=user, password=password),
         h.track(

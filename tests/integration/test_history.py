@@ -373,7 +373,7 @@ async def test_prune_refuses_a_span_reaching_before_year_one(db_config: DBConfig
 async def test_prune_needs_delete_and_says_so(h: Harness) -> None:
     await make_instance(h.config(), "c1")
     runtime = h.create_role("runtime")
-    h.sql(f"GRANT SELECT, INSERT ON fsmflow_transitions TO {runtime}")
+    h.sql(f"GRANT SELECT, INSERT ON fsmflow_transitions, fsmflow_transitions_events TO {runtime}")
     with pytest.raises(PermissionDeniedError, match="prune needs DELETE"):
         await h.config(user=runtime).store.prune_instances(timedelta(0))
     assert h.count() == 4

@@ -207,7 +207,7 @@ async def test_a_63_character_table_gets_its_started_index(h: Harness) -> None:
     started = [name for name, definition in indexes if "WHERE (seq = 0)" in definition]
     assert started == [fsql.object_name(TABLE_63, "_started_idx")]
     assert len(started[0]) <= 63 and started[0].endswith("_started_idx")
-    assert len(indexes) == 3  # and the primary key's, the terminal one
+    assert len(indexes) == 5  # and the primary key's, the terminal, event and wake ones
 
 
 async def test_init_db_creates_the_index_a_63_character_table_lacks(
@@ -266,11 +266,11 @@ async def test_migrate_drops_an_invalid_index_an_interrupted_build_left_and_rebu
 
     store = h.config(table="interrupted").store
     pending = await store.migrate(dry_run=True)
-    assert [m.name for m in pending] == ["0003_list_by_status.sql"]
-    assert not pending[0].in_transaction
+    assert [m.name for m in pending] == ["0003_list_by_status.sql", "0004_durable_waits.sql"]
+    assert not any(m.in_transaction for m in pending)
     applied = await store.migrate()
 
-    assert [m.version for m in applied] == [3]
+    assert [m.version for m in applied] == [3, 4]
     h.sql(fsql.schema_ddl(None, "canonical"))
     assert shape(h, "interrupted") == shape(h, "canonical")
     assert all(valid for _, valid, _ in index_facts(h, "interrupted"))
@@ -296,7 +296,7 @@ async def test_two_migrators_never_run_at_once(h: Harness) -> None:
     finally:
         holder.execute("SELECT pg_advisory_unlock(%s)", (0x0F5A1,))
     applied = await asyncio.wait_for(migrating, 60)
-    assert [m.version for m in applied] == [2, 3]
+    assert [m.version for m in applied] == [2, 3, 4]
 
 
 async def test_a_pending_migration_under_a_role_that_may_not_alter_names_the_way_out(

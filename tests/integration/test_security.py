@@ -48,7 +48,7 @@ async def test_runtime_role_with_select_insert_runs_and_cannot_rewrite_history(
     migrator, runtime = least_privilege_roles(h)
     await h.config(user=migrator, table=TABLE).init_db()
     # The table's owner grants the runtime role exactly what the README lists.
-    h.connect_as(migrator).execute(f"GRANT SELECT, INSERT ON {TABLE} TO {runtime}")
+    h.connect_as(migrator).execute(f"GRANT SELECT, INSERT ON {TABLE}, {TABLE}_events TO {runtime}")
     assert h.sql(
         "SELECT tableowner FROM pg_tables WHERE schemaname = %s AND tablename = 'history'",
         (SCHEMA,),
@@ -80,7 +80,7 @@ async def test_runtime_role_with_select_insert_runs_and_cannot_rewrite_history(
 async def test_runtime_role_cannot_create_a_table(h: Harness) -> None:
     migrator, runtime = least_privilege_roles(h)
     await h.config(user=migrator, table=TABLE).init_db()
-    h.connect_as(migrator).execute(f"GRANT SELECT, INSERT ON {TABLE} TO {runtime}")
+    h.connect_as(migrator).execute(f"GRANT SELECT, INSERT ON {TABLE}, {TABLE}_events TO {runtime}")
 
     with pytest.raises(PermissionDeniedError) as denied:
         await h.config(user=runtime, table=f"{SCHEMA}.other_history").init_db()
@@ -94,7 +94,7 @@ async def test_runtime_role_may_init_db_an_up_to_date_table_and_it_changes_nothi
 ) -> None:
     migrator, runtime = least_privilege_roles(h)
     await h.config(user=migrator, table=TABLE).init_db()
-    h.connect_as(migrator).execute(f"GRANT SELECT, INSERT ON {TABLE} TO {runtime}")
+    h.connect_as(migrator).execute(f"GRANT SELECT, INSERT ON {TABLE}, {TABLE}_events TO {runtime}")
     catalog = (
         "SELECT c.relfilenode, obj_description(c.oid, 'pg_class'), "
         "(SELECT count(*) FROM pg_index WHERE indrelid = c.oid) FROM pg_class c "
@@ -140,7 +140,7 @@ async def test_synchronous_commit_off_is_warned_about(
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="fsmflow")
     role = h.create_role("durable")
-    h.sql(f"GRANT SELECT, INSERT ON fsmflow_transitions TO {role}")
+    h.sql(f"GRANT SELECT, INSERT ON fsmflow_transitions, fsmflow_transitions_events TO {role}")
     config = h.config(user=role)
     if where == "ALTER DATABASE":
         h.sql(f"ALTER DATABASE {h.dbname} SET synchronous_commit = off")

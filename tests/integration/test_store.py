@@ -22,6 +22,7 @@ from fsmflow import (
     Store,
     WorkflowContext,
 )
+from fsmflow.sql import SCHEMA_VERSION
 
 from .reliability_support import (
     SAFETY_TIMEOUT,
@@ -343,9 +344,11 @@ async def test_init_db_twice_is_idempotent_and_keeps_data(h: Harness) -> None:
     assert h.rows(WORKFLOW, "kept") == before
     indexes = h.sql("SELECT indexname FROM pg_indexes WHERE tablename = 'fsmflow_transitions'")
     assert sorted(i for (i,) in indexes) == [
+        "fsmflow_transitions_event_idx",
         "fsmflow_transitions_pkey",
         "fsmflow_transitions_started_idx",
         "fsmflow_transitions_terminal_idx",
+        "fsmflow_transitions_wake_idx",
     ]
     # The completed instance is still complete: nothing runs again.
     assert await run_to_end(h, "kept") == {}
@@ -359,7 +362,7 @@ async def test_init_db_creates_a_configured_table(h: Harness, table: str) -> Non
     await config.init_db()
     await config.init_db()
     comment = h.sql("SELECT obj_description(%s::regclass, 'pg_class')", (table,))
-    assert comment == [("fsmflow schema_version=3",)]
+    assert comment == [(f"fsmflow schema_version={SCHEMA_VERSION}",)]
     assert await run_to_end(h, "i1", table=table) == {"fetch": 1, "think": 1, "report": 1}
     assert h.count(table) == 4
     assert h.count() == 0  # the default table is untouched

@@ -36,7 +36,9 @@ def test_engine_cli_and_bench_use_compact_json_instead_of_their_own_separators()
 
 
 def test_statuses_are_the_status_literal_everywhere() -> None:
-    assert STATUSES == get_args(Status) == ("running", "completed", "failed", "cancelled")
+    assert (
+        STATUSES == get_args(Status) == ("running", "waiting", "completed", "failed", "cancelled")
+    )
     assert fsmflow.store.operations.STATUSES is STATUSES
     list_parser = build_parser()._subparsers._group_actions[0].choices["list"]  # type: ignore[union-attr]
     status = next(a for a in list_parser._actions if a.dest == "status")

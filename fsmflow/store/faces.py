@@ -1,0 +1,94 @@
+"""Base classes of :class:`~fsmflow.store.facade.Store` for two concepts of its face:
+
+* :class:`EventsFace`: sending events, reading them, and what a waiting runner needs (a
+  look at its instance, wake-ups), delegated to the store's
+  :class:`~fsmflow.store.events.Events` and :class:`~fsmflow.store.listening.Listener`;
+* :class:`ErrorsFace`: fsmflow 0.1's error helpers on the store, kept for programs that
+  call them, delegated to the gateway and :mod:`~fsmflow.store.dberrors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from fsmflow.errors import FsmflowError
+from fsmflow.model.records import EventRecord, SentEvent
+from fsmflow.store import dberrors
+from fsmflow.store.config import StoreConfig
+from fsmflow.store.database import Database
+from fsmflow.store.events import Events, WaitCheck
+from fsmflow.store.listening import Listener, Subscription
+
+T = TypeVar("T")
+
+
+class ErrorsFace:
+    """fsmflow 0.1's error helpers; the store sets ``_db`` and ``config``."""
+
+    _db: Database
+    config: StoreConfig
+
+    def translate(self, exc: BaseException) -> FsmflowError:
+        """Map a driver or OS error to the fsmflow error that says what to do."""
+        return self._db.translate(exc)
+
+    def is_retriable(self, exc: BaseException) -> bool:
+        """True for errors that a reconnect may cure."""
+        return dberrors.is_retriable(exc)
+
+    async def retry(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run ``operation``, retrying retriable errors with capped, jittered backoff."""
+        return await self._db.retry(what, operation)
+
+    def scrub(self, text: str) -> str:
+        """``text`` with every configured secret replaced by ``***``."""
+        return dberrors.scrub(text, self.config.secrets())
+
+
+class EventsFace:
+    """Events and waits; the store sets ``_events`` and ``_listener``."""
+
+    _events: Events
+    _listener: Listener
+
+    async def send_event(
+        self,
+        workflow_name: str,
+        instance_id: str,
+        event: str,
+        payload: Any = None,
+        *,
+        key: str | None = None,
+    ) -> SentEvent:
+        """Send ``event`` with a JSON ``payload`` to an instance; durable when it returns.
+
+        Delivered at most once, in order with the instance's other events of that name,
+        when the instance waits in a state with a transition on ``event``; its waiting
+        runner is woken at once. With ``key``, a second send with the same key stores
+        nothing and returns the first (``duplicate=True``). Needs no workflow code.
+        Refused, with nothing stored: :class:`~fsmflow.errors.InstanceNotFoundError`,
+        :class:`~fsmflow.errors.InstanceStateError` (the instance ended),
+        :class:`~fsmflow.errors.UnknownEventError` (its definition waits for no such event),
+        and the context errors for a payload that breaks the context rules or size cap.
+        """
+        return await self._events.send(workflow_name, instance_id, event, payload, key)
+
+    async def instance_events(
+        self, workflow: str, instance_id: str, *, pending_only: bool = False, limit: int = 1000
+    ) -> list[EventRecord]:
+        """The events sent to an instance, oldest first; ``pending_only``: undelivered."""
+        return await self._events.instance_events(
+            workflow, instance_id, pending_only=pending_only, limit=limit
+        )
+
+    async def wait_check(
+        self, workflow: str, instance_id: str, names: list[str]
+    ) -> WaitCheck | None:
+        """For a waiting runner: the server's clock, the last row and the oldest pending
+        event among ``names`` (None if the instance has no rows)."""
+        return await self._events.wait_check(workflow, instance_id, names)
+
+    async def subscribe(self, workflow: str, instance_id: str) -> Subscription:
+        """Wake-ups for an instance (new events, a cancel) on the store's one listener."""
+        return await self._listener.subscribe(workflow, instance_id)
