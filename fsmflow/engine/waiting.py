@@ -22,7 +22,7 @@ from fsmflow.engine.choosing import first_holding
 from fsmflow.engine.interrupts import Interrupts
 from fsmflow.engine.recorder import Instance, Recorder, Wait
 from fsmflow.engine.resuming import check_ended_well
-from fsmflow.errors import ConcurrentTransitionError
+from fsmflow.errors import ConcurrentTransitionError, WorkflowError
 from fsmflow.model.context import WorkflowContext, decode_context, encode_context
 from fsmflow.model.definition import Transition, WorkflowDefinition
 from fsmflow.model.records import UNMATCHED_TRIGGER, EventRecord, TransitionRecord
@@ -110,6 +110,14 @@ class Waiter:
         with ``suspend``, return None instead of sleeping (the lock is then released)."""
         instance = self._instance
         names = list(self._definition.awaited_events(state))
+        if not self._definition.waits_from(state):
+            raise WorkflowError(
+                instance.workflow_name,
+                instance.instance_id,
+                f"waits in state {state!r} (seq {self._recorder.seq}), but this definition "
+                f"has no event or timeout transition out of {state!r}: it changed since the "
+                "wait began. Restore such a transition, or fork the instance into another state",
+            )
         if not suspend:
             subscribing = self._store.subscribe(instance.workflow_name, instance.instance_id)
             self._subscription = await self._interrupts.guarded("wait", state, subscribing)

@@ -93,6 +93,9 @@ def test_schema_sql_is_version_1_plus_every_migration(h: Harness) -> None:
             h.sql(statement)
     canonical, migrated = shape(h, "canonical"), shape(h, "migrated")
     assert canonical == migrated
+    events = shape(h, "canonical_events")
+    assert events == shape(h, "migrated_events")
+    assert ("6", "payload", "json", "True", "", "None") in events["columns"]
     assert canonical["comment"] == [(f"fsmflow schema_version={fsql.SCHEMA_VERSION}",)]
     assert ("7", "context", "json", "True", "", "None") in canonical["columns"]
 
@@ -316,3 +319,23 @@ async def test_a_pending_migration_under_a_role_that_may_not_alter_names_the_way
         assert runtime in message and "migrator role" in message and h.info.user in message
     assert shape(h, "owned") == before
     assert len(h.rows(WORKFLOW, "i-1", "owned")) == 2
+
+
+async def test_migration_4_interrupted_half_way_resumes(h: Harness) -> None:
+    create_version_1(h, "halfway")
+    insert_v1_instance(h, "halfway", "i-1")
+    for migration in fsql.migrations(None, "halfway", 1)[:-1]:  # versions 2 and 3
+        for statement in migration.statements:
+            h.sql(statement)
+    four = fsql.migration(4, None, "halfway")
+    for statement in four.statements[:4]:  # columns, the check swapped, validated, events table
+        h.sql(statement)
+    assert fsql.schema_version(shape(h, "halfway")["comment"][0][0]) == 3
+    applied = await h.config(table="halfway").store.migrate()
+    assert [m.version for m in applied] == [4]
+    h.sql(fsql.schema_ddl(None, "canonical"))
+    assert shape(h, "halfway") == shape(h, "canonical")
+    assert shape(h, "halfway_events") == shape(h, "canonical_events")
+    with pytest.raises(Exception, match="check constraint"):
+        h.sql("INSERT INTO halfway (workflow_name, instance_id, seq, context, status) "
+              "VALUES ('w', 'z', 0, '{}', 'sleeping')")  # fmt: skip

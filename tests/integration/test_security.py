@@ -7,6 +7,7 @@ used here is the SQL documented in the README's least-privilege section.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -182,3 +183,46 @@ async def test_strict_durability_refuses_before_writing(h: Harness) -> None:
     assert "FSMFLOW_STRICT_DURABILITY" in str(refused.value)
     assert tracker.runs == {}
     assert h.count() == 0
+
+
+async def test_runtime_role_sends_delivers_and_times_out_with_select_insert_only(
+    h: Harness,
+) -> None:
+    from datetime import timedelta
+
+    from fsmflow import Transition, WorkflowContext, WorkflowDefinition
+
+    migrator, runtime = least_privilege_roles(h)
+    await h.config(user=migrator, table=TABLE).init_db()
+    h.connect_as(migrator).execute(f"GRANT SELECT, INSERT ON {TABLE}, {TABLE}_events TO {runtime}")
+    definition = WorkflowDefinition(
+        name="waits_flow",
+        steps=["ask", "wait", "done"],
+        transitions=[
+            Transition("asked", "ask", "wait"),
+            Transition("answered", "wait", "done", event="answer"),
+            Transition("gave_up", "wait", "done", timeout=timedelta(seconds=0.2)),
+            Transition("end", "done", None),
+        ],
+    )
+
+    def step(trigger: str) -> Any:
+        def run(ctx: WorkflowContext) -> tuple[WorkflowContext, str]:
+            return ctx, trigger
+
+        return run
+
+    steps = {"ask": step("asked"), "done": step("end")}
+    config = h.config(user=runtime, table=TABLE)
+    for instance, send in (("by-event", True), ("by-timeout", False)):
+        runner = h.runner(config, definition, steps, instance_id=instance)
+        assert (await runner.run_workflow(suspend=True)).status == "waiting"
+        if send:  # the identity column needs no grant beyond INSERT
+            await config.store.send_event("waits_flow", instance, "answer", {"ok": True}, key="k")
+        else:
+            await asyncio.sleep(0.3)
+        runner = h.runner(config, definition, steps, instance_id=instance)
+        assert (await runner.run_workflow()).completed
+    for statement in (f"UPDATE {TABLE}_events SET key = 'x'", f"DELETE FROM {TABLE}_events"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            h.connect_as(runtime).execute(statement)

@@ -103,11 +103,7 @@ async def test_suspend_then_event_then_resume(db_config: DBConfig) -> None:
 async def test_in_process_waiter_wakes_on_event(db_config: DBConfig) -> None:
     counts = Counts()
     task = asyncio.create_task(runner(db_config, approval_definition(), counts).run_workflow())
-    for _ in range(200):
-        last = await db_config.store.last_record("approval", "doc-1")
-        if last is not None and last.status == "waiting":
-            break
-        await asyncio.sleep(0.02)
+    await wait_until_waiting(db_config, "approval", "doc-1")
     await db_config.store.send_event("approval", "doc-1", "approval", {"ok": False})
     await asyncio.sleep(0.3)
     assert counts.calls.get("revise") == 1
@@ -183,11 +179,7 @@ async def test_refusals_write_nothing(db_config: DBConfig) -> None:
 async def test_cancel_while_waiting_in_process(db_config: DBConfig) -> None:
     counts = Counts()
     task = asyncio.create_task(runner(db_config, approval_definition(), counts).run_workflow())
-    for _ in range(200):
-        last = await db_config.store.last_record("approval", "doc-1")
-        if last is not None and last.status == "waiting":
-            break
-        await asyncio.sleep(0.02)
+    await wait_until_waiting(db_config, "approval", "doc-1")
     await db_config.store.cancel_instance("approval", "doc-1", reason="not needed")
     with pytest.raises(InstanceCancelledError):
         await asyncio.wait_for(task, 10)
@@ -234,3 +226,176 @@ async def test_pure_wait_state_and_durable_sleep(db_config: DBConfig) -> None:
     final = await machine.run_workflow(suspend=True)
     assert final.completed
     assert calls == ["start", "done"]
+
+
+async def wait_until_waiting(db: DBConfig, workflow: str, instance_id: str) -> None:
+    for _ in range(500):
+        last = await db.store.last_record(workflow, instance_id)
+        if last is not None and last.status == "waiting":
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{instance_id} never waited")
+
+
+async def test_an_event_sent_before_the_deadline_wins_over_the_timeout(db_config: DBConfig) -> None:
+    counts, definition = Counts(), approval_definition(timeout=0.3)
+    await runner(db_config, definition, counts).run_workflow(suspend=True)
+    await db_config.store.send_event("approval", "doc-1", "approval", {"ok": True})
+    await asyncio.sleep(0.5)  # the deadline passes with no process running
+    final = await runner(db_config, definition, counts).run_workflow()
+    assert final.completed and counts.calls == {"draft": 1, "publish": 1}
+
+
+async def test_a_deadline_passed_before_the_event_was_sent_fires_first(db_config: DBConfig) -> None:
+    counts, definition = Counts(), approval_definition(timeout=0.2)
+    await runner(db_config, definition, counts).run_workflow(suspend=True)
+    await asyncio.sleep(0.4)
+    await db_config.store.send_event("approval", "doc-1", "approval", {"ok": True})
+    final = await runner(db_config, definition, counts).run_workflow()
+    assert final.completed and counts.calls == {"draft": 1, "escalate": 1}
+    # The event arrived too late and was never delivered: it stays on record, pending.
+    pending = await db_config.store.instance_events("approval", "doc-1", pending_only=True)
+    assert [e.payload for e in pending] == [{"ok": True}]
+
+
+async def test_the_deadline_is_measured_from_the_start_of_the_wait(db_config: DBConfig) -> None:
+    counts, definition = Counts(), approval_definition(timeout=1.0)
+    await runner(db_config, definition, counts).run_workflow(suspend=True)
+    first = (await db_config.store.history("approval", "doc-1"))[-1]
+    assert first.waiting_since is not None and first.wake_at is not None
+    assert (first.wake_at - first.waiting_since).total_seconds() == pytest.approx(1.0)
+    for _ in range(3):  # runs that start and stop again never move the deadline
+        state = await runner(db_config, definition, counts).run_workflow(suspend=True)
+        assert state.status == "waiting" and state.wake_at == first.wake_at
+    assert len(await db_config.store.history("approval", "doc-1")) == first.seq + 1
+    final = await asyncio.wait_for(runner(db_config, definition, counts).run_workflow(), 10)
+    assert final.completed and counts.calls == {"draft": 1, "escalate": 1}
+    fired = (await db_config.store.history("approval", "doc-1"))[first.seq + 1]
+    assert fired.trigger == "expired" and fired.created_at >= first.wake_at
+
+
+async def test_events_are_delivered_in_the_order_they_were_sent(db_config: DBConfig) -> None:
+    definition = WorkflowDefinition(
+        name="collector",
+        steps=["collect", "count"],
+        transitions=[
+            Transition("item", "collect", "count", event="item"),
+            Transition("more", "count", "collect"),
+            Transition("enough", "count", None, conditions=[
+                Condition(field="n", operator="ge", value=20)
+            ]),
+        ],
+    )  # fmt: skip
+
+    def count(ctx: WorkflowContext) -> tuple[WorkflowContext, str]:
+        ctx.data.setdefault("seen", []).append(ctx.data["item"])
+        ctx.data["n"] = len(ctx.data["seen"])
+        return ctx, "enough" if ctx.data["n"] >= 20 else "more"
+
+    machine = PersistentWorkflowStateMachine(
+        db_config, definition, steps={"count": count}, instance_id="c-1", handle_signals=False
+    )
+    await machine.run_workflow(suspend=True)
+    for i in range(20):
+        await db_config.store.send_event("collector", "c-1", "item", i)
+    machine = PersistentWorkflowStateMachine(
+        db_config, definition, steps={"count": count}, instance_id="c-1", handle_signals=False
+    )
+    final = await asyncio.wait_for(machine.run_workflow(), 20)
+    assert final.completed and final.context.data["seen"] == list(range(20))
+
+
+async def test_two_senders_racing_with_one_key_store_one_event(
+    db_config: DBConfig, postgresql: Any
+) -> None:
+    from tests.conftest import config_for
+
+    counts = Counts()
+    await runner(db_config, approval_definition(), counts).run_workflow(suspend=True)
+    others = [config_for(postgresql.info) for _ in range(4)]
+    try:
+        sent = await asyncio.gather(*(
+            other.store.send_event("approval", "doc-1", "approval", {"ok": True}, key="once")
+            for other in others
+        ))  # fmt: skip
+    finally:
+        for other in others:
+            await other.close()
+    assert len({s.event.event_id for s in sent}) == 1
+    assert sum(not s.duplicate for s in sent) == 1
+    assert len(await db_config.store.instance_events("approval", "doc-1")) == 1
+
+
+async def test_an_event_sent_while_the_step_runs_is_delivered_right_after(
+    db_config: DBConfig,
+) -> None:
+    counts, started, release = Counts(), asyncio.Event(), asyncio.Event()
+    steps = counts.steps()
+    draft = steps["draft"]
+
+    async def slow_draft(ctx: WorkflowContext) -> Any:
+        started.set()
+        await release.wait()
+        return await draft(ctx)
+
+    steps["draft"] = slow_draft
+    machine = PersistentWorkflowStateMachine(
+        db_config, approval_definition(), steps=steps, instance_id="doc-1", handle_signals=False
+    )
+    task = asyncio.create_task(machine.run_workflow())
+    await asyncio.wait_for(started.wait(), 10)
+    await db_config.store.send_event("approval", "doc-1", "approval", {"ok": True})
+    release.set()
+    final = await asyncio.wait_for(task, 10)
+    assert final.completed and counts.calls == {"draft": 1, "publish": 1}
+
+
+HOSTILE = "x'); DROP TABLE fsmflow_transitions_events; --"
+
+
+async def test_hostile_event_names_keys_and_payloads_are_stored_verbatim(
+    db_config: DBConfig,
+) -> None:
+    definition = WorkflowDefinition(
+        name="hostile",
+        steps=["w", "done"],
+        transitions=[
+            Transition("got", "w", "done", event=HOSTILE),
+            Transition("end", "done", None),
+        ],
+    )
+
+    def done(ctx: WorkflowContext) -> tuple[WorkflowContext, str]:
+        return ctx, "end"
+
+    payload = {HOSTILE: [HOSTILE, "ünïcødé ✓", "\\u0000 is text", 2**53]}
+    machine = PersistentWorkflowStateMachine(
+        db_config, definition, steps={"done": done}, instance_id=HOSTILE, handle_signals=False
+    )
+    await machine.run_workflow(suspend=True)
+    sent = await db_config.store.send_event("hostile", HOSTILE, HOSTILE, payload, key=HOSTILE)
+    assert sent.event.key == HOSTILE and sent.event.payload == payload
+    machine = PersistentWorkflowStateMachine(
+        db_config, definition, steps={"done": done}, instance_id=HOSTILE, handle_signals=False
+    )
+    final = await machine.run_workflow()
+    assert final.completed and final.context.data[HOSTILE] == payload
+    with pytest.raises(InvalidIdentifierError):
+        await db_config.store.send_event("hostile", HOSTILE, HOSTILE, {}, key="k\x00")
+    with pytest.raises(InvalidIdentifierError):
+        await db_config.store.send_event("hostile", HOSTILE, HOSTILE, {}, key="k" * 201)
+
+
+async def test_prune_and_reset_take_the_events_with_the_instances(db_config: DBConfig) -> None:
+    counts = Counts()
+    await runner(db_config, approval_definition(), counts).run_workflow(suspend=True)
+    await db_config.store.send_event("approval", "doc-1", "approval", {"ok": "?"})
+    await runner(db_config, approval_definition(), counts, "doc-2").run_workflow(suspend=True)
+    await db_config.store.send_event("approval", "doc-2", "approval", {"ok": True})
+    await db_config.store.cancel_instance("approval", "doc-1")
+    result = await db_config.store.prune_instances(timedelta(0))
+    assert result.instances == 1
+    assert await db_config.store.instance_events("approval", "doc-1") == []
+    assert len(await db_config.store.instance_events("approval", "doc-2")) == 1
+    await db_config.reset_db(force=True)
+    assert await db_config.store.instance_events("approval", "doc-2") == []
