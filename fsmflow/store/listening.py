@@ -53,6 +53,7 @@ class Listener:
         self._conn: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._connected = asyncio.Event()
+        self._closed = asyncio.Event()  # set by asyncpg when the session ends
         self.connections = 0  # how many times it connected (a reconnection wakes everyone)
 
     def __repr__(self) -> str:
@@ -118,6 +119,8 @@ class Listener:
         kwargs = dict(await self.db.connect_kwargs())
         kwargs["server_settings"] = {**kwargs.get("server_settings", {}), **_LISTENER_SETTINGS}
         self._conn = conn = await asyncpg.connect(**kwargs)
+        self._closed = asyncio.Event()
+        conn.add_termination_listener(lambda _: self._closed.set())
         await conn.add_listener(self.db.wake_channel, self._on_notification)
         self.connections += 1
         self._connected.set()
@@ -130,7 +133,8 @@ class Listener:
         conn = self._conn
         assert conn is not None
         while not conn.is_closed():
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            with contextlib.suppress(TimeoutError):  # closed: asyncpg's termination callback
+                await asyncio.wait_for(self._closed.wait(), HEARTBEAT_SECONDS)
             if self._subscribers and not conn.is_closed():
                 try:
                     await conn.fetchval("SELECT 1", timeout=HEARTBEAT_SECONDS)
