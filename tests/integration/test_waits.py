@@ -399,3 +399,34 @@ async def test_prune_and_reset_take_the_events_with_the_instances(db_config: DBC
     assert len(await db_config.store.instance_events("approval", "doc-2")) == 1
     await db_config.reset_db(force=True)
     assert await db_config.store.instance_events("approval", "doc-2") == []
+
+
+async def test_an_initial_state_may_only_wait(db_config: DBConfig) -> None:
+    definition = WorkflowDefinition(
+        name="inbox",
+        steps=["idle", "handle"],
+        transitions=[
+            Transition("got", "idle", "handle", event="mail"),
+            Transition("done", "handle", None),
+        ],
+    )
+
+    def handle(ctx: WorkflowContext) -> tuple[WorkflowContext, str]:
+        return ctx, "done"
+
+    def machine() -> PersistentWorkflowStateMachine:
+        return PersistentWorkflowStateMachine(
+            db_config, definition, steps={"handle": handle}, instance_id="m", handle_signals=False
+        )
+
+    state = await machine().run_workflow({"box": 1}, suspend=True)
+    assert (state.status, state.current_state, state.waiting_for) == ("waiting", "idle", ("mail",))
+    assert state.wake_at is None  # no deadline: it waits for the event only
+    history = await db_config.store.history("inbox", "m")
+    assert [(r.seq, r.status, r.trigger) for r in history] == [
+        (0, "running", None),
+        (1, "waiting", "fsmflow:wait"),
+    ]
+    await db_config.store.send_event("inbox", "m", "mail", ["hello"])
+    final = await machine().run_workflow(suspend=True)
+    assert final.completed and final.context.data == {"box": 1, "mail": ["hello"]}
