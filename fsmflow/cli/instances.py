@@ -324,7 +324,9 @@ def add_cancel(commands: Commands, common: argparse.ArgumentParser, epilog: str)
         commands, common, epilog, "cancel", "end an unfinished instance",
         "Append a cancelled row: the instance ends and runs of it raise "
         "InstanceCancelledError. Refused while a live runner owns the instance (stop it "
-        "first) and for an instance that already ended. Fork it to run it again later.",
+        "first), unless it waits there for an event or a deadline (that runner stops with "
+        "InstanceCancelledError), and for an instance that already ended. Fork it to run "
+        "it again later.",
     )  # fmt: skip
     instance_arguments(parser)
     parser.add_argument("--reason", help="why (stored with the cancelled row)")

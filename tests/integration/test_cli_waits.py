@@ -4,6 +4,7 @@ subprocess against the test's database. The waiting instances are made in-proces
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from fsmflow import (
     Condition,
     DBConfig,
+    InstanceCancelledError,
     PersistentWorkflowStateMachine,
     Transition,
     WorkflowContext,
@@ -55,17 +57,21 @@ def _step(trigger: str) -> Any:
     return step
 
 
-async def run(db: DBConfig, instance_id: str) -> str:
-    """Run (or continue) an instance until it waits or ends; its status."""
+def machine(db: DBConfig, instance_id: str) -> PersistentWorkflowStateMachine:
+    """A runner of the approval workflow for one instance."""
     steps = {
         "draft": _step("drafted"),
         "publish": _step("published"),
         "escalate": _step("escalated"),
     }
-    machine = PersistentWorkflowStateMachine(
+    return PersistentWorkflowStateMachine(
         db, DEFINITION, steps=steps, instance_id=instance_id, handle_signals=False
     )
-    return (await machine.run_workflow(suspend=True)).status
+
+
+async def run(db: DBConfig, instance_id: str) -> str:
+    """Run (or continue) an instance until it waits or ends; its status."""
+    return (await machine(db, instance_id).run_workflow(suspend=True)).status
 
 
 @pytest.fixture
@@ -388,3 +394,20 @@ async def test_cancel_of_a_waiting_instance_prints_the_cancelled_row(
     shown = ok(fsmflow(db_env, "show", WORKFLOW, "doc-1"))  # ended: no wait, nothing pending
     assert "waiting in state" not in shown and "pending events" not in shown
     assert "EVENT  WAKE AT (UTC)" in shown.splitlines()[1]
+
+
+async def test_cancel_of_an_instance_waiting_in_process(
+    db_config: DBConfig, db_env: dict[str, str]
+) -> None:
+    task = asyncio.create_task(
+        machine(db_config, "doc-4").run_workflow()
+    )  # waits in-process, holding the lock
+    for _ in range(250):
+        last = await db_config.store.last_record(WORKFLOW, "doc-4")
+        if last is not None and last.status == "waiting":
+            break
+        await asyncio.sleep(0.02)
+    result = await asyncio.to_thread(fsmflow, db_env, "cancel", WORKFLOW, "doc-4")
+    assert ok(result) == "cancelled instance 'doc-4' at seq 2, in state 'review'\n"
+    with pytest.raises(InstanceCancelledError):
+        await asyncio.wait_for(task, 10)
