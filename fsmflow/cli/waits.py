@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from fsmflow.cli.arguments import duration_text
 from fsmflow.cli.output import age, printable, table, timestamp
 from fsmflow.model.records import EventRecord, TransitionRecord
 
@@ -107,16 +108,8 @@ def _when(wait: Wait, now: datetime) -> str:
 
 def _seconds(seconds: float) -> str:
     if seconds >= 60 and seconds == int(seconds):
-        return f"{seconds:g} s ({_span(int(seconds))})"
+        return f"{seconds:g} s ({duration_text(timedelta(seconds=seconds))})"
     return f"{seconds:g} s"
-
-
-def _span(seconds: int) -> str:
-    out = ""
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        count, seconds = divmod(seconds, size)
-        out += f"{count}{unit}" if count else ""
-    return out
 
 
 def pending_lines(pending: Sequence[EventRecord], *, shown: int, with_payloads: bool) -> list[str]:
