@@ -2,7 +2,9 @@
 
 The commands about the table itself (init-db, reset-db, check) are in
 :mod:`fsmflow.cli.admin`, ``migrate`` in :mod:`fsmflow.cli.migrate`, those about
-instances (list, show, graph, fork, retry, cancel, prune) in :mod:`fsmflow.cli.instances`,
+instances (list, show, graph, fork, retry, cancel, prune) in :mod:`fsmflow.cli.instances`
+(what show says about waits in :mod:`fsmflow.cli.waits`), ``send-event`` in
+:mod:`fsmflow.cli.events`,
 ``bench`` in :mod:`fsmflow.cli.bench_parser` and ``embedded`` in
 :mod:`fsmflow.cli.embedded`; the argument types and registration helpers are in
 :mod:`fsmflow.cli.arguments`. Each ``add_*`` registers one parser and its handler.
@@ -13,6 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from fsmflow.cli.admin import add_check, add_init_db, add_reset_db
+from fsmflow.cli.events import add_send_event
 from fsmflow.cli.instances import (
     add_cancel,
     add_fork,
@@ -38,5 +41,6 @@ COMMANDS: Final[tuple[Register, ...]] = (
     add_fork,
     add_retry,
     add_cancel,
+    add_send_event,
     add_prune,
 )

@@ -41,6 +41,7 @@ from fsmflow.cli.output import (
     say,
     timestamp,
 )
+from fsmflow.cli.waits import pending_json, pending_lines, wait_lines, wait_of
 from fsmflow.engine.machine import WorkflowMachine
 from fsmflow.engine.shutdown import EXIT_OK
 from fsmflow.errors import ConfigError, FsmflowError, InstanceNotFoundError
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
     from fsmflow.cli.arguments import Commands
 
 SAMPLE_SIZE: Final = 20  # instances a prune shows (its dry run lists them)
+PENDING_SHOWN: Final = 100  # pending events show lists, oldest first
 
 
 # -- list, show, graph -------------------------------------------------------------------
@@ -67,8 +69,9 @@ def add_list(commands: Commands, common: argparse.ArgumentParser, epilog: str) -
     """``fsmflow list``."""
     parser = command_parser(
         commands, common, epilog, "list", "list instances, newest first",
-        "List instances, newest first: status (running, completed, failed, cancelled), "
-        "current state, last seq, and how long ago each started and was last updated.",
+        "List instances, newest first: status (running, waiting, completed, failed, "
+        "cancelled), current state, last seq, and how long ago each started and was last "
+        "updated.",
     )  # fmt: skip
     parser.add_argument("--workflow", type=identifier, help="only this workflow")
     parser.add_argument(
@@ -103,7 +106,9 @@ def add_show(commands: Commands, common: argparse.ArgumentParser, epilog: str) -
         "table shows each context's key count and size, and the keys of the latest one. "
         "--context prints the values too (also with --json). Stored error messages may "
         "quote context values: without --errors (or --context) only the error type, the "
-        "attempts and where it was raised are shown.",
+        "attempts and where it was raised are shown. For a waiting instance: the events "
+        "and timeouts it waits for, since when, its deadlines; for an unfinished one, the "
+        "events sent to it and not delivered yet (their payloads only with --context).",
         aliases=["history"],
     )  # fmt: skip
     instance_arguments(parser)
@@ -118,7 +123,7 @@ def add_show(commands: Commands, common: argparse.ArgumentParser, epilog: str) -
 
 
 async def show_command(args: argparse.Namespace, config: DBConfig) -> int:
-    """Print an instance's history."""
+    """Print an instance's history (and its wait and pending events)."""
     records = await config.store.history(args.workflow, args.instance)
     if not records:
         raise InstanceNotFoundError(
@@ -126,11 +131,17 @@ async def show_command(args: argparse.Namespace, config: DBConfig) -> int:
         )
     last = records[-1]
     state = WorkflowState.from_record(last).current_state
+    wait = wait_of(records)
+    pending = [] if last.terminal else await config.store.instance_events(
+        args.workflow, args.instance, pending_only=True, limit=PENDING_SHOWN + 1
+    )  # fmt: skip
     if args.json:
         shown = args.errors or args.context
         rows = [record_json(r, with_context=args.context, with_errors=shown) for r in records]
         head = {"workflow_name": args.workflow, "instance_id": args.instance}
-        print(dumps({**head, "status": last.status, "current_state": state, "rows": rows}))
+        events = [pending_json(e, with_payload=args.context) for e in pending[:PENDING_SHOWN]]
+        facts = {"waiting": wait, "pending_events": events}
+        print(dumps({**head, "status": last.status, "current_state": state, **facts, "rows": rows}))
         return EXIT_OK
     say(
         f"workflow {args.workflow!r}, instance {args.instance!r}: {last.status}, state "
@@ -141,6 +152,11 @@ async def show_command(args: argparse.Namespace, config: DBConfig) -> int:
     if args.context:
         for record in records:
             say(f"context at seq {record.seq}: {json.dumps(record.context, ensure_ascii=False)}")
+    if wait is not None:
+        say("\n".join(wait_lines(wait)))
+    if wait is not None or pending:  # events sent before the instance waits are pending too
+        lines = pending_lines(pending, shown=PENDING_SHOWN, with_payloads=args.context)
+        say("\n".join(lines))
     return EXIT_OK
 
 
@@ -308,7 +324,9 @@ def add_cancel(commands: Commands, common: argparse.ArgumentParser, epilog: str)
         commands, common, epilog, "cancel", "end an unfinished instance",
         "Append a cancelled row: the instance ends and runs of it raise "
         "InstanceCancelledError. Refused while a live runner owns the instance (stop it "
-        "first) and for an instance that already ended. Fork it to run it again later.",
+        "first), unless it waits there for an event or a deadline (that runner stops with "
+        "InstanceCancelledError), and for an instance that already ended. Fork it to run "
+        "it again later.",
     )  # fmt: skip
     instance_arguments(parser)
     parser.add_argument("--reason", help="why (stored with the cancelled row)")

@@ -121,8 +121,12 @@ def instances_table(summaries: Sequence[InstanceSummary]) -> str:
 
 
 def history_table(records: Sequence[TransitionRecord]) -> str:
-    """The ``fsmflow show`` table: one line per row, contexts as key counts and sizes."""
-    rows = [
+    """The ``fsmflow show`` table: one line per row, contexts as key counts and sizes.
+
+    With waits in the history, two more columns: EVENT (the id of the event a row
+    delivered or consumed) and WAKE AT (a waiting row's first deadline).
+    """
+    rows: list[tuple[str, ...]] = [
         (
             str(r.seq),
             timestamp(r.created_at),
@@ -135,8 +139,32 @@ def history_table(records: Sequence[TransitionRecord]) -> str:
         )
         for r in records
     ]
-    headers = ("SEQ", "AT (UTC)", "TRIGGER", "FROM", "TO", "STATUS", "STEP", "CONTEXT")
-    return table(headers, rows, right=(0, 6))
+    headers: tuple[str, ...] = (
+        "SEQ",
+        "AT (UTC)",
+        "TRIGGER",
+        "FROM",
+        "TO",
+        "STATUS",
+        "STEP",
+        "CONTEXT",
+    )
+    if not any(r.status == "waiting" or r.event_id is not None for r in records):
+        return table(headers, rows, right=(0, 6))
+    waits = [(_event_cell(r), _wake_cell(r)) for r in records]
+    rows = [(*row[:7], *wait, row[7]) for row, wait in zip(rows, waits, strict=True)]
+    headers = (*headers[:7], "EVENT", "WAKE AT (UTC)", headers[7])
+    return table(headers, rows, right=(0, 6, 7))
+
+
+def _event_cell(record: TransitionRecord) -> str:
+    return "" if record.event_id is None else str(record.event_id)
+
+
+def _wake_cell(record: TransitionRecord) -> str:
+    if record.status != "waiting":
+        return ""
+    return "no deadline" if record.wake_at is None else timestamp(record.wake_at)
 
 
 def _keys(count: int) -> str:
