@@ -41,6 +41,7 @@ ARGUMENTS: dict[str, list[str]] = {
     "fork": ["wf", "i-1", "--seq", "1"],
     "retry": ["wf", "i-1"],
     "cancel": ["wf", "i-1"],
+    "send-event": ["wf", "i-1", "approval", "--data", "{}"],
     "prune": ["--older-than", "30d", "--dry-run"],
     "embedded": ["status"],
 }
