@@ -139,7 +139,8 @@ async def test_send_and_wait_queries_are_index_backed_and_flat(
 ) -> None:
     await make_real_instance(db_config)
     last = (ROWS - 4) // ROWS_PER_INSTANCE  # the real instance has 4 rows
-    params = {"workflow": WORKFLOW, "every": ROWS // ROWS_PER_INSTANCE // WAITING, "first_event": FIRST_FILLED_EVENT,
+    every = ROWS // ROWS_PER_INSTANCE // WAITING  # one instance in 25 waits
+    params = {"workflow": WORKFLOW, "every": every, "first_event": FIRST_FILLED_EVENT,
               "first": 1, "last": 1}  # fmt: skip
     with postgresql.cursor() as cur:
         cur.execute(FILL_HISTORY, params)  # one more waiting instance: 8 rows, 3 events
