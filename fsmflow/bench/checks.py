@@ -192,7 +192,8 @@ async def resume_check(
 # -- memory --------------------------------------------------------------------------------
 
 
-def _rss_bytes() -> int | None:
+def rss_bytes() -> int | None:
+    """This process's resident memory (None where /proc is missing)."""
     try:
         with open("/proc/self/statm", encoding="ascii") as statm:
             return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -200,7 +201,8 @@ def _rss_bytes() -> int | None:
         return None
 
 
-def _machines() -> int:
+def state_machines() -> int:
+    """How many ``AsyncMachine`` objects exist in this process."""
     return sum(1 for o in gc.get_objects() if isinstance(o, AsyncMachine))
 
 
@@ -238,7 +240,7 @@ async def memory_check(
 
     parking = _parking_steps(definition, "s0", arrive)
     gc.collect()
-    rss_before, machines_before = _rss_bytes(), _machines()
+    rss_before, machines_before = rss_bytes(), state_machines()
     if trace:
         tracemalloc.start()
     began = time.perf_counter()
@@ -261,7 +263,7 @@ async def memory_check(
                 raise failed[0].exception() or RuntimeError("an instance ended early")
         seconds = time.perf_counter() - began
         gc.collect()
-        rss_after, machines_after = _rss_bytes(), _machines()
+        rss_after, machines_after = rss_bytes(), state_machines()
         traced = tracemalloc.get_traced_memory() if trace else None
         models = len(machine.models)
     finally:

@@ -35,12 +35,14 @@ from fsmflow.bench.measure import (
     baseline_pool,
     copy_config,
     linear_definition,
+    percentile,
     run_baseline,
     run_fsmflow,
     sample_context,
     trivial_steps,
 )
 from fsmflow.bench.report import evaluate_targets, format_report
+from fsmflow.bench.waits import wait_check
 from fsmflow.errors import WorkflowInterruptedError
 from fsmflow.model.context import encode_context
 from fsmflow.settings import DBConfig, parse_table_name
@@ -63,6 +65,11 @@ class BenchOptions:
     memory_check: bool = False
     memory_instances: int = 10_000
     tracemalloc: bool = False
+    wait_check: bool = False
+    wait_rounds: int = 200
+    wait_instances: int = 100
+    idle_seconds: float = 30.0
+    wait_memory_instances: int = 10_000
     info_logs: bool = False
 
 
@@ -80,6 +87,11 @@ async def run_bench_command(args: argparse.Namespace, config: DBConfig) -> int:
         memory_check=args.memory_check,
         memory_instances=args.memory_instances,
         tracemalloc=args.tracemalloc,
+        wait_check=args.wait_check,
+        wait_rounds=args.wait_rounds,
+        wait_instances=args.wait_instances,
+        idle_seconds=args.idle_seconds,
+        wait_memory_instances=args.wait_memory_instances,
         info_logs=args.info_logs,
     )
     try:
@@ -248,6 +260,17 @@ async def _run_bench(config: DBConfig, options: BenchOptions) -> dict[str, Any]:
             report["resume"] = await resume_check(resume_config, kwargs, rows=options.resume_rows)
         if options.memory_check:
             report["memory"] = await _memory(scratch, kwargs, options)
+        if options.wait_check:
+            report["waits"] = await wait_check(
+                scratch.table,
+                monitor,
+                kwargs,
+                rounds=options.wait_rounds,
+                instances=options.wait_instances,
+                idle_seconds=options.idle_seconds,
+                memory_instances=options.wait_memory_instances,
+                trace=options.tracemalloc,
+            )
     finally:
         with contextlib.suppress(Exception):
             await monitor.conn.close()
@@ -274,11 +297,6 @@ async def _memory(scratch: Scratch, kwargs: dict[str, Any], options: BenchOption
     )
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else 0.0
-
-
 def _summary(runs: list[Run]) -> dict[str, Any]:
     rates = [r.rate for r in runs]
     latencies = [x for r in runs for x in r.latencies]
@@ -290,11 +308,11 @@ def _summary(runs: list[Run]) -> dict[str, Any]:
         "rate_max": max(rates),
         "rates": rates,
         "client_cpu_us": sum(r.cpu_seconds for r in runs) / sum(r.transitions for r in runs) * 1e6,
-        "latency_p50_ms": _percentile(latencies, 0.5) * 1000,
-        "latency_p99_ms": _percentile(latencies, 0.99) * 1000,
+        "latency_p50_ms": percentile(latencies, 0.5) * 1000,
+        "latency_p99_ms": percentile(latencies, 0.99) * 1000,
     }
     if starts:
-        out["instance_start_p50_ms"] = _percentile(starts, 0.5) * 1000
+        out["instance_start_p50_ms"] = percentile(starts, 0.5) * 1000
     return out
 
 

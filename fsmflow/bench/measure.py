@@ -86,6 +86,12 @@ def baseline_insert(config: DBConfig) -> str:
     return sql.bind_table(_BASELINE_INSERT, schema or None, table)
 
 
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` (nearest rank; 0.0 for none)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))] if ordered else 0.0
+
+
 # -- timed runs ----------------------------------------------------------------------------
 
 

@@ -6,6 +6,8 @@ from typing import Any
 
 TARGET_RATIOS = {"sequential": 0.6, "concurrent": 0.5}
 TARGET_MEMORY_MB = 150.0
+TARGET_DELIVERY_P50_MS = 20.0
+PARKED_INSTANCE_KB = 13.8  # README: one instance parked inside a step (--memory-check)
 _EXACT = 0.02  # "= 1 per transition" tolerates autovacuum/other sessions in the window
 
 
@@ -70,7 +72,46 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 f"AsyncMachine(s), {memory['models_on_the_machine']:,} models on it",
             )
         )
-    return targets
+    return targets + _wait_targets(report.get("waits"))
+
+
+def _wait_targets(waits: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if waits is None:
+        return []
+    latency, idle, memory = waits["latency"], waits["idle"], waits["memory"]
+    p50 = latency["latency_p50_ms"]
+    targets = [
+        _target(
+            f"event delivery p50 under {TARGET_DELIVERY_P50_MS:.0f} ms (in-process waiter)",
+            p50 < TARGET_DELIVERY_P50_MS,
+            f"{p50:.2f} ms (p99 {latency['latency_p99_ms']:.2f} ms)",
+        ),
+        _target(
+            f"{idle['instances']} idle waiters: no statement beyond the heartbeats",
+            idle["beyond_heartbeats"] == 0 and not idle["unexpected_failures"],
+            f"{idle['statements_per_minute']:.1f} statements/min per process, "
+            f"{idle['beyond_heartbeats']} beyond the heartbeats",
+        ),
+    ]
+    if "skipped" in memory:
+        return targets
+    kb, what = memory["tracemalloc_per_instance_kb"], "traced Python heap"
+    if kb is None:
+        kb, what = memory["rss_per_instance_kb"], "RSS"
+    return [
+        *targets,
+        _target(
+            f"{memory['instances']:,} waiting instances: within {PARKED_INSTANCE_KB} KB each "
+            "(a parked instance)",
+            kb is not None and kb <= PARKED_INSTANCE_KB and not memory["unexpected_failures"],
+            "unknown" if kb is None else f"{kb:.1f} KB each ({what})",
+        ),
+        _target(
+            "one listening connection per process",
+            memory["listening_connections"] == 1,
+            f"{memory['listening_connections']} for {memory['instances']:,} waiting instances",
+        ),
+    ]
 
 
 def _rate(summary: dict[str, Any]) -> str:
@@ -167,6 +208,53 @@ def _memory_lines(memory: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _wait_lines(waits: dict[str, Any]) -> list[str]:
+    latency, idle, memory = waits["latency"], waits["idle"], waits["memory"]
+    lines = [
+        f"waits: event delivery to an in-process waiter ({latency['rounds']} events, "
+        "send_event returned -> next step started):",
+        f"  p50 {latency['latency_p50_ms']:.2f} ms, p99 {latency['latency_p99_ms']:.2f} ms, "
+        f"max {latency['latency_max_ms']:.2f} ms; send_event itself p50 "
+        f"{latency['send_event_p50_ms']:.2f} ms",
+        f"  {idle['instances']} instances waiting idle for {idle['seconds']:.0f} s: "
+        f"{idle['statements_per_minute']:.1f} statements/min, per process (heartbeats "
+        f"expected: {idle['expected_heartbeats_per_minute']}/min), counted on its connections:",
+    ]
+    lines += [f"    {n:>7.1f}/min  {label}" for label, n in idle["by_connection"].items()]
+    sessions = ", ".join(f"{n} {app}" for app, n in sorted(idle["sessions"].items()))
+    lines.append(f"  sessions: {sessions}")
+    server = idle["server_statements_per_minute_database_wide"]
+    lines.append(
+        "  server counters, database-wide (other sessions included): "
+        + ("" if server is None else f"{server:.1f} statements/min (pg_stat_statements), ")
+        + f"{idle['server_transactions_per_minute_database_wide']:.1f} commits/min"
+    )
+    if "skipped" in memory:
+        return [*lines, f"  memory: skipped: {memory['skipped']}"]
+    rss = memory["rss_delta_mb"]
+    line = (
+        f"  memory: {memory['instances']:,} instances waiting in-process (all waiting after "
+        f"{memory['seconds_to_wait_all']:.1f} s): "
+    )
+    line += (
+        "RSS unknown"
+        if rss is None
+        else f"+{rss:.1f} MB RSS ({memory['rss_per_instance_kb']:.1f} KB each)"
+    )
+    lines.append(line)
+    if memory["tracemalloc_current_mb"] is not None:
+        lines.append(
+            f"    tracemalloc: {memory['tracemalloc_current_mb']:.1f} MB traced "
+            f"({memory['tracemalloc_per_instance_kb']:.1f} KB each)"
+        )
+    lines.append(
+        f"    listening connections: {memory['listening_connections']}; AsyncMachine objects "
+        f"{memory['state_machines_before']} -> {memory['state_machines_after']}, "
+        f"{memory['models_on_the_machine']:,} models on it"
+    )
+    return lines
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The human-readable report."""
     server, options = report["server"], report["options"]
@@ -190,6 +278,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines += ["", *_resume_lines(report["resume"])]
     if "memory" in report:
         lines += ["", *_memory_lines(report["memory"])]
+    if "waits" in report:
+        lines += ["", *_wait_lines(report["waits"])]
     if report["targets"]:
         lines += ["", "targets:"]
         lines += [

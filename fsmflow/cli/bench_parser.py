@@ -26,7 +26,12 @@ per-transition latency p50/p99, the client's CPU per transition, the ratio fsmfl
 baseline (median of the per-round ratios), and from separate accounting passes the SQL
 statements and transactions per transition (``pg_stat_statements`` when loaded, else
 counted on the client; ``[client]`` is always shown). ``--resume-check`` and
-``--memory-check`` add the resume-lookup and memory-per-instance checks.
+``--memory-check`` add the resume-lookup and memory-per-instance checks;
+``--wait-check`` measures durable waits: event delivery latency to an in-process waiter
+(send_event returned -> next step started), the statements idle waiters issue per minute
+(per process: the heartbeats of the owner connections and of the one listener), and the
+memory and listening connections of ``--wait-memory-instances`` instances waiting in one
+program.
 
 Everything happens in scratch tables (``fsmflow_bench_<random>``) that are dropped
 afterwards, also on error, Ctrl-C (exit 130) or SIGTERM (exit 143). Run it on a quiet
@@ -38,6 +43,13 @@ def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
     return value
 
 
@@ -76,6 +88,30 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     )
     add("--memory-instances", type=_positive, default=10_000, help="(default 10,000)")
     add("--tracemalloc", action="store_true", help="also trace Python allocations (slower)")
+    add(
+        "--wait-check",
+        action="store_true",
+        help="measure durable waits: delivery latency, idle statements, memory per waiter",
+    )
+    add("--wait-rounds", type=_positive, default=200, help="events timed (default 200)")
+    add(
+        "--wait-instances",
+        type=_positive,
+        default=100,
+        help="instances waiting idle while statements are counted (default 100)",
+    )
+    add(
+        "--idle-seconds",
+        type=_seconds,
+        default=30.0,
+        help="how long the idle waiters are watched (default 30)",
+    )
+    add(
+        "--wait-memory-instances",
+        type=_positive,
+        default=10_000,
+        help="instances waiting in-process for the memory figure (default 10,000)",
+    )
     add(
         "--info-logs",
         action="store_true",

@@ -127,3 +127,51 @@ def test_scratch_tables_are_dropped_on_a_signal(
             process.wait()
     assert process.returncode != 0, stderr
     assert scratch_tables(postgresql) == [], stderr
+
+
+def test_wait_check_reports_sane_numbers_and_drops_its_tables(
+    db_env: dict[str, str], postgresql: Any
+) -> None:
+    result = fsmflow_bench(
+        db_env, "--json", "--no-throughput", "--wait-check", "--wait-rounds", "20",
+        "--wait-instances", "5", "--idle-seconds", "6", "--wait-memory-instances", "50",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert "throughput" not in report
+    waits = report["waits"]
+    latency = waits["latency"]
+    assert latency["rounds"] == 20 and latency["completed"]
+    assert 0 < latency["latency_p50_ms"] <= latency["latency_p99_ms"] <= latency["latency_max_ms"]
+    assert latency["send_event_p50_ms"] > 0
+    idle = waits["idle"]
+    assert idle["instances"] == 5 and idle["seconds"] >= 6
+    assert idle["beyond_heartbeats"] == 0, idle["by_connection"]  # only heartbeats, if any
+    assert all(label.endswith(": SELECT 1") for label in idle["by_connection"])
+    assert idle["sessions"]["fsmflow-listener"] == 1
+    assert idle["per"].startswith("process")
+    assert idle["unexpected_failures"] == []
+    memory = waits["memory"]
+    assert memory["instances"] == 50 and memory["models_on_the_machine"] == 51  # + warm-up
+    assert memory["listening_connections"] == 1
+    assert memory["state_machines_after"] == memory["state_machines_before"]
+    assert memory["unexpected_failures"] == []
+    judged = {t["target"] for t in report["targets"]}
+    assert "one listening connection per process" in judged
+    assert scratch_tables(postgresql) == []  # the history tables and their _events tables
+    with postgresql.cursor() as cur:  # the configured tables were not touched
+        cur.execute("SELECT (SELECT count(*) FROM fsmflow_transitions), "
+                    "(SELECT count(*) FROM fsmflow_transitions_events)")  # fmt: skip
+        assert cur.fetchone() == (0, 0)
+    postgresql.commit()
+
+
+def test_wait_check_text_report(db_env: dict[str, str], postgresql: Any) -> None:
+    result = fsmflow_bench(
+        db_env, "--no-throughput", "--wait-check", "--wait-rounds", "5",
+        "--wait-instances", "2", "--idle-seconds", "1", "--wait-memory-instances", "10",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    for text in ("event delivery", "statements/min, per process", "listening connections: 1"):
+        assert text in result.stdout
+    assert scratch_tables(postgresql) == []
