@@ -314,13 +314,16 @@ ORDER BY v.id
 LIMIT $3;
 
 -- name: due_waits
--- Instances of workflow $1 waiting with a deadline at or before $2, earliest first, at
--- most $3: the deadline index, and a primary-key probe that the waiting row is still
--- the instance's last.
+-- Instances of workflow $1 waiting with a deadline in ($4, $2] ($4 NULL: any time before
+-- $2), earliest first, at most $3: the deadline index, and a primary-key probe that the
+-- waiting row is still the instance's last. The index keeps the waiting rows of waits
+-- that ended (rows are never updated), so a sweep bounds $4 by its previous sweep (minus
+-- a margin): then it reads only the deadlines of that window, flat at any history size.
 SELECT w.instance_id, w.seq, w.dest_state, w.wake_at
 FROM fsmflow_transitions w
 WHERE w.workflow_name = $1 AND w.status = 'waiting' AND w.wake_at IS NOT NULL
   AND w.wake_at <= $2::timestamptz
+  AND w.wake_at > coalesce($4::timestamptz, '-infinity')
   AND w.seq = (SELECT p.seq FROM fsmflow_transitions p
                WHERE p.workflow_name = w.workflow_name AND p.instance_id = w.instance_id
                ORDER BY p.seq DESC LIMIT 1)
