@@ -465,3 +465,47 @@ def test_cancel_while_suspended(
     again = example(db_env, "stop-2", "--suspend")
     assert again.returncode == 1 and "InstanceCancelledError" in again.stderr, output_of(again)
     assert [r.status for r in history(postgresql, "stop-2")] == ["running", "waiting", "cancelled"]
+
+
+def test_an_event_sent_before_the_deadline_wins_over_it_even_when_run_after(
+    db_env: dict[str, str], postgresql: psycopg.Connection[Any]
+) -> None:
+    args = ("--suspend", "--timeout", "2")
+    first = example(db_env, "race-1", *args)
+    assert first.returncode == 0, output_of(first)
+    since = history(postgresql, "race-1")[-1].waiting_since
+    assert since is not None
+    deadline = since + timedelta(seconds=2)
+    sent = send(db_env, "race-1", APPROVE)
+    if events(postgresql, "race-1")[0]["created_at"] > deadline:
+        pytest.skip("the machine was too slow to send before the 2 s deadline")
+    poll("the server clock passed the deadline", lambda: server_now(postgresql) > deadline)
+
+    late = example(db_env, "race-1", *args)  # no process ran at the deadline
+    assert late.returncode == 0, output_of(late)
+    assert "published, approved by ana (instance race-1)" in late.stdout
+    rows = history(postgresql, "race-1")
+    assert [r.trigger for r in rows] == [None, "submit", "approved", "done"]  # no timeout
+    assert rows[2].event_id == event_id_of(sent)
+
+
+def test_an_unmatched_event_is_consumed_and_does_not_reset_the_deadline(
+    db_env: dict[str, str], postgresql: psycopg.Connection[Any]
+) -> None:
+    first = example(db_env, "odd-1", "--suspend")
+    assert first.returncode == 0, output_of(first)
+    waited = history(postgresql, "odd-1")[-1]
+    sent = send(db_env, "odd-1", '{"ok": "maybe", "by": "cat"}')  # neither true nor false
+
+    again = example(db_env, "odd-1", "--suspend")
+    assert again.returncode == 0, output_of(again)
+    assert "instance odd-1 waits in state 'review'" in again.stdout
+    rows = history(postgresql, "odd-1")
+    assert len(rows) == 3
+    consumed = rows[-1]
+    assert consumed.trigger == "fsmflow:unmatched-event" and consumed.status == "waiting"
+    assert consumed.event_id == event_id_of(sent)
+    assert consumed.context == waited.context  # the payload was not kept
+    assert (consumed.waiting_since, consumed.wake_at) == (waited.waiting_since, waited.wake_at)
+    shown = fsmflow(db_env, "show", WORKFLOW, "odd-1")
+    assert shown.returncode == 0 and "pending events: none" in shown.stdout, output_of(shown)
