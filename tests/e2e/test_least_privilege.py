@@ -29,7 +29,10 @@ EXAMPLES = {
     "examples/basic.py": "basic_orders",
     "examples/support_ticket.py": "support_ticket",
     "examples/dspy_pipeline.py": "dspy_pipeline",
+    "examples/approval.py": "approval",
 }
+# approval waits for a review: with a 1 s deadline it records the wait, times out, escalates.
+EXAMPLE_ARGS = {"examples/approval.py": ["--timeout", "1"]}
 
 
 @pytest.fixture
@@ -123,7 +126,8 @@ def test_each_example_runs_under_the_readme_runtime_grants(
         ("transitions_events", "SELECT"),
     ]
 
-    result = run_python([example, "--instance-id", "least-1"], env_as(db_env, runtime))
+    args = [example, "--instance-id", "least-1", *EXAMPLE_ARGS.get(example, [])]
+    result = run_python(args, env_as(db_env, runtime))
 
     assert result.returncode == 0, output_of(result)
     last = h.sql(
