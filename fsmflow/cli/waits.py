@@ -89,7 +89,9 @@ def wait_lines(wait: Wait, now: datetime | None = None) -> list[str]:
         lines.append(f"  event {awaited.event!r} (transitions {', '.join(awaited.triggers)})")
     for deadline in wait.timeouts:
         at = "" if deadline.at is None else f" at {timestamp(deadline.at)} UTC"
-        lines.append(f"  timeout after {_seconds(deadline.seconds)}{at} ({deadline.trigger})")
+        lines.append(
+            f"  timeout after {_seconds(deadline.seconds)}{at} (transition {deadline.trigger})"
+        )
     if not wait.events and not wait.timeouts:
         lines.append("  (its stored definition declares no event or timeout from this state)")
     if wait.next_deadline is None:

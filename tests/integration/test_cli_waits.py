@@ -319,7 +319,7 @@ async def test_show_of_a_waiting_instance(waiting: DBConfig, db_env: dict[str, s
     assert tail[:5] == [
         f"waiting in state 'review' since {since.strftime('%Y-%m-%d %H:%M:%S')} UTC",
         "  event 'approval' (transitions approved)",
-        f"  timeout after 3600 s (1h) at {wake_text} UTC (expired)",
+        f"  timeout after 3600 s (1h) at {wake_text} UTC (transition expired)",
         f"  next deadline: {wake_text} UTC (in 59m)",
         "pending events (sent, not delivered yet), oldest first:",
     ]
