@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fsmflow.engine.runner import PersistentWorkflowStateMachine, RunnerEvent
 from fsmflow.engine.shutdown import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, run_program
+from fsmflow.engine.stepinfo import StepInfo, step_info
 from fsmflow.errors import (
     ConcurrentTransitionError,
     ConfigError,
@@ -33,6 +34,7 @@ from fsmflow.errors import (
     InvalidIdentifierError,
     InvalidTransitionError,
     LockTableFullError,
+    NotInStepError,
     NoTransitionError,
     OwnershipLostError,
     PermissionDeniedError,
@@ -98,6 +100,7 @@ __all__ = [
     "InvalidTransitionError",
     "LockTableFullError",
     "NoTransitionError",
+    "NotInStepError",
     "OwnershipLostError",
     "PermissionDeniedError",
     "PersistentWorkflowStateMachine",
@@ -109,6 +112,7 @@ __all__ = [
     "SchemaMissingError",
     "SentEvent",
     "StepFailedError",
+    "StepInfo",
     "Store",
     "StoreError",
     "Transition",
@@ -124,4 +128,5 @@ __all__ = [
     "WorkflowStep",
     "__version__",
     "run_program",
+    "step_info",
 ]

@@ -37,7 +37,8 @@
     │   ├── SchemaMismatchError      table shape / schema version unexpected
     │   ├── ResetRefusedError        reset_db while runners hold instances (use force)
     │   └── PermissionDeniedError    missing grants (lists them)
-    └── EmbeddedServerError          the zero-config local server is unavailable
+    ├── EmbeddedServerError          the zero-config local server is unavailable
+    └── NotInStepError               step_info() called outside a running step
 
 No message ever contains a password or a context value.
 """
@@ -345,3 +346,15 @@ class PermissionDeniedError(StoreError):
 
 class EmbeddedServerError(FsmflowError):
     """The zero-config local PostgreSQL could not be started."""
+
+
+class NotInStepError(FsmflowError):
+    """``fsmflow.step_info()`` was called where no step is running."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "fsmflow.step_info() was called outside a step; call it from inside a step "
+            "function (async or sync) while the runner runs it, not from a condition, an "
+            "`after` callback or the code around run_workflow(); a thread the step starts "
+            "itself must run in a copy of its context (asyncio.to_thread does that)"
+        )

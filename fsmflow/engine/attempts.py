@@ -4,7 +4,8 @@
 failure is recorded, then :class:`~fsmflow.errors.StepFailedError` raised). Each attempt
 gets a fresh copy of the stored context. A step interrupted by a lost session runs again
 once the lock is retaken and nobody moved the instance on; a shutdown or a signal ends
-the run with :class:`~fsmflow.errors.WorkflowInterruptedError`.
+the run with :class:`~fsmflow.errors.WorkflowInterruptedError`. While an attempt runs,
+:func:`fsmflow.step_info` returns its :class:`~fsmflow.engine.stepinfo.StepInfo`.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Final, NoReturn, Protocol
 from fsmflow.engine.failures import traceback_text
 from fsmflow.engine.interrupts import Interrupts
 from fsmflow.engine.recorder import Instance
+from fsmflow.engine.stepinfo import StepInfo, running_step
 from fsmflow.engine.steps import StepCall, backoff_delay, should_retry
 from fsmflow.errors import (
     ConcurrentTransitionError,
@@ -101,7 +103,11 @@ class Attempts:
             context = WorkflowContext(data=decode_context(self._recording.context_json))
             call = StepCall(step.execute, context)
             seq_before = self._recording.seq
-            outcome = await self._attempt(call, policy, state)
+            info = StepInfo(
+                self._instance.workflow_name, self._instance.instance_id, state, seq_before, attempt
+            )
+            with running_step(info):  # what fsmflow.step_info() returns inside the step
+                outcome = await self._attempt(call, policy, state)
             if outcome is _LOST:
                 await guarded("wait", state, self._after_lost(state, call))
                 continue

@@ -1,0 +1,96 @@
+"""What a running step may ask about itself: :func:`step_info` and its :class:`StepInfo`.
+
+The attempt loop (:class:`~fsmflow.engine.attempts.Attempts`) sets a context variable
+around each attempt of a step and resets it afterwards. An async step reads it on the
+event loop; a sync step reads it on its worker thread, which runs in a copy of the
+attempt's context (:class:`~fsmflow.engine.steps.StepCall`). Anything outside an
+attempt (a condition, an ``after`` callback, code around ``run_workflow``) sees no step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Final
+
+from fsmflow.errors import NotInStepError
+
+__all__ = ["StepInfo", "idempotency_key", "running_step", "step_info"]
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """The step that is running: which instance, which entry of which state, which attempt.
+
+    ``seq`` is the seq of the instance's last stored row when the step started, the row
+    that entered ``state``. A rerun of the same state entry (after a crash, a retry
+    attempt, a lost session) sees the same ``seq``; the next entry of the same state (a
+    loop) sees a later one. An instance that failed and is run again (``fsmflow retry``,
+    ``retry_failed=True``) stands at a newer row, so its rerun is a new entry.
+
+    ``attempt`` counts the attempts of this entry in this run, from 1 (a restarted
+    process starts again at 1; a rerun after a lost session keeps its number).
+
+    ``idempotency_key`` is ``"<workflow>:<instance>:<seq>"`` (a ``%`` or ``:`` inside the
+    names is written ``%25`` / ``%3A``, so two instances never share a key): equal for every
+    rerun of one state entry, different for every other entry and for a fork (another
+    instance id). It is unique within one history table; an instance started again under
+    the id of a deleted one gets the same keys again. It can be up to ~1,200 characters
+    long: hash it if a provider caps key length.
+
+    It holds identifiers only, never a context value.
+    """
+
+    workflow_name: str
+    instance_id: str
+    state: str
+    seq: int
+    attempt: int
+    idempotency_key: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        key = idempotency_key(self.workflow_name, self.instance_id, self.seq)
+        object.__setattr__(self, "idempotency_key", key)
+
+
+def idempotency_key(workflow_name: str, instance_id: str, seq: int) -> str:
+    """The key of the state entry that row ``seq`` of the instance began (see
+    :class:`StepInfo`)."""
+    return f"{_escaped(workflow_name)}:{_escaped(instance_id)}:{seq}"
+
+
+def _escaped(name: str) -> str:
+    # Names may contain ':'; escaping it (and the escape character) keeps keys unambiguous.
+    return name.replace("%", "%25").replace(":", "%3A")
+
+
+# One variable for the whole process, but its value belongs to a context: each task (and
+# each sync step's thread, which runs in a copy) sees only the step it is running.
+_CURRENT: Final[ContextVar[StepInfo | None]] = ContextVar("fsmflow_step_info", default=None)
+
+
+def step_info() -> StepInfo:
+    """The :class:`StepInfo` of the step that is running (async or sync).
+
+    Call it from inside a step: anywhere else (a condition, an ``after`` callback, the
+    program around ``run_workflow``) it raises :class:`~fsmflow.errors.NotInStepError`.
+    A task or thread the step starts itself sees it only if it copies the step's context
+    (``asyncio.create_task`` and ``asyncio.to_thread`` do; a bare ``threading.Thread``
+    does not).
+    """
+    info = _CURRENT.get()
+    if info is None:
+        raise NotInStepError()
+    return info
+
+
+@contextlib.contextmanager
+def running_step(info: StepInfo) -> Iterator[None]:
+    """Make ``info`` what :func:`step_info` returns while the block runs (one attempt)."""
+    token = _CURRENT.set(info)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)
