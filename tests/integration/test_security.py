@@ -201,7 +201,7 @@ async def test_runtime_role_sends_delivers_and_times_out_with_select_insert_only
         transitions=[
             Transition("asked", "ask", "wait"),
             Transition("answered", "wait", "done", event="answer"),
-            Transition("gave_up", "wait", "done", timeout=timedelta(seconds=0.2)),
+            Transition("gave_up", "wait", "done", timeout=timedelta(seconds=1.5)),
             Transition("end", "done", None),
         ],
     )
@@ -220,7 +220,7 @@ async def test_runtime_role_sends_delivers_and_times_out_with_select_insert_only
         if send:  # the identity column needs no grant beyond INSERT
             await config.store.send_event("waits_flow", instance, "answer", {"ok": True}, key="k")
         else:
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(1.7)
         runner = h.runner(config, definition, steps, instance_id=instance)
         assert (await runner.run_workflow()).completed
     for statement in (f"UPDATE {TABLE}_events SET key = 'x'", f"DELETE FROM {TABLE}_events"):

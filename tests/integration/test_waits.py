@@ -191,7 +191,7 @@ async def test_pure_wait_state_and_durable_sleep(db_config: DBConfig) -> None:
         steps=["start", "nap", "done"],
         transitions=[
             Transition("go", "start", "nap"),
-            Transition("woke", "nap", "done", timeout=timedelta(seconds=0.3)),
+            Transition("woke", "nap", "done", timeout=timedelta(seconds=2)),
             Transition("end", "done", None),
         ],
     )
@@ -215,7 +215,7 @@ async def test_pure_wait_state_and_durable_sleep(db_config: DBConfig) -> None:
     assert state.status == "waiting" and state.current_state == "nap"
     history = await db_config.store.history("sleeper", "s-1")
     assert [r.status for r in history] == ["running", "waiting"]  # one row enters the wait
-    await asyncio.sleep(0.4)
+    await asyncio.sleep(2.2)
     machine = PersistentWorkflowStateMachine(
         db_config,
         definition,
@@ -238,10 +238,13 @@ async def wait_until_waiting(db: DBConfig, workflow: str, instance_id: str) -> N
 
 
 async def test_an_event_sent_before_the_deadline_wins_over_the_timeout(db_config: DBConfig) -> None:
-    counts, definition = Counts(), approval_definition(timeout=0.3)
+    counts, definition = Counts(), approval_definition(timeout=3.0)
     await runner(db_config, definition, counts).run_workflow(suspend=True)
-    await db_config.store.send_event("approval", "doc-1", "approval", {"ok": True})
-    await asyncio.sleep(0.5)  # the deadline passes with no process running
+    sent = await db_config.store.send_event("approval", "doc-1", "approval", {"ok": True})
+    last = await db_config.store.last_record("approval", "doc-1")
+    assert last is not None and last.wake_at is not None
+    assert sent.event.created_at < last.wake_at  # sent before the deadline, by the server clock
+    await asyncio.sleep(3.2)  # the deadline passes with no process running
     final = await runner(db_config, definition, counts).run_workflow()
     assert final.completed and counts.calls == {"draft": 1, "publish": 1}
 
@@ -259,11 +262,12 @@ async def test_a_deadline_passed_before_the_event_was_sent_fires_first(db_config
 
 
 async def test_the_deadline_is_measured_from_the_start_of_the_wait(db_config: DBConfig) -> None:
-    counts, definition = Counts(), approval_definition(timeout=1.0)
+    # Long enough for four short runs on a loaded machine, all before the deadline.
+    counts, definition = Counts(), approval_definition(timeout=4.0)
     await runner(db_config, definition, counts).run_workflow(suspend=True)
     first = (await db_config.store.history("approval", "doc-1"))[-1]
     assert first.waiting_since is not None and first.wake_at is not None
-    assert (first.wake_at - first.waiting_since).total_seconds() == pytest.approx(1.0)
+    assert (first.wake_at - first.waiting_since).total_seconds() == pytest.approx(4.0)
     for _ in range(3):  # runs that start and stop again never move the deadline
         state = await runner(db_config, definition, counts).run_workflow(suspend=True)
         assert state.status == "waiting" and state.wake_at == first.wake_at
