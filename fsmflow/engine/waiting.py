@@ -156,6 +156,8 @@ class Waiter:
         due_at = since + timedelta(seconds=min(t.timeout or 0.0 for t in due)) if due else None
         event = check.event
         if event is not None and (due_at is None or event.created_at <= due_at):
+            # Each consumed event is a row: the loop guard applies to them too.
+            await self._recorder.check_limit(state, self._definition.max_transitions)
             return await self._deliver(state, event, since) or _AGAIN
         if due:
             woke = await self._time_out(state, due)

@@ -434,3 +434,20 @@ async def test_an_initial_state_may_only_wait(db_config: DBConfig) -> None:
     await db_config.store.send_event("inbox", "m", "mail", ["hello"])
     final = await machine().run_workflow(suspend=True)
     assert final.completed and final.context.data == {"box": 1, "mail": ["hello"]}
+
+
+async def test_unmatched_events_count_towards_max_transitions(db_config: DBConfig) -> None:
+    from fsmflow import TransitionLimitError
+
+    base = approval_definition()
+    definition = WorkflowDefinition(
+        name=base.name, steps=base.steps, transitions=base.transitions, max_transitions=4
+    )
+    counts = Counts()
+    await runner(db_config, definition, counts).run_workflow(suspend=True)  # seq 1 waits
+    for _ in range(5):
+        await db_config.store.send_event("approval", "doc-1", "approval", {"ok": "?"})
+    with pytest.raises(TransitionLimitError):
+        await runner(db_config, definition, counts).run_workflow(suspend=True)
+    history = await db_config.store.history("approval", "doc-1")
+    assert [r.status for r in history][-1] == "failed" and len(history) == 6
