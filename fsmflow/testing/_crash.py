@@ -177,7 +177,9 @@ def check_crash_safety(
     ``fsmflow_db`` fixture's table); the children get it as ``DB_*``/``FSMFLOW_*``
     environment variables, plus ``env``, plus ``FSMFLOW_TESTING_RUN_DIR``: an empty
     directory per crash (shared by the killed run and its restart) where fakes of outside
-    systems can keep what must survive the crash. ``jobs`` crashes run at once (default:
+    systems can keep what must survive the crash (this process's own ``DB_*``,
+    ``DATABASE_URL`` and ``FSMFLOW_*`` variables are not passed on: give the ones your
+    steps read in ``env``). ``jobs`` crashes run at once (default:
     the CPU count, at least 2); each child gets ``timeout`` seconds. The children are
     forked from a server that imported fsmflow and the workflow once (``fork=False``: a
     fresh interpreter each, several times slower, for code that is not safe to fork).
