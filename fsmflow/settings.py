@@ -308,3 +308,22 @@ class DBConfig(BaseSettings):
         return f"DBConfig(target={self.display_target()!r}, table={self.table!r})"
 
     __str__ = __repr__
+
+
+class KitSettings(BaseSettings):
+    """Settings of the test kit's pytest plugin (:mod:`fsmflow.testing.plugin`).
+
+    ``FSMFLOW_TESTING_DATABASE_URL`` (environment or ``.env``): a PostgreSQL DSN whose
+    role may create tables; the plugin's fixtures then use that server (each test's tables
+    are created and dropped in it) instead of starting a throwaway embedded one. The DSN is
+    checked when the fixtures build their settings from it.
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=(str(Path.home() / ".env"), ".env"), env_file_encoding="utf-8", extra="ignore"
+    )
+
+    database_url: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("FSMFLOW_TESTING_DATABASE_URL", "database_url"),
+    )

@@ -5,10 +5,15 @@ root and non-root, needs no system PostgreSQL). Set ``FSMFLOW_TEST_DATABASE_URL`
 superuser DSN (``postgresql://user:pass@host:5432/postgres``) to use your own server.
 pytest-postgresql builds a template database with the schema once and clones a fresh
 database from it for every test.
+
+The test kit's pytest plugin (``fsmflow.testing.plugin``: ``fsmflow_server``,
+``fsmflow_db``) is active too: through its entry point when fsmflow is installed with it,
+else loaded here (a source checkout on ``PYTHONPATH``, or an older editable install).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -25,6 +30,14 @@ from pytest_postgresql.executors.noop import NoopExecutor
 
 from fsmflow import DBConfig
 
+
+def plugin_has_entry_point() -> bool:
+    """True when the installed fsmflow declares the kit's pytest plugin (pytest loads it)."""
+    found = importlib.metadata.entry_points(group="pytest11", name="fsmflow")
+    return any(ep.value == "fsmflow.testing.plugin" for ep in found)
+
+
+pytest_plugins = [] if plugin_has_entry_point() else ["fsmflow.testing.plugin"]
 ROOT = Path(__file__).resolve().parent.parent
 TEST_URL_ENV = "FSMFLOW_TEST_DATABASE_URL"
 SCHEMA_FILE = ROOT / "fsmflow" / "sql" / "schema.sql"

@@ -32,6 +32,15 @@ def test_wheel_contains_sql_and_type_marker(wheel: Path) -> None:
     assert "fsmflow/sql/migrations/0002_context_json.sql" in names
 
 
+def test_wheel_ships_the_test_kit_and_its_pytest_entry_point(wheel: Path) -> None:
+    archive = zipfile.ZipFile(wheel)
+    names = set(archive.namelist())
+    assert {"fsmflow/testing/__init__.py", "fsmflow/testing/plugin.py"} <= names
+    (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+    text = archive.read(entry_points).decode()
+    assert "[pytest11]\nfsmflow = fsmflow.testing.plugin" in text
+
+
 def test_top_level_sql_is_the_packaged_sql() -> None:
     for name in ("schema.sql", "queries.sql"):
         assert (ROOT / "sql" / name).read_text() == (ROOT / "fsmflow" / "sql" / name).read_text()
