@@ -83,14 +83,6 @@ SELECT ARRAY(SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i
 -- Delete every row of the history and of the events (reset_db).
 TRUNCATE fsmflow_transitions, fsmflow_transitions_events;
 
--- name: drop_tables
--- Drop the history table and its events table (throwaway test tables: fsmflow.testing).
-DROP TABLE IF EXISTS fsmflow_transitions_events, fsmflow_transitions;
-
--- name: drop_tables
--- Drop the history table and its events table (throwaway test tables: fsmflow.testing).
-DROP TABLE IF EXISTS fsmflow_transitions_events, fsmflow_transitions;
-
 -- name: list_instances
 -- Instances, newest first: of workflow $1 (NULL: every workflow), whose status is in $2
 -- (NULL: any), last updated before $3 (NULL: any time), at most $4, after the keyset

@@ -138,14 +138,6 @@ async def reset_table(parts: Parts, *, force: bool) -> None:
     logger.warning("reset table %s in %s: all history deleted", db.qualified_table, db.target)
 
 
-async def drop_tables(db: Database) -> None:
-    """Drop the history table and its events table; see :meth:`fsmflow.store.Store.drop_tables`."""
-    pool = await db.pool(checked=False)
-    query = db.queries["drop_tables"]
-    await db.retry("drop tables", lambda: pool.execute(query))
-    logger.info("dropped table %s and its events table in %s", db.qualified_table, db.target)
-
-
 async def _refuse_if_held(db: Database, conn: Any) -> None:
     """:class:`ResetRefusedError` if a session holds the lock of an instance in the table
     (run inside ``reset_table``'s transaction, under its table lock)."""

@@ -141,12 +141,6 @@ class Store(EventsFace, ErrorsFace):
         one transaction, the tables locked first."""
         await deleting.reset_table(self._parts, force=force)
 
-    async def drop_tables(self) -> None:
-        """Drop the history table and its events table, if they exist. Irreversible: for
-        throwaway tables (the per-test tables of :mod:`fsmflow.testing`), never a real one;
-        it takes the tables' exclusive lock, so it waits for open transactions on them."""
-        await deleting.drop_tables(self._db)
-
     async def check_health(self) -> HealthReport:
         """What running workflows needs: the table, its schema version, SELECT and INSERT
         on it, a writable server, durable commits (``fsmflow check``)."""

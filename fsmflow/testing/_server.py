@@ -24,6 +24,7 @@ from typing import Any, Final, TypeVar
 
 from pydantic import SecretStr
 
+from fsmflow import sql
 from fsmflow.errors import ConfigError
 from fsmflow.settings import DBConfig, KitSettings, setting_names
 from fsmflow.store.embedded import data_dir_of, embedded_connect_kwargs, stop_server
@@ -102,8 +103,18 @@ async def _create(config: DBConfig) -> None:
 
 
 async def _drop(config: DBConfig) -> None:
+    """Drop a test's throwaway tables: the history and its events table (the kit's own
+    DDL, never a Store method: the store deletes history only by reset_db and prune)."""
+    store = config.store
+    ddl = "DROP TABLE IF EXISTS " + sql.bind_table(
+        "fsmflow_transitions_events, fsmflow_transitions", store.schema, store.table
+    )
     try:
-        await config.store.drop_tables()
+        conn = await store.connect()
+        try:
+            await conn.execute(ddl)
+        finally:
+            await conn.close()
     finally:
         await config.close()
 
