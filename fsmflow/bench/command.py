@@ -138,10 +138,7 @@ class Scratch:
         conn = await asyncpg.connect(**connect_kwargs)
         try:
             for table in dict.fromkeys(parse_table_name(c.table)[1] for c in self.configs):
-                quoted = sql.bind_table(
-                    "fsmflow_transitions, fsmflow_transitions_events", self.schema, table
-                )
-                await conn.execute(f"DROP TABLE IF EXISTS {quoted}")
+                await conn.execute(sql.drop_scratch_ddl(self.schema, table))
         finally:
             await conn.close()
 

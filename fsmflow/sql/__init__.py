@@ -256,6 +256,14 @@ def queries(schema: str | None, table: str) -> dict[str, str]:
     return {name: bind_table(sql, schema, table) for name, sql in _blocks("queries.sql").items()}
 
 
+def drop_scratch_ddl(schema: str | None, table: str) -> str:
+    """The DDL that drops a scratch table and its events table (the bench's and the test
+    kit's own tables; never run on a real one: history is deleted by reset_db and prune)."""
+    return "DROP TABLE IF EXISTS " + bind_table(
+        f"{PLACEHOLDER}{EVENTS_SUFFIX}, {PLACEHOLDER}", schema, table
+    )
+
+
 def schema_ddl(schema: str | None, table: str) -> str:
     """The DDL of ``schema.sql`` (the current version, for a new table) with the table bound."""
     return bind_table(read("schema.sql"), schema, table)

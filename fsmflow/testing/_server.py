@@ -106,9 +106,7 @@ async def _drop(config: DBConfig) -> None:
     """Drop a test's throwaway tables: the history and its events table (the kit's own
     DDL, never a Store method: the store deletes history only by reset_db and prune)."""
     store = config.store
-    ddl = "DROP TABLE IF EXISTS " + sql.bind_table(
-        "fsmflow_transitions_events, fsmflow_transitions", store.schema, store.table
-    )
+    ddl = sql.drop_scratch_ddl(store.schema, store.table)
     try:
         conn = await store.connect()
         try:
