@@ -18,7 +18,7 @@
     │   ├── ConcurrentTransitionError  another writer advanced the instance
     │   ├── InstanceLockedError      another runner owns the instance
     │   ├── InstanceNotFoundError    no such instance (fork source, history)
-    │   ├── InstanceExistsError      a pinned fork id that already exists
+    │   ├── InstanceExistsError      a pinned fork or submit id that already exists
     │   ├── InstanceStateError       wrong status for the operation (cancel, retry, fork)
     │   ├── InstanceFailedError      the instance ended failed earlier
     │   ├── InstanceCancelledError   the instance was cancelled
@@ -205,7 +205,7 @@ class InstanceNotFoundError(WorkflowError):
 
 
 class InstanceExistsError(WorkflowError):
-    """An instance with this id already exists (a fork never overwrites history)."""
+    """An instance with this id already exists (a fork or a submit never overwrites history)."""
 
 
 class InstanceStateError(WorkflowError):

@@ -85,9 +85,14 @@ def add_check(commands: Commands, common: argparse.ArgumentParser, epilog: str) 
         "Connect and verify what running workflows needs: the table exists with this "
         "schema version, the role may SELECT and INSERT, the server is writable, and "
         "synchronous_commit is on (off is a warning, a failure with "
-        "FSMFLOW_STRICT_DURABILITY). Exit 0 healthy, 1 not: usable as a probe. For a fast "
-        "answer set FSMFLOW_DB_RETRY_SECONDS=0 and FSMFLOW_CONNECT_TIMEOUT=5.",
+        "FSMFLOW_STRICT_DURABILITY). With --workers, also what a worker needs: the fleet's "
+        "queue and workers tables, and SELECT, INSERT, UPDATE, DELETE on them. Exit 0 "
+        "healthy, 1 not: usable as a probe. For a fast answer set "
+        "FSMFLOW_DB_RETRY_SECONDS=0 and FSMFLOW_CONNECT_TIMEOUT=5.",
     )  # fmt: skip
+    parser.add_argument(
+        "--workers", action="store_true", help="also require what `fsmflow worker` needs"
+    )
     json_flag(parser)
     parser.set_defaults(handler=check_command)
 
@@ -95,7 +100,7 @@ def add_check(commands: Commands, common: argparse.ArgumentParser, epilog: str) 
 async def check_command(args: argparse.Namespace, config: DBConfig) -> int:
     """Print the health report; exit 0 when healthy."""
     try:
-        report = await config.store.check_health()
+        report = await config.store.check_health(workers=args.workers)
     except FsmflowError as exc:
         if args.json and not isinstance(exc, ConfigError):
             error = config.scrub(f"{type(exc).__name__}: {exc}")
@@ -125,6 +130,8 @@ def _health_lines(report: HealthReport) -> list[str]:
         f"  privileges          SELECT {yes(report.can_select)}, INSERT {yes(report.can_insert)}"
         f", DELETE {yes(report.can_delete)} (only prune needs DELETE; reset-db TRUNCATE)",
         f"  synchronous_commit  {report.synchronous_commit}",
+        f"  worker fleet        {'ready' if report.can_run_workers else 'not available'}"
+        " (fsmflow worker needs it; check --workers requires it)",
     ]
     lines += [f"warning: {w}" for w in report.warnings]
     lines += [f"problem: {p}" for p in report.problems]

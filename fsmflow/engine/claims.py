@@ -92,8 +92,9 @@ class ClaimRun:
         except WorkflowInterruptedError as exc:
             self.report.steps_cancelled += int(exc.step_cancelled)
             await self._release(0.0, failed=False, why="stopped by the shutdown")
-        except InstanceLockedError:
-            await self._release(self._delay(1), failed=False, why="another runner holds it")
+        except InstanceLockedError:  # a program runs it: try less and less often
+            failures = self.claim.failures + 1
+            await self._release(self._delay(failures), failed=True, why="another runner holds it")
         except (InstanceFailedError, InstanceCancelledError):
             await self._ended(failed=True)  # it had ended before this claim
         except Exception as exc:

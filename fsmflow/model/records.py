@@ -242,6 +242,7 @@ class HealthReport:
     problems: tuple[str, ...]
     warnings: tuple[str, ...]
     schema_version: int | None = None  # from the table's comment; None if none
+    can_run_workers: bool = False  # the fleet's tables exist and the role may change them
 
     @property
     def healthy(self) -> bool:

@@ -145,10 +145,11 @@ class Store(EventsFace, FleetFace, ErrorsFace):
         one transaction, the tables locked first."""
         await deleting.reset_table(self._parts, force=force)
 
-    async def check_health(self) -> HealthReport:
+    async def check_health(self, *, workers: bool = False) -> HealthReport:
         """What running workflows needs: the table, its schema version, SELECT and INSERT
-        on it, a writable server, durable commits (``fsmflow check``)."""
-        return await operations.check_health(self._parts)
+        on it, a writable server, durable commits (``fsmflow check``); with ``workers``,
+        what a worker needs too (``fsmflow check --workers``)."""
+        return await operations.check_health(self._parts, workers=workers)
 
     # -- ownership ---------------------------------------------------------------------
 

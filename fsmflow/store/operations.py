@@ -26,6 +26,8 @@ from fsmflow.errors import (
     InstanceLockedError,
     InstanceNotFoundError,
     InstanceStateError,
+    PermissionDeniedError,
+    SchemaMissingError,
 )
 from fsmflow.model.context import encode_context
 from fsmflow.model.definition import WorkflowDefinition, check_identifier, diff_summaries
@@ -401,9 +403,10 @@ async def _append_after(
 # -- health ------------------------------------------------------------------------------
 
 
-async def check_health(parts: Parts) -> HealthReport:
+async def check_health(parts: Parts, *, workers: bool = False) -> HealthReport:
     """Connect and check what running workflows needs: the table, its schema version,
-    SELECT and INSERT on it, a writable server, and durable commits.
+    SELECT and INSERT on it, a writable server, and durable commits; with ``workers``,
+    also what a worker needs (the fleet's tables and the right to change them).
 
     Connection failures raise (after ``FSMFLOW_DB_RETRY_SECONDS``) like any other call.
     """
@@ -421,6 +424,13 @@ async def check_health(parts: Parts) -> HealthReport:
     elif not row["can_send"]:
         events = parts.db.qualified_events
         problems.append(f"the role lacks SELECT and INSERT on the events table {events!r}")
+    can_run_workers = facts.exists and not facts.problem and await _fleet_ready(parts)
+    if workers and not can_run_workers and facts.exists and not facts.problem:
+        fleet = parts.fleet
+        problems.append(
+            f"workers cannot run: the role needs SELECT, INSERT, UPDATE, DELETE on "
+            f"{fleet.queue_table!r} and {fleet.workers_table!r}"
+        )
     if row["in_recovery"]:
         problems.append("the server is a read-only standby: appends would fail")
     durability = durability_problem(row["synchronous_commit"], parts.db.target)
@@ -444,4 +454,13 @@ async def check_health(parts: Parts) -> HealthReport:
         in_recovery=row["in_recovery"],
         problems=tuple(problems),
         warnings=tuple(warnings),
+        can_run_workers=can_run_workers,
     )
+
+
+async def _fleet_ready(parts: Parts) -> bool:
+    try:
+        await parts.fleet.check_privileges()
+    except (PermissionDeniedError, SchemaMissingError):
+        return False
+    return True
