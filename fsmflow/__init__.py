@@ -3,13 +3,18 @@
 Declare a :class:`WorkflowDefinition`, give each state a step, and run it with
 :class:`PersistentWorkflowStateMachine`; every completed transition is appended to one
 PostgreSQL table, and a restarted process resumes at the start of the unfinished state.
+To run many instances on many machines, bundle definition and steps as a
+:class:`Workflow`, ``store.submit()`` instances and run :class:`Worker` processes.
 """
 
 from __future__ import annotations
 
+from fsmflow.engine.claims import WorkerReport
 from fsmflow.engine.runner import PersistentWorkflowStateMachine, RunnerEvent
 from fsmflow.engine.shutdown import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, run_program
 from fsmflow.engine.stepinfo import StepInfo, step_info
+from fsmflow.engine.worker import Worker
+from fsmflow.engine.workflow import Workflow
 from fsmflow.errors import (
     ConcurrentTransitionError,
     ConfigError,
@@ -59,6 +64,7 @@ from fsmflow.model.records import (
     PruneResult,
     SentEvent,
     TransitionRecord,
+    WorkerInfo,
     WorkflowState,
 )
 from fsmflow.settings import DBConfig
@@ -120,6 +126,10 @@ __all__ = [
     "TransitionRecord",
     "UnknownEventError",
     "UnknownStateError",
+    "Worker",
+    "WorkerInfo",
+    "WorkerReport",
+    "Workflow",
     "WorkflowContext",
     "WorkflowDefinition",
     "WorkflowError",

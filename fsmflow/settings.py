@@ -168,6 +168,26 @@ class DBConfig(BaseSettings):
         ge=0,
         validation_alias=AliasChoices("FSMFLOW_SHUTDOWN_GRACE_SECONDS", "shutdown_grace"),
     )
+    worker_sweep: float = Field(
+        default=2.0,
+        gt=0,
+        le=3600,
+        validation_alias=AliasChoices("FSMFLOW_WORKER_SWEEP_SECONDS", "worker_sweep"),
+        description=(
+            "How often each worker heartbeats, takes over the instances of dead workers and "
+            "looks for due deadlines: a SIGKILLed worker's instances run again elsewhere "
+            "within about this long."
+        ),
+    )
+    worker_stale: float = Field(
+        default=30.0,
+        gt=0,
+        validation_alias=AliasChoices("FSMFLOW_WORKER_STALE_SECONDS", "worker_stale"),
+        description=(
+            "A worker whose heartbeat is older than this counts as dead even if its "
+            "database session seems alive (a connection pooler may keep it)."
+        ),
+    )
     strict_durability: bool = Field(
         default=False,
         validation_alias=AliasChoices("FSMFLOW_STRICT_DURABILITY", "strict_durability"),

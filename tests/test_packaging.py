@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from fsmflow.sql import SCHEMA_VERSION
 from tests.conftest import ROOT
 
 
@@ -68,4 +69,4 @@ def test_init_db_from_the_unpacked_wheel(wheel: Path, tmp_path: Path, postgresql
     assert result.returncode == 0, result.stderr
     with postgresql.cursor() as cur:
         cur.execute("SELECT obj_description('from_wheel'::regclass, 'pg_class')")
-        assert cur.fetchone()[0] == "fsmflow schema_version=4"
+        assert cur.fetchone()[0] == f"fsmflow schema_version={SCHEMA_VERSION}"

@@ -147,7 +147,62 @@ RETRY_TRIGGER: Final = "fsmflow:retry"
 # Triggers of the runner's own waiting rows: the wait begins (after a step, or on entering
 # a state without one), and an event that matched no transition was consumed.
 WAIT_TRIGGER: Final = "fsmflow:wait"
+SUBMIT_TRIGGER: Final = "fsmflow:submit"  # seq 0 of an instance submitted to the fleet
 UNMATCHED_TRIGGER: Final = "fsmflow:unmatched-event"
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerInfo:
+    """A live worker process of the fleet, as its row in the database says (``fsmflow
+    workers``): where it runs, what it serves, how busy it is. No context values."""
+
+    worker_id: str
+    host: str
+    pid: int
+    workflows: tuple[str, ...]
+    concurrency: int
+    running: int
+    finished: int
+    started_at: datetime
+    heartbeat_at: datetime
+    stopping: bool = False
+
+    def __repr__(self) -> str:
+        return (
+            f"WorkerInfo({self.host}:{self.pid}, id={self.worker_id[:8]!r}, "
+            f"running={self.running}/{self.concurrency}, workflows={list(self.workflows)!r})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (datetimes as ISO 8601 strings)."""
+        return {
+            "worker_id": self.worker_id,
+            "host": self.host,
+            "pid": self.pid,
+            "workflows": list(self.workflows),
+            "concurrency": self.concurrency,
+            "running": self.running,
+            "finished": self.finished,
+            "started_at": self.started_at.isoformat(),
+            "heartbeat_at": self.heartbeat_at.isoformat(),
+            "stopping": self.stopping,
+        }
+
+
+def to_worker(row: Row) -> WorkerInfo:
+    """A :class:`WorkerInfo` from a row of the workers table."""
+    return WorkerInfo(
+        worker_id=row["worker_id"],
+        host=row["host"],
+        pid=int(row["pid"]),
+        workflows=tuple(row["workflows"]),
+        concurrency=int(row["concurrency"]),
+        running=int(row["running"]),
+        finished=int(row["finished"]),
+        started_at=row["started_at"],
+        heartbeat_at=row["heartbeat_at"],
+        stopping=bool(row["stopping"]),
+    )
 
 
 @dataclass(frozen=True, slots=True)

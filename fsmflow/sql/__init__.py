@@ -23,7 +23,10 @@ from fsmflow.errors import ConfigError
 
 PLACEHOLDER: Final = "fsmflow_transitions"
 EVENTS_SUFFIX: Final = "_events"  # the events table (fsmflow_transitions_events): a table
-SCHEMA_VERSION: Final = 4
+QUEUE_SUFFIX: Final = "_queue"  # the worker fleet's queue
+WORKERS_SUFFIX: Final = "_workers"  # the live workers
+TABLE_SUFFIXES: Final = (EVENTS_SUFFIX, QUEUE_SUFFIX, WORKERS_SUFFIX)  # tables, not indexes
+SCHEMA_VERSION: Final = 5
 SCHEMA_COMMENT: Final = f"fsmflow schema_version={SCHEMA_VERSION}"  # as schema.sql sets it
 MAX_NAME_BYTES: Final = 63  # PostgreSQL truncates longer identifiers silently
 _VERSION_COMMENT: Final = re.compile(r"^fsmflow schema_version=(\d+)$")
@@ -238,7 +241,7 @@ def bind_table(sql: str, schema: str | None, table: str) -> str:
 
     def replace(match: re.Match[str]) -> str:
         suffix = match.group(1)
-        if suffix and suffix != EVENTS_SUFFIX:  # an index or constraint: in the table's
+        if suffix and suffix not in TABLE_SUFFIXES:  # an index or constraint: in the table's
             return quote_ident(object_name(table, suffix))  # schema, never qualified
         qualified = quote_ident(object_name(table, suffix) if suffix else table)
         return f"{quote_ident(schema)}.{qualified}" if schema else qualified
@@ -251,17 +254,28 @@ def events_table(table: str) -> str:
     return object_name(table, EVENTS_SUFFIX)
 
 
+def table_of(table: str, suffix: str) -> str:
+    """The name of the helper table ``suffix`` (:data:`TABLE_SUFFIXES`) of ``table``."""
+    return object_name(table, suffix)
+
+
+QUERY_FILES: Final = ("queries.sql", "fleet.sql")
+
+
 def queries(schema: str | None, table: str) -> dict[str, str]:
-    """Every named query with the table bound."""
-    return {name: bind_table(sql, schema, table) for name, sql in _blocks("queries.sql").items()}
+    """Every named query (of :data:`QUERY_FILES`) with the table bound."""
+    return {
+        name: bind_table(text, schema, table)
+        for filename in QUERY_FILES
+        for name, text in _blocks(filename).items()
+    }
 
 
 def drop_scratch_ddl(schema: str | None, table: str) -> str:
-    """The DDL that drops a scratch table and its events table (the bench's and the test
+    """The DDL that drops a scratch table and its helper tables (the bench's and the test
     kit's own tables; never run on a real one: history is deleted by reset_db and prune)."""
-    return "DROP TABLE IF EXISTS " + bind_table(
-        f"{PLACEHOLDER}{EVENTS_SUFFIX}, {PLACEHOLDER}", schema, table
-    )
+    helpers = ", ".join(f"{PLACEHOLDER}{suffix}" for suffix in TABLE_SUFFIXES)
+    return "DROP TABLE IF EXISTS " + bind_table(f"{helpers}, {PLACEHOLDER}", schema, table)
 
 
 def schema_ddl(schema: str | None, table: str) -> str:

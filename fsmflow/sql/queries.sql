@@ -80,8 +80,9 @@ SELECT ARRAY(SELECT c.relname::text FROM pg_index i JOIN pg_class c ON c.oid = i
              WHERE i.indrelid = to_regclass($1)) AS indexes;
 
 -- name: reset
--- Delete every row of the history and of the events (reset_db).
-TRUNCATE fsmflow_transitions, fsmflow_transitions_events;
+-- Delete every row of the history, the events and the fleet's queue (reset_db); live
+-- workers keep their rows (they register again if theirs is gone).
+TRUNCATE fsmflow_transitions, fsmflow_transitions_events, fsmflow_transitions_queue;
 
 -- name: list_instances
 -- Instances, newest first: of workflow $1 (NULL: every workflow), whose status is in $2
@@ -200,6 +201,10 @@ WITH doomed AS (
     DELETE FROM fsmflow_transitions_events e
     USING doomed d
     WHERE e.workflow_name = d.workflow_name AND e.instance_id = d.instance_id
+), dequeued AS (  -- and any queue row a crash left behind
+    DELETE FROM fsmflow_transitions_queue q
+    USING doomed d
+    WHERE q.workflow_name = d.workflow_name AND q.instance_id = d.instance_id
 )
 SELECT count(*) FILTER (WHERE seq = 0) AS instances, count(*) AS rows FROM deleted;
 
@@ -222,7 +227,8 @@ SELECT to_regclass($1) IS NOT NULL AS exists,
 
 -- name: reset_lock_table
 -- Inside reset_db's transaction: no runner reads, appends or sends until it commits.
-LOCK TABLE fsmflow_transitions, fsmflow_transitions_events IN ACCESS EXCLUSIVE MODE;
+LOCK TABLE fsmflow_transitions, fsmflow_transitions_events, fsmflow_transitions_queue
+    IN ACCESS EXCLUSIVE MODE;
 
 -- name: reset_instances
 -- Inside reset_db's transaction, under the table lock: every instance in the table.
@@ -282,7 +288,8 @@ LEFT JOIN LATERAL (
 -- name: send_event
 -- Store one event ($3 name, $4 key or NULL, $5 payload) for instance ($1, $2) and, once
 -- it commits, wake its waiting runner (channel $6, payload $7). A key already used for
--- the instance stores nothing and returns no row.
+-- the instance stores nothing and returns no row. (For an instance submitted to the
+-- worker fleet, the same transaction runs the fleet's wake: see Events.send.)
 WITH stored AS (
     INSERT INTO fsmflow_transitions_events (workflow_name, instance_id, event, key, payload)
     VALUES ($1, $2, $3, $4, $5::json)

@@ -1,4 +1,4 @@
--- fsmflow schema, version 4.
+-- fsmflow schema, version 5.
 --
 -- One append-only table holds the history of every workflow instance: one row per event.
 -- seq 0 starts an instance; each finished step appends the next seq; a terminal row has
@@ -6,6 +6,9 @@
 -- dest_state (since waiting_since, until wake_at at the latest) for an event or a deadline.
 -- Events sent to instances are appended to a second table, fsmflow_transitions_events; the history
 -- row that delivers one names it in event_id. Rows of neither table are ever updated.
+-- Instances submitted to the worker fleet are queued in fsmflow_transitions_queue until they
+-- end, and live workers are listed in fsmflow_transitions_workers: coordination state only
+-- (updated and deleted as instances are claimed and end), never the truth of an instance.
 --
 -- Apply by hand with:  psql "$DATABASE_URL" -f schema.sql
 -- (fsmflow's init_db applies this same file to a new table, with the configured table name
@@ -81,4 +84,46 @@ CREATE UNIQUE INDEX IF NOT EXISTS fsmflow_transitions_events_key_idx
     ON fsmflow_transitions_events (workflow_name, instance_id, key)
     WHERE key IS NOT NULL;
 
-COMMENT ON TABLE fsmflow_transitions IS 'fsmflow schema_version=4';
+-- The worker fleet's queue: one row per submitted instance that has not ended. ready_at:
+-- runnable from then on (a deadline, 'infinity' while it waits for an event); claimed_by:
+-- the worker that claimed it (a hint: the instance's advisory lock stays the fence); wakes:
+-- bumped by every event, cancel and retry, so a worker suspends it only if none came.
+CREATE TABLE IF NOT EXISTS fsmflow_transitions_queue (
+    workflow_name   text        NOT NULL,
+    instance_id     text        NOT NULL,
+    ready_at        timestamptz NOT NULL DEFAULT clock_timestamp(),
+    claimed_by      text,
+    claimed_at      timestamptz,
+    wakes           bigint      NOT NULL DEFAULT 0,
+    failures        integer     NOT NULL DEFAULT 0,
+    submitted_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (workflow_name, instance_id)
+);
+
+-- The claim: unclaimed instances of a workflow, oldest ready first.
+CREATE INDEX IF NOT EXISTS fsmflow_transitions_queue_ready_idx
+    ON fsmflow_transitions_queue (workflow_name, ready_at)
+    WHERE claimed_by IS NULL;
+
+-- Takeover: the claims of one (dead) worker.
+CREATE INDEX IF NOT EXISTS fsmflow_transitions_queue_claimed_idx
+    ON fsmflow_transitions_queue (claimed_by)
+    WHERE claimed_by IS NOT NULL;
+
+-- Live workers: their session (liveness), heartbeat and counts (`fsmflow workers`).
+CREATE TABLE IF NOT EXISTS fsmflow_transitions_workers (
+    worker_id       text        PRIMARY KEY,
+    host            text        NOT NULL,
+    pid             integer     NOT NULL,
+    workflows       text[]      NOT NULL,
+    concurrency     integer     NOT NULL,
+    session_pid     integer     NOT NULL,
+    session_start   timestamptz,
+    started_at      timestamptz NOT NULL DEFAULT clock_timestamp(),
+    heartbeat_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    running         integer     NOT NULL DEFAULT 0,
+    finished        bigint      NOT NULL DEFAULT 0,
+    stopping        boolean     NOT NULL DEFAULT false
+);
+
+COMMENT ON TABLE fsmflow_transitions IS 'fsmflow schema_version=5';

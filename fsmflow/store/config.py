@@ -24,6 +24,9 @@ class StoreConfig(Protocol):
     # Not the store's own: the engine reads them from the settings its store was built with.
     redact_errors: bool
     shutdown_grace: float
+    # The worker fleet's timings (the store's own: its sweep and liveness queries use them).
+    worker_sweep: float
+    worker_stale: float
 
     @property
     def configured(self) -> bool:

@@ -22,7 +22,13 @@ from fsmflow.errors import (
 )
 from fsmflow.model.context import compact_json, encode_context
 from fsmflow.model.definition import check_identifier, event_name_problems
-from fsmflow.model.records import EventRecord, SentEvent, TransitionRecord, to_event
+from fsmflow.model.records import (
+    SUBMIT_TRIGGER,
+    EventRecord,
+    SentEvent,
+    TransitionRecord,
+    to_event,
+)
 from fsmflow.store.database import Database
 from fsmflow.store.history import History
 
@@ -93,18 +99,16 @@ class Events:
             found = await self.db.fetchrow("event_by_key", workflow, instance_id, key)
             if found is not None:
                 return SentEvent(_event(found), duplicate=True)
-        await self._check_receives(workflow, instance_id, event)
+        first = await self._check_receives(workflow, instance_id, event)
         stored_key = key if key is not None else AUTO_KEY_PREFIX + uuid.uuid4().hex
-        row = await self.db.fetchrow(
-            "send_event",
-            workflow,
-            instance_id,
-            event,
-            stored_key,
-            compact_json(payload, allow_nan=False),
-            self.db.wake_channel,
-            wake_payload(workflow, instance_id),
-        )
+        args = (
+            workflow, instance_id, event, stored_key, compact_json(payload, allow_nan=False),
+            self.db.wake_channel, wake_payload(workflow, instance_id),
+        )  # fmt: skip
+        if first.trigger == SUBMIT_TRIGGER:
+            row = await self._send_to_fleet(args)
+        else:  # a program's instance: no fleet table is touched (SELECT, INSERT suffice)
+            row = await self.db.fetchrow("send_event", *args)
         if row is not None:
             return SentEvent(_event(row))
         # The key was taken meanwhile: by a racing sender, or by this send's own first
@@ -113,7 +117,25 @@ class Events:
         assert found is not None
         return SentEvent(_event(found), duplicate=key is not None)
 
-    async def _check_receives(self, workflow: str, instance_id: str, event: str) -> None:
+    async def _send_to_fleet(self, args: tuple[Any, ...]) -> Any:
+        """Store the event and make its submitted instance runnable, in one transaction:
+        a worker suspends a waiting instance only if its queue row's wakes did not move."""
+        pool = await self.db.pool()
+        queries = self.db.queries
+
+        async def send() -> Any:
+            async with pool.acquire() as conn, conn.transaction():
+                row = await conn.fetchrow(queries["send_event"], *args)
+                if row is not None:
+                    await conn.execute(queries["wake"], args[0], args[1])
+                return row
+
+        return await self.db.retry("send_event", send)
+
+    async def _check_receives(
+        self, workflow: str, instance_id: str, event: str
+    ) -> TransitionRecord:
+        """The instance's seq 0, once it is known to receive ``event`` now."""
         last = await self.history.last_record(workflow, instance_id)
         if last is None:
             raise InstanceNotFoundError(
@@ -131,7 +153,7 @@ class Events:
             )
         first = last if last.seq == 0 else await self.history.record_at(workflow, instance_id, 0)
         declared = declared_events(first) if first is not None else []
-        if event not in declared:
+        if first is None or event not in declared:
             known = ", ".join(map(repr, declared)) if declared else "none"
             raise UnknownEventError(
                 workflow,
@@ -139,6 +161,7 @@ class Events:
                 f"its stored definition waits for no event {event!r} (declared events: "
                 f"{known}); nothing was stored",
             )
+        return first
 
     async def wait_check(
         self, workflow: str, instance_id: str, names: list[str]

@@ -29,7 +29,8 @@ from fsmflow.store.config import StoreConfig
 from fsmflow.store.database import Database
 from fsmflow.store.deleting import PruneProgress
 from fsmflow.store.events import Events
-from fsmflow.store.faces import ErrorsFace, EventsFace
+from fsmflow.store.faces import ErrorsFace, EventsFace, FleetFace
+from fsmflow.store.fleet import Fleet
 from fsmflow.store.history import Appender, History
 from fsmflow.store.listening import Listener
 from fsmflow.store.operations import Parts
@@ -39,7 +40,7 @@ from fsmflow.store.schema import Schema
 T = TypeVar("T")
 
 
-class Store(EventsFace, ErrorsFace):
+class Store(EventsFace, FleetFace, ErrorsFace):
     """Connections and SQL for one table. Open lazily; ``async with`` closes it.
 
     Every method that writes is a single statement in its own transaction (prune and
@@ -55,7 +56,10 @@ class Store(EventsFace, ErrorsFace):
         self._owners = Owners(db, self._history.record_at)
         self._events = Events(db, self._history)
         self._listener = Listener(db)
-        self._parts = Parts(db, self._history, self._owners, self._schema, self._events)
+        self._fleet = Fleet(db, self._history)
+        self._parts = Parts(
+            db, self._history, self._owners, self._schema, self._events, self._fleet
+        )
 
     def __repr__(self) -> str:
         state = "closed" if self._db.closed else "open" if self._db.is_open else "not opened"

@@ -3,21 +3,27 @@
 * :class:`EventsFace`: sending events, reading them, and what a waiting runner needs (a
   look at its instance, wake-ups), delegated to the store's
   :class:`~fsmflow.store.events.Events` and :class:`~fsmflow.store.listening.Listener`;
+* :class:`FleetFace`: submitting instances to the worker fleet and seeing its workers,
+  delegated to the store's :class:`~fsmflow.store.fleet.Fleet`;
 * :class:`ErrorsFace`: fsmflow 0.1's error helpers on the store, kept for programs that
   call them, delegated to the gateway and :mod:`~fsmflow.store.dberrors`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import json
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 from fsmflow.errors import FsmflowError
-from fsmflow.model.records import EventRecord, SentEvent
+from fsmflow.model.context import WorkflowContext, seed_json
+from fsmflow.model.definition import WorkflowDefinition
+from fsmflow.model.records import EventRecord, SentEvent, WorkerInfo
 from fsmflow.store import dberrors
 from fsmflow.store.config import StoreConfig
 from fsmflow.store.database import Database
 from fsmflow.store.events import Events, WaitCheck
+from fsmflow.store.fleet import Fleet, Key
 from fsmflow.store.listening import Listener, Subscription
 
 T = TypeVar("T")
@@ -92,3 +98,60 @@ class EventsFace:
     async def subscribe(self, workflow: str, instance_id: str) -> Subscription:
         """Wake-ups for an instance (new events, a cancel) on the store's one listener."""
         return await self._listener.subscribe(workflow, instance_id)
+
+
+def definition_of(workflow: object) -> WorkflowDefinition:
+    """The definition of a :class:`~fsmflow.Workflow` (anything with ``.definition``) or
+    of a :class:`WorkflowDefinition` itself; :class:`TypeError` for anything else."""
+    definition = getattr(workflow, "definition", workflow)
+    if not isinstance(definition, WorkflowDefinition):
+        raise TypeError(
+            f"expected a fsmflow.Workflow or a WorkflowDefinition, not {type(workflow).__name__}"
+        )
+    return definition
+
+
+class FleetFace:
+    """The worker fleet; the store sets ``_fleet``, ``_listener`` and ``config``."""
+
+    _fleet: Fleet
+    _listener: Listener
+    config: StoreConfig
+
+    @property
+    def fleet(self) -> Fleet:
+        """The fleet's part of the store (what :class:`~fsmflow.Worker` uses)."""
+        return self._fleet
+
+    async def submit(
+        self,
+        workflow: Any,
+        context: WorkflowContext | Mapping[str, Any] | None = None,
+        *,
+        instance_id: str | None = None,
+    ) -> str:
+        """Start an instance of ``workflow`` (a :class:`~fsmflow.Workflow` or its
+        :class:`WorkflowDefinition`) for the worker fleet to run, without running it here;
+        returns its id (``instance_id``, or a new one).
+
+        One durable write: seq 0 and the queue entry commit together, and the workers are
+        woken. A pinned ``instance_id`` that exists raises
+        :class:`~fsmflow.errors.InstanceExistsError` and writes nothing.
+        """
+        definition = definition_of(workflow)
+        context_json = seed_json(context, max_bytes=self.config.max_context_bytes)
+        summary = json.dumps(definition.summary())
+        return await self._fleet.submit(definition, summary, context_json, instance_id)
+
+    async def list_workers(self) -> list[WorkerInfo]:
+        """The live workers of this table's fleet, oldest first (``fsmflow workers``)."""
+        return await self._fleet.list_workers()
+
+    async def instance_workers(self, keys: Iterable[Key]) -> dict[Key, WorkerInfo]:
+        """Which live worker runs each of the ``(workflow, instance_id)`` given, where one
+        does (``fsmflow list`` and ``show``)."""
+        return await self._fleet.instance_workers(keys)
+
+    async def subscribe_workflows(self, workflows: list[str]) -> Subscription:
+        """Wake-ups for any instance of these workflows, on the store's one listener."""
+        return await self._listener.subscribe_workflows(workflows)

@@ -27,17 +27,27 @@ logger = logging.getLogger("fsmflow.store")
 _LISTENER_SETTINGS: Final = {**LANE_SETTINGS, "application_name": "fsmflow-listener"}
 
 
+ANY_INSTANCE: Final = ""  # instance ids are never empty: (workflow, "") means all of them
+
+
 class Subscription:
     """One waiting runner's wake-up: :attr:`woken` is set by a notification for its
-    instance (or by a reconnection, which may have missed one)."""
+    instance (or by a reconnection, which may have missed one). A worker's subscription
+    has one key per workflow, ``(workflow, ANY_INSTANCE)``: any of their instances."""
 
-    def __init__(self, listener: Listener, key: tuple[str, str]) -> None:
+    def __init__(self, listener: Listener, *keys: tuple[str, str]) -> None:
         self.listener = listener
-        self.key = key
+        self.keys = keys
         self.woken = asyncio.Event()
 
+    @property
+    def key(self) -> tuple[str, str]:
+        """The first (for a runner: the only) key."""
+        return self.keys[0]
+
     def __repr__(self) -> str:
-        return f"Subscription({self.key[0]!r}, {self.key[1]!r}, woken={self.woken.is_set()})"
+        keys = ", ".join(f"{w!r}:{i or '*'!r}" for w, i in self.keys)
+        return f"Subscription({keys}, woken={self.woken.is_set()})"
 
     def close(self) -> None:
         """Stop receiving wake-ups."""
@@ -63,13 +73,21 @@ class Listener:
     @property
     def count(self) -> int:
         """How many subscriptions are open."""
-        return sum(len(s) for s in self._subscribers.values())
+        return len({s for subscriptions in self._subscribers.values() for s in subscriptions})
 
     async def subscribe(self, workflow: str, instance_id: str) -> Subscription:
         """Start receiving wake-ups for an instance; returns once the listener listens
         (within the retry budget; after that, wake-ups come with the next reconnection)."""
-        subscription = Subscription(self, (workflow, instance_id))
-        self._subscribers.setdefault(subscription.key, set()).add(subscription)
+        return await self._subscribe(Subscription(self, (workflow, instance_id)))
+
+    async def subscribe_workflows(self, workflows: list[str]) -> Subscription:
+        """Wake-ups for any instance of these workflows (a worker: submissions, events,
+        claims given back)."""
+        return await self._subscribe(Subscription(self, *((w, ANY_INSTANCE) for w in workflows)))
+
+    async def _subscribe(self, subscription: Subscription) -> Subscription:
+        for key in subscription.keys:
+            self._subscribers.setdefault(key, set()).add(subscription)
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run())
         with contextlib.suppress(TimeoutError):
@@ -78,15 +96,20 @@ class Listener:
 
     def unsubscribe(self, subscription: Subscription) -> None:
         """Stop a subscription (the connection stays open for the next one)."""
-        found = self._subscribers.get(subscription.key)
-        if found is not None:
-            found.discard(subscription)
-            if not found:
-                del self._subscribers[subscription.key]
+        for key in subscription.keys:
+            found = self._subscribers.get(key)
+            if found is not None:
+                found.discard(subscription)
+                if not found:
+                    del self._subscribers[key]
 
     def _on_notification(self, conn: Any, pid: int, channel: str, payload: str) -> None:
         key = parse_wake_payload(payload)
-        for subscription in self._subscribers.get(key, ()) if key is not None else ():
+        if key is None:
+            return
+        for subscription in self._subscribers.get(key, ()):
+            subscription.woken.set()
+        for subscription in self._subscribers.get((key[0], ANY_INSTANCE), ()):
             subscription.woken.set()
 
     def _wake_all(self) -> None:

@@ -33,6 +33,7 @@ from fsmflow.model.records import (
     CANCEL_TRIGGER,
     RETRY_TRIGGER,
     STATUSES,
+    SUBMIT_TRIGGER,
     HealthReport,
     InstanceSummary,
     Status,
@@ -40,6 +41,7 @@ from fsmflow.model.records import (
 )
 from fsmflow.store.database import Database
 from fsmflow.store.events import Events
+from fsmflow.store.fleet import Fleet
 from fsmflow.store.history import History
 from fsmflow.store.ownership import Owners, Ownership
 from fsmflow.store.schema import Schema, durability_problem
@@ -56,6 +58,7 @@ class Parts:
     owners: Owners
     schema: Schema
     events: Events
+    fleet: Fleet
 
 
 # -- listing -----------------------------------------------------------------------------
@@ -275,14 +278,28 @@ async def cancel_instance(
     try:
         async with _owned(parts, workflow, instance_id, "cancel") as owner:
             last = await _cancellable(parts, workflow, instance_id)
-            return await _append_after(parts, owner, last, "cancelled", CANCEL_TRIGGER, error)
+            record = await _append_after(parts, owner, last, "cancelled", CANCEL_TRIGGER, error)
+        if await _submitted(parts, workflow, instance_id):
+            await parts.fleet.dequeue(workflow, instance_id)
+        return record
     except InstanceLockedError:
         last = await _cancellable(parts, workflow, instance_id)
         if last.status != "waiting":
             raise
     record = await _append_after(parts, None, last, "cancelled", CANCEL_TRIGGER, error)
+    # A runner (a worker's or a program's) waits on it: woken, it stops with the cancel,
+    # and a worker then takes it off the queue.
+    if await _submitted(parts, workflow, instance_id):
+        await parts.fleet.wake(workflow, instance_id)
     await parts.events.notify(workflow, instance_id)
     return record
+
+
+async def _submitted(parts: Parts, workflow: str, instance_id: str) -> bool:
+    """True if the instance was submitted to the worker fleet (only those are queued: a
+    program's instances touch no fleet table, so SELECT and INSERT suffice for them)."""
+    first = await parts.history.record_at(workflow, instance_id, 0)
+    return first is not None and first.trigger == SUBMIT_TRIGGER
 
 
 async def _cancellable(parts: Parts, workflow: str, instance_id: str) -> TransitionRecord:
@@ -299,14 +316,18 @@ async def retry_instance(parts: Parts, workflow: str, instance_id: str) -> Trans
     row, in the state whose step failed, with the context that step started from.
 
     The program's next run of the instance (no ``retry_failed`` needed) runs that step
-    again. Refused while a runner owns the instance, and for an instance that did not fail.
+    again; an instance submitted to the worker fleet is queued again for the workers.
+    Refused while a runner owns the instance, and for an instance that did not fail.
     Returns the appended row.
     """
     async with _owned(parts, workflow, instance_id, "retry") as owner:
         last = await _existing(parts, workflow, instance_id, "retry")
         if last.status != "failed":
             raise InstanceStateError(workflow, instance_id, _not_retryable(last))
-        return await _append_after(parts, owner, last, "running", RETRY_TRIGGER, None)
+        record = await _append_after(parts, owner, last, "running", RETRY_TRIGGER, None)
+    if await _submitted(parts, workflow, instance_id):  # the workers run it again
+        await parts.fleet.requeue(workflow, instance_id)
+    return record
 
 
 def _not_retryable(last: TransitionRecord) -> str:

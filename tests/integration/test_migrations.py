@@ -96,6 +96,9 @@ def test_schema_sql_is_version_1_plus_every_migration(h: Harness) -> None:
     events = shape(h, "canonical_events")
     assert events == shape(h, "migrated_events")
     assert ("6", "payload", "json", "True", "", "None") in events["columns"]
+    for helper in ("_queue", "_workers"):  # the worker fleet's tables (version 5)
+        fleet = shape(h, f"canonical{helper}")
+        assert fleet["columns"] and fleet == shape(h, f"migrated{helper}")
     assert canonical["comment"] == [(f"fsmflow schema_version={fsql.SCHEMA_VERSION}",)]
     assert ("7", "context", "json", "True", "", "None") in canonical["columns"]
 
@@ -269,11 +272,13 @@ async def test_migrate_drops_an_invalid_index_an_interrupted_build_left_and_rebu
 
     store = h.config(table="interrupted").store
     pending = await store.migrate(dry_run=True)
-    assert [m.name for m in pending] == ["0003_list_by_status.sql", "0004_durable_waits.sql"]
-    assert not any(m.in_transaction for m in pending)
+    assert [m.name for m in pending] == [
+        "0003_list_by_status.sql", "0004_durable_waits.sql", "0005_worker_fleet.sql",
+    ]  # fmt: skip
+    assert [m.in_transaction for m in pending] == [False, False, True]  # 5 adds tables only
     applied = await store.migrate()
 
-    assert [m.version for m in applied] == [3, 4]
+    assert [m.version for m in applied] == [3, 4, 5]
     h.sql(fsql.schema_ddl(None, "canonical"))
     assert shape(h, "interrupted") == shape(h, "canonical")
     assert all(valid for _, valid, _ in index_facts(h, "interrupted"))
@@ -299,7 +304,7 @@ async def test_two_migrators_never_run_at_once(h: Harness) -> None:
     finally:
         holder.execute("SELECT pg_advisory_unlock(%s)", (0x0F5A1,))
     applied = await asyncio.wait_for(migrating, 60)
-    assert [m.version for m in applied] == [2, 3, 4]
+    assert [m.version for m in applied] == [2, 3, 4, 5]
 
 
 async def test_a_pending_migration_under_a_role_that_may_not_alter_names_the_way_out(
@@ -324,7 +329,7 @@ async def test_a_pending_migration_under_a_role_that_may_not_alter_names_the_way
 async def test_migration_4_interrupted_half_way_resumes(h: Harness) -> None:
     create_version_1(h, "halfway")
     insert_v1_instance(h, "halfway", "i-1")
-    for migration in fsql.migrations(None, "halfway", 1)[:-1]:  # versions 2 and 3
+    for migration in fsql.migrations(None, "halfway", 1)[:2]:  # versions 2 and 3
         for statement in migration.statements:
             h.sql(statement)
     four = fsql.migration(4, None, "halfway")
@@ -332,7 +337,7 @@ async def test_migration_4_interrupted_half_way_resumes(h: Harness) -> None:
         h.sql(statement)
     assert fsql.schema_version(shape(h, "halfway")["comment"][0][0]) == 3
     applied = await h.config(table="halfway").store.migrate()
-    assert [m.version for m in applied] == [4]
+    assert [m.version for m in applied] == [4, 5]
     h.sql(fsql.schema_ddl(None, "canonical"))
     assert shape(h, "halfway") == shape(h, "canonical")
     assert shape(h, "halfway_events") == shape(h, "canonical_events")
