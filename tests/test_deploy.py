@@ -32,6 +32,7 @@ from kubernetes_validate import utils as k8s
 
 import fsmflow
 from fsmflow import EXIT_INTERRUPTED, EXIT_USAGE, DBConfig
+from fsmflow import sql as fsql
 from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -456,7 +457,8 @@ def granted(statement: str) -> tuple[set[str], set[str]]:
 
 def test_history_stays_append_only_and_only_the_fleet_tables_get_update_delete() -> None:
     table = parse_env_file(SYSTEMD / "fsmflow.env.example")["FSMFLOW_TABLE"]
-    fleet = {f"{table}_queue", f"{table}_workers"}
+    schema, name = table.split(".")
+    fleet = {f"{schema}.{fsql.table_of(name, s)}" for s in (fsql.QUEUE_SUFFIX, fsql.WORKERS_SUFFIX)}
     for path in ROLE_SETUP_FILES:
         setup = documented_role_setup(path)
         for statement in setup:
