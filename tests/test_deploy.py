@@ -2,17 +2,19 @@
 
 - systemd units: ``systemd-analyze verify`` and ``security --offline`` on the unchanged files,
   placed under a throwaway root that holds fake ``/opt/fsmflow`` executables and the host's
-  targets. Without ``systemd-analyze`` (>= 250) these tests fail, unless
-  ``FSMFLOW_SKIP_SYSTEMD_VERIFY=1`` skips them explicitly (Debian/Ubuntu: ``apt-get install -y
-  systemd``; nothing needs to run).
+  targets (a template unit on one of its instances, ``fsmflow-worker@1.service``). Without
+  ``systemd-analyze`` (>= 250) these tests fail, unless ``FSMFLOW_SKIP_SYSTEMD_VERIFY=1`` skips
+  them explicitly (Debian/Ubuntu: ``apt-get install -y systemd``; nothing needs to run).
 - Kubernetes manifests: the JSON schemas bundled with ``kubernetes-validate`` (offline, strict),
   for the oldest Kubernetes we support and the newest the installed package ships.
 - Consistency: shutdown grace vs. stop timeouts, exit codes vs. restart rules, probes vs. the
-  database retry budget, non-root users, setting names, all read from the files themselves.
+  database retry budget, non-root users, setting names, the worker fleet's ``MODULE:ATTR`` and
+  its PodDisruptionBudget, the runtime role's grants, all read from the files themselves.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -28,7 +30,9 @@ import pytest
 import yaml
 from kubernetes_validate import utils as k8s
 
+import fsmflow
 from fsmflow import EXIT_INTERRUPTED, EXIT_USAGE, DBConfig
+from fsmflow import sql as fsql
 from tests.conftest import ROOT
 
 DEPLOY = ROOT / "deploy"
@@ -37,9 +41,14 @@ KUBERNETES = DEPLOY / "kubernetes"
 CONTAINERFILE = DEPLOY / "Containerfile"
 WORKFLOW_UNIT = "fsmflow-support-ticket.service"
 INIT_UNIT = "fsmflow-init-db.service"
-UNITS = (WORKFLOW_UNIT, INIT_UNIT)
+WORKER_TEMPLATE = "fsmflow-worker@.service"
+WORKER_UNIT = "fsmflow-worker@1.service"  # systemd-analyze checks a template on an instance
+UNITS = (WORKFLOW_UNIT, INIT_UNIT, WORKER_UNIT)
 BACKOFF_DROPIN = SYSTEMD / f"{WORKFLOW_UNIT}.d" / "restart-backoff.conf"
 EXAMPLE = "examples/support_ticket.py"
+FLEET_TARGET = "examples.support_ticket:WORKFLOW"  # what the fleet's files submit and run
+WORKER = ("Deployment", "fsmflow-worker")
+SUBMIT_JOB = ("Job", "fsmflow-submit-ticket-2")
 
 # Oldest Kubernetes the manifests support (podFailurePolicy + podReplacementPolicy: Failed).
 K8S_MIN_VERSION = "1.30.0"
@@ -81,8 +90,13 @@ def parse_unit(path: Path) -> dict[str, dict[str, list[str]]]:
     return sections
 
 
+def unit_file(name: str) -> str:
+    """The file behind a unit name: ``fsmflow-worker@1.service`` is ``fsmflow-worker@.service``."""
+    return re.sub(r"@[^.]+\.", "@.", name)
+
+
 def unit(name: str) -> dict[str, dict[str, list[str]]]:
-    return parse_unit(SYSTEMD / name)
+    return parse_unit(SYSTEMD / unit_file(name))
 
 
 def last(values: dict[str, list[str]], key: str) -> str:
@@ -144,10 +158,16 @@ def resource(kind: str, name: str) -> dict[str, Any]:
 
 
 def pod_specs() -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, pod spec) of every workload: the Jobs and the worker Deployment."""
     for docs in manifests().values():
         for doc in docs:
-            if doc["kind"] == "Job":
+            if doc["kind"] in ("Job", "Deployment"):
                 yield doc["metadata"]["name"], doc["spec"]["template"]["spec"]
+
+
+def pod_spec(kind: str, name: str) -> dict[str, Any]:
+    spec: dict[str, Any] = resource(kind, name)["spec"]["template"]["spec"]
+    return spec
 
 
 def containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
@@ -212,7 +232,7 @@ def fake_root(tmp_path_factory: pytest.TempPathFactory, systemd_analyze: Any) ->
         shutil.copyfile(target, targets / target.name)  # follows alias symlinks
     system = root / "etc/systemd/system"
     system.mkdir(parents=True)
-    for name in UNITS:
+    for name in map(unit_file, UNITS):
         shutil.copyfile(SYSTEMD / name, system / name)
         executable = Path(last(unit(name)["Service"], "ExecStart").split()[0])
         assert executable.is_absolute(), f"{name}: ExecStart needs an absolute path"
@@ -347,6 +367,58 @@ def test_workflow_unit_runs_the_example_after_init_db() -> None:
     assert INIT_UNIT in " ".join(sections["Unit"]["After"]).split()
 
 
+# What the worker template may set differently from the workflow unit; everything else
+# (ordering, start limit, restart delay, stop, user, hardening) must be the same.
+WORKER_OWN_KEYS = {
+    "Unit": {"Description"},
+    "Service": {"ExecStart", "Environment", "SyslogIdentifier", "RestartForceExitStatus"},
+}
+
+
+def without(sections: dict[str, dict[str, list[str]]], keys: dict[str, set[str]]) -> Any:
+    return {
+        section: {k: v for k, v in values.items() if k not in keys.get(section, set())}
+        for section, values in sections.items()
+    }
+
+
+def test_worker_template_is_the_workflow_unit_with_its_own_command() -> None:
+    worker, workflow = unit(WORKER_UNIT), unit(WORKFLOW_UNIT)
+    assert without(worker, WORKER_OWN_KEYS) == without(workflow, WORKER_OWN_KEYS)
+    # Each instance of the template is told apart in its description and journal identifier.
+    assert "%i" in last(worker["Unit"], "Description")
+    assert last(worker["Service"], "SyslogIdentifier").endswith("-%i")
+
+
+def test_worker_unit_stops_after_the_grace_period_and_restarts_on_failure() -> None:
+    service = unit(WORKER_UNIT)["Service"]
+    grace = settings(parse_env_file(SYSTEMD / "fsmflow.env.example")).shutdown_grace
+    # After the grace period the worker still records the steps and gives its claims back.
+    assert seconds(last(service, "TimeoutStopSec")) > grace + STOP_MARGIN_SECONDS
+    assert (last(service, "KillSignal"), last(service, "KillMode")) == ("SIGTERM", "mixed")
+    assert last(service, "Restart") == "on-failure"
+    # 75: a step was cancelled at the end of the grace period; a clean stop all the same.
+    assert str(EXIT_INTERRUPTED) in " ".join(service["SuccessExitStatus"]).split()
+    assert str(EXIT_USAGE) in " ".join(service["RestartPreventExitStatus"]).split()
+    # A worker never ends on its own: a stop systemd did not ask for (exit 0 or 75) restarts it.
+    forced = " ".join(service["RestartForceExitStatus"]).split()
+    assert {"0", str(EXIT_INTERRUPTED)} <= set(forced)
+
+
+def python_path(environment: list[str]) -> Path:
+    return Path(dict(e.split("=", 1) for e in environment)["PYTHONPATH"])
+
+
+def test_worker_unit_runs_the_fleet_command_where_the_example_is_installed() -> None:
+    worker = unit(WORKER_UNIT)["Service"]
+    argv = shlex.split(last(worker, "ExecStart"))
+    assert argv[1:] == fleet_command("worker")[1:]
+    # The same venv as the workflow unit, and the example where that unit runs it from.
+    program = shlex.split(last(unit(WORKFLOW_UNIT)["Service"], "ExecStart"))
+    assert Path(argv[0]) == Path(program[0]).with_name("fsmflow")
+    assert python_path(worker["Environment"]) / module_file(FLEET_TARGET) == Path(program[1])
+
+
 ROLE_SETUP_FILES = (KUBERNETES / "secret-migrator.yaml", SYSTEMD / "migrator.env.example")
 _SETUP_LINE = re.compile(r"^#\s+((?:CREATE|GRANT|ALTER)\b.*;)\s*$")
 
@@ -365,6 +437,50 @@ def test_deploy_files_document_one_role_setup() -> None:
     for role in (runtime["DB_USER"], migrator["DB_USER"]):
         assert f"CREATE ROLE {role} " in text
     assert runtime["FSMFLOW_TABLE"].split(".")[0] in text
+
+
+def readme_runtime_grants() -> list[str]:
+    """The runtime role's GRANT statements in the README's Deployment section."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Deployment") :]
+    start = section.index("```sql")
+    block = section[start : section.index("```", start + len("```sql"))]
+    return re.findall(r"^GRANT [^;]+;", block, re.MULTILINE)
+
+
+def granted(statement: str) -> tuple[set[str], set[str]]:
+    """(privileges, tables) of ``GRANT ... ON table, ... TO role;``."""
+    match = re.fullmatch(r"GRANT (.+) ON (?!SCHEMA )(.+) TO \w+;", statement)
+    assert match, statement
+    return set(match.group(1).split(", ")), set(match.group(2).split(", "))
+
+
+def test_history_stays_append_only_and_only_the_fleet_tables_get_update_delete() -> None:
+    table = parse_env_file(SYSTEMD / "fsmflow.env.example")["FSMFLOW_TABLE"]
+    schema, name = table.split(".")
+    fleet = {f"{schema}.{fsql.table_of(name, s)}" for s in (fsql.QUEUE_SUFFIX, fsql.WORKERS_SUFFIX)}
+    for path in ROLE_SETUP_FILES:
+        setup = documented_role_setup(path)
+        for statement in setup:
+            if statement.startswith("ALTER DEFAULT PRIVILEGES"):
+                # A default reaches every new table, the history too: SELECT, INSERT only.
+                assert statement.endswith("GRANT SELECT, INSERT ON TABLES TO fsmflow_app;")
+        writes = [s for s in setup if s.startswith("GRANT ") and "UPDATE" in s]
+        assert len(writes) == 1, (path.name, writes)
+        privileges, tables = granted(writes[0])
+        assert {"UPDATE", "DELETE"} <= privileges and tables == fleet, path.name
+        # A GRANT needs the tables, which `fsmflow migrate` creates: documented after it runs.
+        text = path.read_text()
+        assert text.index("# After `fsmflow migrate`") < text.index(f"#   {writes[0]}"), path.name
+        assert writes[0] in readme_runtime_grants()
+    for statement in readme_runtime_grants():
+        if " ON SCHEMA " in statement:
+            continue
+        privileges, tables = granted(statement)
+        if privileges & {"UPDATE", "DELETE"}:
+            assert tables == fleet, statement
+        else:
+            assert privileges == {"SELECT", "INSERT"} and table in tables, statement
 
 
 def test_units_reference_only_existing_units() -> None:
@@ -470,21 +586,131 @@ def test_workflow_job_resumes_after_interruptions_and_fails_fast_on_bad_settings
     assert actions == {EXIT_INTERRUPTED: "Ignore", "disruption": "Ignore", EXIT_USAGE: "FailJob"}
 
 
-def test_probes_run_fsmflow_check_and_tolerate_the_database_retry_budget() -> None:
-    pod = resource("Job", "fsmflow-support-ticket")["spec"]["template"]["spec"]
+@pytest.mark.parametrize("workload", [("Job", "fsmflow-support-ticket"), WORKER])
+def test_probes_run_fsmflow_check_and_tolerate_the_database_retry_budget(
+    workload: tuple[str, str],
+) -> None:
+    pod = pod_spec(*workload)
     (main,) = pod["containers"]
     retry = settings(resource("ConfigMap", "fsmflow-settings")["data"]).retry_budget
-    for kind in ("livenessProbe", "readinessProbe"):
+    probes = [k for k in ("startupProbe", "livenessProbe", "readinessProbe") if k in main]
+    assert {"livenessProbe", "readinessProbe"} <= set(probes)
+    for kind in probes:
         probe = main[kind]
         command = probe["exec"]["command"]
         assert command[-2:] == ["fsmflow", "check"]
         overrides = dict(arg.split("=", 1) for arg in command[1:-2])
         assert command[0] == "env" and float(overrides["FSMFLOW_DB_RETRY_SECONDS"]) == 0
         assert probe["timeoutSeconds"] > float(overrides["FSMFLOW_CONNECT_TIMEOUT"])
-    liveness = main["livenessProbe"]
-    assert liveness["periodSeconds"] * liveness["failureThreshold"] > retry
+    # Neither kills a process that is still riding out a database outage.
+    for kind in ("startupProbe", "livenessProbe"):
+        if kind in main:
+            assert main[kind]["periodSeconds"] * main[kind]["failureThreshold"] > retry, kind
     (wait,) = pod["initContainers"]
     assert "fsmflow check" in wait["command"][-1]
+
+
+# -- Kubernetes and systemd: the worker fleet ---------------------------------------------
+
+
+def module_file(target: str) -> str:
+    """``examples.support_ticket:WORKFLOW`` -> ``examples/support_ticket.py``."""
+    return target.split(":")[0].replace(".", "/") + ".py"
+
+
+def fleet_command(verb: str) -> list[str]:
+    """``fsmflow worker|submit ...`` as the worker Deployment or the submit Job runs it."""
+    kind, name = {"worker": WORKER, "submit": SUBMIT_JOB}[verb]
+    (container,) = pod_spec(kind, name)["containers"]
+    command: list[str] = container["command"]
+    assert command[:2] == ["tini", "--"], f"{name}: tini forwards SIGTERM and the exit code"
+    assert command[2:4] == ["fsmflow", verb], name
+    return command[2:]
+
+
+def test_fleet_target_is_a_workflow_of_the_example() -> None:
+    assert module_file(FLEET_TARGET) == EXAMPLE
+    module_name, attr = FLEET_TARGET.split(":")
+    module = importlib.import_module(module_name)
+    assert isinstance(getattr(module, attr), fsmflow.Workflow)
+    for verb in ("worker", "submit"):
+        assert fleet_command(verb)[2] == FLEET_TARGET
+
+
+def test_worker_deployment_runs_three_workers_that_stop_after_the_grace_period() -> None:
+    deployment = resource(*WORKER)["spec"]
+    pod = deployment["template"]["spec"]
+    grace = settings(resource("ConfigMap", "fsmflow-settings")["data"]).shutdown_grace
+    assert deployment["replicas"] == 3
+    assert pod["terminationGracePeriodSeconds"] > grace + STOP_MARGIN_SECONDS
+    assert pod.get("restartPolicy", "Always") == "Always"
+    labels = deployment["template"]["metadata"]["labels"]
+    assert deployment["selector"]["matchLabels"].items() <= labels.items()
+    rolling = deployment["strategy"]["rollingUpdate"]
+    assert deployment["strategy"]["type"] == "RollingUpdate"
+    assert rolling["maxSurge"] >= 1 and rolling["maxUnavailable"] == 0  # never below 3 ready
+    # The same worker as the systemd template, importing the example from where the image has it.
+    command = fleet_command("worker")
+    assert command[3:] == ["--concurrency", "4"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    entrypoint = json.loads(instruction("ENTRYPOINT")[-1])
+    assert Path(env["PYTHONPATH"]) / module_file(FLEET_TARGET) == Path(entrypoint[-1])
+
+
+def test_disruption_budget_selects_exactly_the_worker_pods_and_allows_one_eviction() -> None:
+    budget = resource("PodDisruptionBudget", WORKER[1])["spec"]
+    deployment = resource(*WORKER)["spec"]
+    selector = budget["selector"]["matchLabels"]
+    assert selector == deployment["selector"]["matchLabels"]
+    for kind in ("Job", "Deployment"):
+        for docs in manifests().values():
+            for doc in docs:
+                if doc["kind"] == kind:
+                    labels = doc["spec"]["template"]["metadata"]["labels"]
+                    selected = selector.items() <= labels.items()
+                    assert selected == ((kind, doc["metadata"]["name"]) == WORKER), doc
+    (rule,) = set(budget) & {"minAvailable", "maxUnavailable"}
+    assert isinstance(budget[rule], int)  # a percentage would round differently per size
+    # Leaves a drain room to evict one worker and keeps at least one running.
+    assert 1 <= budget[rule] < deployment["replicas"]
+
+
+def test_submit_job_submits_one_ticket_once_and_fails_fast_on_bad_arguments() -> None:
+    spec = resource(*SUBMIT_JOB)["spec"]
+    command = fleet_command("submit")
+    options = dict(zip(command[3::2], command[4::2], strict=True))
+    assert set(options) == {"--id", "--context"}  # a pinned id: a retried pod cannot resubmit
+    ticket = json.loads(options["--context"])["ticket"]
+    example = importlib.import_module(FLEET_TARGET.split(":")[0])
+    assert set(ticket) == set(example.DEFAULT_TICKET)
+    assert "ttlSecondsAfterFinished" not in spec  # a later apply leaves the finished Job alone
+    assert spec["template"]["spec"]["restartPolicy"] == "Never"  # podFailurePolicy needs it
+    fail_job = [r for r in spec["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
+    assert [r["onExitCodes"]["values"] for r in fail_job] == [[EXIT_USAGE]]
+
+
+SETTING_NAME = re.compile(r"\b(?:FSMFLOW|DB)_[A-Z0-9_]*[A-Z0-9]\b")
+
+
+def readme_section(title: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(f"\n{title}\n")
+    end = readme.find("\n## ", start + len(title) + 2)
+    return readme[start : end if end != -1 else None]
+
+
+def test_deploy_files_and_scaling_out_name_only_real_settings() -> None:
+    """Setting names in comments too: a renamed setting must not live on in the docs."""
+    texts = {str(p.relative_to(ROOT)): p.read_text() for p in DEPLOY.rglob("*") if p.is_file()}
+    texts["README.md, Scaling out"] = readme_section("## Scaling out")
+    for name, text in texts.items():
+        named = set(SETTING_NAME.findall(text)) - {SKIP_SYSTEMD_ENV}
+        assert named <= known_settings(), f"{name}: {sorted(named - known_settings())}"
+    worker_files = (KUBERNETES / "deployment-worker.yaml", SYSTEMD / WORKER_TEMPLATE)
+    for path in worker_files:
+        for setting in ("FSMFLOW_WORKER_SWEEP_SECONDS", "FSMFLOW_WORKER_STALE_SECONDS"):
+            assert setting in path.read_text(), f"{path.name} does not explain {setting}"
 
 
 # -- Containerfile ----------------------------------------------------------------------
