@@ -1,8 +1,8 @@
 """Least privilege as documented, for real processes: the role setup the deploy files document
 is enough for ``fsmflow migrate``, and each example runs under a role with exactly the README's
-runtime grants (USAGE on the schema, SELECT and INSERT on the table) after the migrator created
-the table. The examples call ``init_db()`` at start: on an up-to-date table that needs nothing
-more.
+runtime grants (USAGE on the schema, SELECT and INSERT on the history and events tables,
+and the worker fleet's grants on its two tables) after the migrator created them. The
+examples call ``init_db()`` at start: on an up-to-date table that needs nothing more.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ SCHEMA = "fsmflow"  # as the deploy files and the README name it
 TABLE = f"{SCHEMA}.transitions"
 DEPLOY_SETUP = ROOT / "deploy" / "kubernetes" / "secret-migrator.yaml"
 _SETUP_LINE = re.compile(r"^#\s+((?:CREATE|GRANT|ALTER)\b.*;)\s*$")
+_AFTER_MIGRATE = "# After `fsmflow migrate`"
 EXAMPLES = {
     "examples/basic.py": "basic_orders",
     "examples/support_ticket.py": "support_ticket",
@@ -63,13 +64,22 @@ def readme_runtime_grants() -> list[str]:
     return re.findall(r"^GRANT [^;]+;", block, re.MULTILINE)
 
 
-def apply_deploy_setup(h: Harness) -> tuple[str, str]:
-    """The deploy files' role setup, with this test's role names (created by the harness)."""
-    migrator, runtime = h.create_role("migrator"), h.create_role("runtime")
-    statements = [m.group(1) for line in DEPLOY_SETUP.read_text().splitlines()
-                  if (m := _SETUP_LINE.match(line))]  # fmt: skip
+def deploy_setup(*, after_migrate: bool) -> list[str]:
+    """The deploy files' role setup statements: those before the first ``fsmflow migrate``,
+    or those the comments say to run after it (grants on the tables it creates)."""
+    text = DEPLOY_SETUP.read_text()
+    before, _, after = text.partition(_AFTER_MIGRATE)
+    assert after, f"{DEPLOY_SETUP.name} no longer says what to run after `fsmflow migrate`"
+    part = after if after_migrate else before
+    statements = [m.group(1) for line in part.splitlines() if (m := _SETUP_LINE.match(line))]
     assert statements
-    for statement in statements:
+    return statements
+
+
+def apply_deploy_setup(h: Harness) -> tuple[str, str]:
+    """The deploy files' role setup before migrating, with this test's role names."""
+    migrator, runtime = h.create_role("migrator"), h.create_role("runtime")
+    for statement in deploy_setup(after_migrate=False):
         if not statement.startswith("CREATE ROLE"):
             h.sql(with_roles(statement, migrator, runtime))
     return migrator, runtime
@@ -82,6 +92,12 @@ def test_the_deploy_role_setup_suffices_for_migrate(h: Harness, db_env: dict[str
     assert created.returncode == 0, output_of(created)
     assert [s["name"] for s in json.loads(created.stdout)["applied"]] == ["schema.sql"]
     assert fsmflow(env_as(db_env, runtime), "check").returncode == 0
+    assert fsmflow(env_as(db_env, runtime), "check", "--workers").returncode == 1
+    owner = h.connect_as(migrator)  # the grants on the tables migrate created, as documented
+    for statement in deploy_setup(after_migrate=True):
+        owner.execute(with_roles(statement, migrator, runtime))
+    ready = fsmflow(env_as(db_env, runtime), "check", "--workers")
+    assert ready.returncode == 0, output_of(ready)
 
     # An upgrade: a version-1 table the migrator created under fsmflow 0.1.
     old = f"{SCHEMA}.old_history"
@@ -110,7 +126,7 @@ def test_each_example_runs_under_the_readme_runtime_grants(
     created = fsmflow(env_as(db_env, migrator), "migrate")
     assert created.returncode == 0, output_of(created)
     grants = readme_runtime_grants()
-    assert len(grants) == 2, grants
+    assert len(grants) == 3, grants
     owner = h.connect_as(migrator)
     for grant in grants:
         owner.execute(with_roles(grant, migrator, runtime))
@@ -124,7 +140,9 @@ def test_each_example_runs_under_the_readme_runtime_grants(
         ("transitions", "SELECT"),
         ("transitions_events", "INSERT"),
         ("transitions_events", "SELECT"),
-    ]
+        *((table, privilege) for table in ("transitions_queue", "transitions_workers")
+          for privilege in ("DELETE", "INSERT", "SELECT", "UPDATE")),
+    ]  # fmt: skip
 
     args = [example, "--instance-id", "least-1", *EXAMPLE_ARGS.get(example, [])]
     result = run_python(args, env_as(db_env, runtime))
