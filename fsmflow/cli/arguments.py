@@ -1,7 +1,9 @@
 """Argument types and registration helpers shared by the ``fsmflow`` sub-commands.
 
 The types turn a command-line string into a checked value or an
-:class:`argparse.ArgumentTypeError` (argparse then exits 2 with usage); the helpers give
+:class:`argparse.ArgumentTypeError` (argparse then exits 2 with usage): identifiers,
+durations, ``KEY=VALUE`` pairs, bounded integers, and JSON given as text, ``@FILE`` or
+``-`` (``send-event --data``, ``submit --context``); the helpers give
 every sub-command the same ``--help`` layout and the same ``--json``/``--yes`` flags.
 """
 
@@ -10,9 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from fsmflow.errors import ConfigError
@@ -30,6 +34,7 @@ _LOOKS_LIKE_JSON: Final = re.compile(r"\s*([\[{\"\d-]|(true|false|null)\b)")
 MAX_DURATION: Final = timedelta(days=36500)
 MAX_COUNT: Final = 1_000_000  # --limit, --batch-size: far below PostgreSQL's int4 bounds
 MAX_SEQ: Final = 2**31 - 1  # seq is an integer column
+_CONSTANTS: Final = ("NaN", "Infinity", "-Infinity")  # Python's json reads them; JSON has none
 
 
 # -- argument types ----------------------------------------------------------------------
@@ -117,6 +122,84 @@ def bounded(low: int, high: int, what: str = "") -> Callable[[str], int]:
 
 positive = bounded(1, MAX_COUNT)
 seq_number = bounded(0, MAX_SEQ, "seq ")
+
+
+def json_data(value: str) -> Any:
+    """argparse type: a JSON text, ``@FILE`` (the file's text) or ``-`` (standard input).
+
+    Errors name where the JSON breaks, never what it holds.
+    """
+    if value == "-":
+        text, where = sys.stdin.read(), "standard input"
+    elif value.startswith("@"):
+        text, where = _read(value[1:]), f"file {value[1:]!r}"
+    else:
+        text, where = value, "the text"
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        reason = f"{exc.msg} at {_position(text, exc.pos)}"
+    except _ConstantError as exc:
+        reason = f"{exc} at {_position(text, _constant_at(text))}: JSON has no NaN or Infinity"
+    except RecursionError:
+        reason = "nested too deeply"
+    raise argparse.ArgumentTypeError(f"{where} is not valid JSON: {reason}")
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        message = f"file {path!r} is not UTF-8 text (byte {exc.start})"
+    except OSError as exc:
+        message = f"cannot read file {path!r}: {exc.strerror or type(exc).__name__}"
+    raise argparse.ArgumentTypeError(message)
+
+
+class _ConstantError(ValueError):
+    """A ``NaN`` or ``Infinity`` in the JSON text."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _ConstantError(name)
+
+
+def _position(text: str, pos: int) -> str:
+    line = text.count("\n", 0, pos) + 1
+    column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    return f"line {line} column {column} (char {pos})"
+
+
+def _constant_at(text: str) -> int:
+    """Where the first NaN/Infinity outside a string starts (json.loads does not say)."""
+    in_string = escaped = False
+    for i, char in enumerate(text):
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif text.startswith(_CONSTANTS, i):
+            return i
+    return 0
+
+
+def json_object(value: str) -> dict[str, Any]:
+    """argparse type: like :func:`json_data`, but the JSON must be an object (a context)."""
+    found = json_data(value)
+    if not isinstance(found, dict):
+        example = '{"ticket": 7}'
+        raise argparse.ArgumentTypeError(
+            f"a context is a JSON object, not {_json_kind(found)}: pass one, e.g. "
+            f"'{example}', as text, as @FILE or as - (standard input)"
+        )
+    return found
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    kinds = ((bool, "a boolean"), (int | float, "a number"), (str, "a string"), (list, "an array"))
+    return next(name for kind, name in kinds if isinstance(value, kind))
 
 
 # -- registration helpers ----------------------------------------------------------------
