@@ -155,7 +155,10 @@ class Fleet:
         if not wanted:
             return {}
         rows = await self.db.fetch(
-            "instance_workers", [k[0] for k in wanted], [k[1] for k in wanted]
+            "instance_workers",
+            [k[0] for k in wanted],
+            [k[1] for k in wanted],
+            self.db.config.worker_stale,
         )
         return {(row["workflow_name"], row["instance_id"]): to_worker(row) for row in rows}
 
