@@ -5,12 +5,16 @@ The types turn a command-line string into a checked value or an
 durations, ``KEY=VALUE`` pairs, bounded integers, and JSON given as text, ``@FILE`` or
 ``-`` (``send-event --data``, ``submit --context``); the helpers give
 every sub-command the same ``--help`` layout and the same ``--json``/``--yes`` flags.
+:func:`load_target` imports what a ``MODULE:ATTRIBUTE`` argument names (a definition or a
+:class:`~fsmflow.Workflow`); it runs in the handlers, never while parsing.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import re
 import sys
 import textwrap
@@ -19,8 +23,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from fsmflow.errors import ConfigError
-from fsmflow.model.definition import check_identifier
+from fsmflow.engine.workflow import Workflow
+from fsmflow.errors import ConfigError, FsmflowError
+from fsmflow.model.definition import WorkflowDefinition, check_identifier
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -253,3 +258,57 @@ def definition_change_flag(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept a definition that differs from the one the instance started with",
     )
+
+
+# -- MODULE:ATTRIBUTE targets (graph, fork --definition, submit, worker) ------------------
+
+
+DEFINITION_EXAMPLE: Final = "examples.support_ticket:DEFINITION"
+
+
+def load_definition(target: str) -> WorkflowDefinition:
+    """The :class:`WorkflowDefinition` at ``module:attribute``, or the definition of the
+    :class:`~fsmflow.Workflow` there (:class:`ConfigError` if neither)."""
+    return definition_of(load_target(target), target)
+
+
+def definition_of(found: Any, target: str) -> WorkflowDefinition:
+    """``found`` (loaded from ``target``) as a definition: a Workflow gives its own."""
+    if isinstance(found, Workflow):
+        return found.definition
+    if not isinstance(found, WorkflowDefinition):
+        raise ConfigError(
+            f"{target!r} is a {type(found).__name__}, not a WorkflowDefinition or a "
+            "fsmflow.Workflow"
+        )
+    return found
+
+
+def load_target(
+    target: str, what: str = "the definition", example: str = DEFINITION_EXAMPLE
+) -> Any:
+    """The object at ``module:attribute`` (``module`` importable from the current
+    directory); :class:`ConfigError` naming ``what`` to pass, like ``example``, if not."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"{target!r}: name {what} as MODULE:ATTRIBUTE, e.g. {example}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: modules of the current directory
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    except FsmflowError:
+        raise
+    except SystemExit as exc:  # the module is a script: it exited while being imported
+        raise ConfigError(
+            f"cannot load {target!r}: importing {module_name!r} exited with code "
+            f"{exc.code if exc.code is not None else 0}; name a module that defines "
+            f"{what} without running a program at import"
+        ) from None
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot load {target!r}: {type(exc).__name__}: {exc}; name {what} as "
+            f"MODULE:ATTRIBUTE with MODULE importable from the current directory, e.g. {example}"
+        ) from None
+    return found
