@@ -1,22 +1,31 @@
 """Argument types and registration helpers shared by the ``fsmflow`` sub-commands.
 
 The types turn a command-line string into a checked value or an
-:class:`argparse.ArgumentTypeError` (argparse then exits 2 with usage); the helpers give
+:class:`argparse.ArgumentTypeError` (argparse then exits 2 with usage): identifiers,
+durations, ``KEY=VALUE`` pairs, bounded integers, and JSON given as text, ``@FILE`` or
+``-`` (``send-event --data``, ``submit --context``); the helpers give
 every sub-command the same ``--help`` layout and the same ``--json``/``--yes`` flags.
+:func:`load_target` imports what a ``MODULE:ATTRIBUTE`` argument names (a definition or a
+:class:`~fsmflow.Workflow`); it runs in the handlers, never while parsing.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
+import os
 import re
+import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-from fsmflow.errors import ConfigError
-from fsmflow.model.definition import check_identifier
+from fsmflow.engine.workflow import Workflow
+from fsmflow.errors import ConfigError, FsmflowError
+from fsmflow.model.definition import WorkflowDefinition, check_identifier
 
 if TYPE_CHECKING:
     from typing import TypeAlias
@@ -30,6 +39,7 @@ _LOOKS_LIKE_JSON: Final = re.compile(r"\s*([\[{\"\d-]|(true|false|null)\b)")
 MAX_DURATION: Final = timedelta(days=36500)
 MAX_COUNT: Final = 1_000_000  # --limit, --batch-size: far below PostgreSQL's int4 bounds
 MAX_SEQ: Final = 2**31 - 1  # seq is an integer column
+_CONSTANTS: Final = ("NaN", "Infinity", "-Infinity")  # Python's json reads them; JSON has none
 
 
 # -- argument types ----------------------------------------------------------------------
@@ -119,6 +129,84 @@ positive = bounded(1, MAX_COUNT)
 seq_number = bounded(0, MAX_SEQ, "seq ")
 
 
+def json_data(value: str) -> Any:
+    """argparse type: a JSON text, ``@FILE`` (the file's text) or ``-`` (standard input).
+
+    Errors name where the JSON breaks, never what it holds.
+    """
+    if value == "-":
+        text, where = sys.stdin.read(), "standard input"
+    elif value.startswith("@"):
+        text, where = _read(value[1:]), f"file {value[1:]!r}"
+    else:
+        text, where = value, "the text"
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as exc:
+        reason = f"{exc.msg} at {_position(text, exc.pos)}"
+    except _ConstantError as exc:
+        reason = f"{exc} at {_position(text, _constant_at(text))}: JSON has no NaN or Infinity"
+    except RecursionError:
+        reason = "nested too deeply"
+    raise argparse.ArgumentTypeError(f"{where} is not valid JSON: {reason}")
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        message = f"file {path!r} is not UTF-8 text (byte {exc.start})"
+    except OSError as exc:
+        message = f"cannot read file {path!r}: {exc.strerror or type(exc).__name__}"
+    raise argparse.ArgumentTypeError(message)
+
+
+class _ConstantError(ValueError):
+    """A ``NaN`` or ``Infinity`` in the JSON text."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _ConstantError(name)
+
+
+def _position(text: str, pos: int) -> str:
+    line = text.count("\n", 0, pos) + 1
+    column = pos - (text.rfind("\n", 0, pos) + 1) + 1
+    return f"line {line} column {column} (char {pos})"
+
+
+def _constant_at(text: str) -> int:
+    """Where the first NaN/Infinity outside a string starts (json.loads does not say)."""
+    in_string = escaped = False
+    for i, char in enumerate(text):
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            in_string = True
+        elif text.startswith(_CONSTANTS, i):
+            return i
+    return 0
+
+
+def json_object(value: str) -> dict[str, Any]:
+    """argparse type: like :func:`json_data`, but the JSON must be an object (a context)."""
+    found = json_data(value)
+    if not isinstance(found, dict):
+        example = '{"ticket": 7}'
+        raise argparse.ArgumentTypeError(
+            f"a context is a JSON object, not {_json_kind(found)}: pass one, e.g. "
+            f"'{example}', as text, as @FILE or as - (standard input)"
+        )
+    return found
+
+
+def _json_kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    kinds = ((bool, "a boolean"), (int | float, "a number"), (str, "a string"), (list, "an array"))
+    return next(name for kind, name in kinds if isinstance(value, kind))
+
+
 # -- registration helpers ----------------------------------------------------------------
 
 
@@ -170,3 +258,57 @@ def definition_change_flag(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="accept a definition that differs from the one the instance started with",
     )
+
+
+# -- MODULE:ATTRIBUTE targets (graph, fork --definition, submit, worker) ------------------
+
+
+DEFINITION_EXAMPLE: Final = "examples.support_ticket:DEFINITION"
+
+
+def load_definition(target: str) -> WorkflowDefinition:
+    """The :class:`WorkflowDefinition` at ``module:attribute``, or the definition of the
+    :class:`~fsmflow.Workflow` there (:class:`ConfigError` if neither)."""
+    return definition_of(load_target(target), target)
+
+
+def definition_of(found: Any, target: str) -> WorkflowDefinition:
+    """``found`` (loaded from ``target``) as a definition: a Workflow gives its own."""
+    if isinstance(found, Workflow):
+        return found.definition
+    if not isinstance(found, WorkflowDefinition):
+        raise ConfigError(
+            f"{target!r} is a {type(found).__name__}, not a WorkflowDefinition or a "
+            "fsmflow.Workflow"
+        )
+    return found
+
+
+def load_target(
+    target: str, what: str = "the definition", example: str = DEFINITION_EXAMPLE
+) -> Any:
+    """The object at ``module:attribute`` (``module`` importable from the current
+    directory); :class:`ConfigError` naming ``what`` to pass, like ``example``, if not."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"{target!r}: name {what} as MODULE:ATTRIBUTE, e.g. {example}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: modules of the current directory
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            found = getattr(found, part)
+    except FsmflowError:
+        raise
+    except SystemExit as exc:  # the module is a script: it exited while being imported
+        raise ConfigError(
+            f"cannot load {target!r}: importing {module_name!r} exited with code "
+            f"{exc.code if exc.code is not None else 0}; name a module that defines "
+            f"{what} without running a program at import"
+        ) from None
+    except Exception as exc:
+        raise ConfigError(
+            f"cannot load {target!r}: {type(exc).__name__}: {exc}; name {what} as "
+            f"MODULE:ATTRIBUTE with MODULE importable from the current directory, e.g. {example}"
+        ) from None
+    return found

@@ -4,10 +4,11 @@ The commands about the table itself (init-db, reset-db, check) are in
 :mod:`fsmflow.cli.admin`, ``migrate`` in :mod:`fsmflow.cli.migrate`, those about
 instances (list, show, graph, fork, retry, cancel, prune) in :mod:`fsmflow.cli.instances`
 (what show says about waits in :mod:`fsmflow.cli.waits`), ``send-event`` in
-:mod:`fsmflow.cli.events`,
-``bench`` in :mod:`fsmflow.cli.bench_parser` and ``embedded`` in
-:mod:`fsmflow.cli.embedded`; the argument types and registration helpers are in
-:mod:`fsmflow.cli.arguments`. Each ``add_*`` registers one parser and its handler.
+:mod:`fsmflow.cli.events`, those of the worker fleet (submit, worker, workers) in
+:mod:`fsmflow.cli.fleet`, ``bench`` in :mod:`fsmflow.cli.bench_parser` and ``embedded``
+in :mod:`fsmflow.cli.embedded`; the argument types, the ``MODULE:ATTRIBUTE`` loader and
+the registration helpers are in :mod:`fsmflow.cli.arguments`. Each ``add_*`` registers
+one parser and its handler.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Final
 
 from fsmflow.cli.admin import add_check, add_init_db, add_reset_db
 from fsmflow.cli.events import add_send_event
+from fsmflow.cli.fleet import add_submit, add_worker, add_workers
 from fsmflow.cli.instances import (
     add_cancel,
     add_fork,
@@ -42,5 +44,8 @@ COMMANDS: Final[tuple[Register, ...]] = (
     add_retry,
     add_cancel,
     add_send_event,
+    add_submit,
+    add_worker,
+    add_workers,
     add_prune,
 )

@@ -9,12 +9,15 @@ values are never printed, not in errors and not in the output.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any
 
-from fsmflow.cli.arguments import command_parser, identifier, instance_arguments, json_flag
+from fsmflow.cli.arguments import (
+    command_parser,
+    identifier,
+    instance_arguments,
+    json_data,
+    json_flag,
+)
 from fsmflow.cli.output import dumps, say, timestamp
 from fsmflow.engine.shutdown import EXIT_OK
 from fsmflow.model.definition import event_name_problems
@@ -23,8 +26,6 @@ from fsmflow.settings import DBConfig
 
 if TYPE_CHECKING:
     from fsmflow.cli.arguments import Commands
-
-_CONSTANTS: Final = ("NaN", "Infinity", "-Infinity")  # Python's json reads them; JSON has none
 
 
 # -- argument types ----------------------------------------------------------------------
@@ -35,65 +36,6 @@ def event_name(value: str) -> str:
     for problem in event_name_problems(value):
         raise argparse.ArgumentTypeError(problem)
     return value
-
-
-def json_data(value: str) -> Any:
-    """argparse type: a JSON text, ``@FILE`` (the file's text) or ``-`` (standard input).
-
-    Errors name where the JSON breaks, never what it holds.
-    """
-    if value == "-":
-        text, where = sys.stdin.read(), "standard input"
-    elif value.startswith("@"):
-        text, where = _read(value[1:]), f"file {value[1:]!r}"
-    else:
-        text, where = value, "the text"
-    try:
-        return json.loads(text, parse_constant=_refuse_constant)
-    except json.JSONDecodeError as exc:
-        reason = f"{exc.msg} at {_position(text, exc.pos)}"
-    except _ConstantError as exc:
-        reason = f"{exc} at {_position(text, _constant_at(text))}: JSON has no NaN or Infinity"
-    except RecursionError:
-        reason = "nested too deeply"
-    raise argparse.ArgumentTypeError(f"{where} is not valid JSON: {reason}")
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        message = f"file {path!r} is not UTF-8 text (byte {exc.start})"
-    except OSError as exc:
-        message = f"cannot read file {path!r}: {exc.strerror or type(exc).__name__}"
-    raise argparse.ArgumentTypeError(message)
-
-
-class _ConstantError(ValueError):
-    """A ``NaN`` or ``Infinity`` in the JSON text."""
-
-
-def _refuse_constant(name: str) -> Any:
-    raise _ConstantError(name)
-
-
-def _position(text: str, pos: int) -> str:
-    line = text.count("\n", 0, pos) + 1
-    column = pos - (text.rfind("\n", 0, pos) + 1) + 1
-    return f"line {line} column {column} (char {pos})"
-
-
-def _constant_at(text: str) -> int:
-    """Where the first NaN/Infinity outside a string starts (json.loads does not say)."""
-    in_string = escaped = False
-    for i, char in enumerate(text):
-        if in_string:
-            escaped, in_string = (False, True) if escaped else (char == "\\", char != '"')
-        elif char == '"':
-            in_string = True
-        elif text.startswith(_CONSTANTS, i):
-            return i
-    return 0
 
 
 # -- send-event --------------------------------------------------------------------------

@@ -9,9 +9,8 @@ instance, retry and cancel append one row.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import os
+import logging
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final
@@ -25,6 +24,7 @@ from fsmflow.cli.arguments import (
     identifier,
     instance_arguments,
     json_flag,
+    load_definition,
     positive,
     seq_number,
     text_assignment,
@@ -40,17 +40,19 @@ from fsmflow.cli.output import (
     record_json,
     say,
     timestamp,
+    worker_line,
 )
 from fsmflow.cli.waits import pending_json, pending_lines, wait_lines, wait_of
 from fsmflow.engine.machine import WorkflowMachine
 from fsmflow.engine.shutdown import EXIT_OK
-from fsmflow.errors import ConfigError, FsmflowError, InstanceNotFoundError
-from fsmflow.model.definition import WorkflowDefinition
+from fsmflow.errors import InstanceNotFoundError, PermissionDeniedError
 from fsmflow.model.records import (
     STATUSES,
+    TERMINAL_STATUSES,
     InstanceSummary,
     PruneResult,
     TransitionRecord,
+    WorkerInfo,
     WorkflowState,
 )
 from fsmflow.settings import DBConfig
@@ -58,6 +60,9 @@ from fsmflow.settings import DBConfig
 if TYPE_CHECKING:
     from fsmflow.cli.arguments import Commands
 
+logger = logging.getLogger("fsmflow.cli")
+
+Key = tuple[str, str]
 SAMPLE_SIZE: Final = 20  # instances a prune shows (its dry run lists them)
 PENDING_SHOWN: Final = 100  # pending events show lists, oldest first
 
@@ -70,8 +75,9 @@ def add_list(commands: Commands, common: argparse.ArgumentParser, epilog: str) -
     parser = command_parser(
         commands, common, epilog, "list", "list instances, newest first",
         "List instances, newest first: status (running, waiting, completed, failed, "
-        "cancelled), current state, last seq, and how long ago each started and was last "
-        "updated.",
+        "cancelled), current state, last seq, how long ago each started and was last "
+        "updated, and the worker (host:pid) running it if one of the fleet's workers does "
+        "(with --json: that worker's row as `fsmflow workers --json` shows it, or null).",
     )  # fmt: skip
     parser.add_argument("--workflow", type=identifier, help="only this workflow")
     parser.add_argument(
@@ -87,15 +93,44 @@ async def list_command(args: argparse.Namespace, config: DBConfig) -> int:
     store = config.store
     found = await store.list_instances(args.workflow, status=args.status, limit=args.limit + 1)
     shown = found[: args.limit]
+    workers = await running_workers(config, [s for s in shown if s.status not in TERMINAL_STATUSES])
     if args.json:
-        print(dumps(shown))
+        print(dumps([{**jsonable(s), "worker": _worker_json(workers, s)} for s in shown]))
     elif not shown:
         say(f"no instances in table {store.qualified_table}")
     else:
-        say(instances_table(shown))
+        say(instances_table(shown, workers))
         if len(found) > args.limit:
             say(f"(only the newest {args.limit} shown: raise --limit to see more)")
     return EXIT_OK
+
+
+def _worker_json(workers: dict[Key, WorkerInfo], s: InstanceSummary) -> dict[str, Any] | None:
+    found = workers.get((s.workflow_name, s.instance_id))
+    return None if found is None else found.to_dict()
+
+
+async def running_workers(
+    config: DBConfig, instances: Sequence[InstanceSummary | TransitionRecord]
+) -> dict[Key, WorkerInfo]:
+    """The live worker running each of these (unfinished) instances, where one does.
+
+    A role that may not read the fleet's tables (a deployment without workers needs no
+    grant on them) gets a warning and no worker, not a failed ``list`` or ``show``.
+    """
+    keys = [(i.workflow_name, i.instance_id) for i in instances]
+    if not keys:
+        return {}
+    try:
+        return await config.store.instance_workers(keys)
+    except PermissionDeniedError:
+        fleet = config.store.fleet
+        logger.warning(
+            "the database role may not read the worker fleet's tables %s and %s, so no "
+            "worker is shown: GRANT SELECT ON them to see which worker runs what",
+            fleet.queue_table, fleet.workers_table,
+        )  # fmt: skip
+        return {}
 
 
 def add_show(commands: Commands, common: argparse.ArgumentParser, epilog: str) -> None:
@@ -108,7 +143,8 @@ def add_show(commands: Commands, common: argparse.ArgumentParser, epilog: str) -
         "quote context values: without --errors (or --context) only the error type, the "
         "attempts and where it was raised are shown. For a waiting instance: the events "
         "and timeouts it waits for, since when, its deadlines; for an unfinished one, the "
-        "events sent to it and not delivered yet (their payloads only with --context).",
+        "events sent to it and not delivered yet (their payloads only with --context); "
+        "for one a worker of the fleet runs, that worker (host, pid and id).",
         aliases=["history"],
     )  # fmt: skip
     instance_arguments(parser)
@@ -135,18 +171,26 @@ async def show_command(args: argparse.Namespace, config: DBConfig) -> int:
     pending = [] if last.terminal else await config.store.instance_events(
         args.workflow, args.instance, pending_only=True, limit=PENDING_SHOWN + 1
     )  # fmt: skip
+    runs = await running_workers(config, [] if last.terminal else [last])
+    worker = runs.get((args.workflow, args.instance))
     if args.json:
         shown = args.errors or args.context
         rows = [record_json(r, with_context=args.context, with_errors=shown) for r in records]
         head = {"workflow_name": args.workflow, "instance_id": args.instance}
         events = [pending_json(e, with_payload=args.context) for e in pending[:PENDING_SHOWN]]
-        facts = {"waiting": wait, "pending_events": events}
+        facts = {
+            "waiting": wait,
+            "pending_events": events,
+            "worker": None if worker is None else worker.to_dict(),
+        }
         print(dumps({**head, "status": last.status, "current_state": state, **facts, "rows": rows}))
         return EXIT_OK
     say(
         f"workflow {args.workflow!r}, instance {args.instance!r}: {last.status}, state "
         f"{state!r}, seq {last.seq}, started {timestamp(records[0].created_at)} UTC"
     )
+    if worker is not None:
+        say(worker_line(worker))
     say(history_table(records))
     say("\n".join(history_notes(records, with_errors=args.errors or args.context)))
     if args.context:
@@ -186,35 +230,6 @@ async def graph_command(args: argparse.Namespace, config: DBConfig) -> int:
     diagram = WorkflowMachine.of(definition).get_graph_mermaid(highlight)
     print(printable_lines(diagram), end="")  # the highlighted state is read from the table
     return EXIT_OK
-
-
-def load_definition(target: str) -> WorkflowDefinition:
-    """The :class:`WorkflowDefinition` at ``module:attribute`` (:class:`ConfigError` if not)."""
-    module_name, _, attribute = target.partition(":")
-    if not module_name or not attribute:
-        raise ConfigError(
-            f"{target!r}: name the definition as MODULE:ATTRIBUTE, "
-            "e.g. examples.support_ticket:DEFINITION"
-        )
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # like `python -m`: modules of the current directory
-    try:
-        found: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            found = getattr(found, part)
-    except FsmflowError:
-        raise
-    except SystemExit as exc:  # the module is a script: it exited while being imported
-        raise ConfigError(
-            f"cannot load {target!r}: importing {module_name!r} exited with code "
-            f"{exc.code if exc.code is not None else 0}; name a module that defines the "
-            "definition without running a program at import"
-        ) from None
-    except Exception as exc:
-        raise ConfigError(f"cannot load {target!r}: {type(exc).__name__}: {exc}") from None
-    if not isinstance(found, WorkflowDefinition):
-        raise ConfigError(f"{target!r} is a {type(found).__name__}, not a WorkflowDefinition")
-    return found
 
 
 # -- fork, retry, cancel -----------------------------------------------------------------

@@ -12,12 +12,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, TextIO
 
 from fsmflow.model.context import compact_json
-from fsmflow.model.records import InstanceSummary, TransitionRecord
+from fsmflow.model.records import InstanceSummary, TransitionRecord, WorkerInfo
 
 # C0 and C1 controls, DEL, and the characters that reorder or separate text (bidi
 # embeddings, overrides and isolates, marks, line/paragraph separators).
@@ -91,9 +91,14 @@ def human_bytes(size: int) -> str:
     return f"{size / (1024 * 1024):.1f} MiB"
 
 
-def instances_table(summaries: Sequence[InstanceSummary]) -> str:
-    """The ``fsmflow list`` table."""
+def instances_table(
+    summaries: Sequence[InstanceSummary],
+    workers: Mapping[tuple[str, str], WorkerInfo] | None = None,
+) -> str:
+    """The ``fsmflow list`` table; ``workers``: the live worker running an instance, by
+    ``(workflow, instance)`` (its WORKER cell is ``host:pid``, else empty)."""
     now = datetime.now(UTC)
+    running = workers or {}
     rows = [
         (
             s.workflow_name,
@@ -103,6 +108,7 @@ def instances_table(summaries: Sequence[InstanceSummary]) -> str:
             str(s.seq),
             age(s.started_at, now) + " ago",
             age(s.updated_at, now) + " ago",
+            worker_cell(running.get((s.workflow_name, s.instance_id))),
             s.forked_from_instance or "",
         )
         for s in summaries
@@ -115,9 +121,20 @@ def instances_table(summaries: Sequence[InstanceSummary]) -> str:
         "SEQ",
         "STARTED",
         "UPDATED",
+        "WORKER",
         "FORKED FROM",
     )
     return table(headers, rows, right=(4, 5, 6))
+
+
+def worker_cell(worker: WorkerInfo | None) -> str:
+    """``host:pid`` of a worker, or empty."""
+    return "" if worker is None else f"{worker.host}:{worker.pid}"
+
+
+def worker_line(worker: WorkerInfo) -> str:
+    """The line ``fsmflow show`` prints for an instance a worker runs."""
+    return printable(f"run by worker {worker_cell(worker)} (id {worker.worker_id})")
 
 
 def history_table(records: Sequence[TransitionRecord]) -> str:

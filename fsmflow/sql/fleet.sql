@@ -191,13 +191,17 @@ WHERE w.heartbeat_at >= clock_timestamp() - make_interval(secs => $1::float8)
 ORDER BY w.started_at, w.worker_id;
 
 -- name: instance_workers
--- Which live worker runs each of the instances ($1, $2), if any.
+-- Which live worker (as list_workers: session present, heartbeat younger than $3 seconds)
+-- runs each of the instances ($1, $2), if any. A dead worker's claim stays until a sweep
+-- gives it back: it names no worker meanwhile.
 SELECT q.workflow_name, q.instance_id, w.worker_id, w.host, w.pid, w.workflows,
        w.concurrency, w.started_at, w.heartbeat_at, w.running, w.finished, w.stopping
 FROM unnest($1::text[], $2::text[]) AS c(workflow_name, instance_id)
 JOIN fsmflow_transitions_queue q
   ON q.workflow_name = c.workflow_name AND q.instance_id = c.instance_id
-JOIN fsmflow_transitions_workers w ON w.worker_id = q.claimed_by;
+JOIN fsmflow_transitions_workers w ON w.worker_id = q.claimed_by
+WHERE w.heartbeat_at >= clock_timestamp() - make_interval(secs => $3::float8)
+  AND EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.session_pid);
 
 -- name: fleet_privileges
 -- What a worker needs on the fleet's tables (queue $1, workers $2): they exist, and the

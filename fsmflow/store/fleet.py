@@ -156,7 +156,10 @@ class Fleet:
             return {}
         try:
             rows = await self.db.fetch(
-                "instance_workers", [k[0] for k in wanted], [k[1] for k in wanted]
+                "instance_workers",
+                [k[0] for k in wanted],
+                [k[1] for k in wanted],
+                self.db.config.worker_stale,
             )
         except PermissionDeniedError:  # a role for programs only: no worker runs them
             logger.debug("no SELECT on the fleet's tables: listing without workers")
