@@ -42,6 +42,9 @@ ARGUMENTS: dict[str, list[str]] = {
     "retry": ["wf", "i-1"],
     "cancel": ["wf", "i-1"],
     "send-event": ["wf", "i-1", "approval", "--data", "{}"],
+    "submit": ["m:W"],
+    "worker": ["m:W"],
+    "workers": [],
     "prune": ["--older-than", "30d", "--dry-run"],
     "embedded": ["status"],
 }

@@ -5,8 +5,8 @@ instances, check health, draw a workflow.
 settings as the library (:class:`~fsmflow.settings.DBConfig`: ``~/.env``, then ``./.env``,
 which wins; the environment beats both). Exit codes: ``0`` ok, ``1`` failure (one line
 ``fsmflow: error: ...`` on stderr, no traceback, no secrets), ``2`` usage or configuration
-error, ``3`` reset-db refused because runners hold instances, ``130`` Ctrl-C, ``141``
-stdout was a closed pipe.
+error, ``3`` reset-db refused because runners hold instances, ``75`` a worker stopped by
+a signal had to cancel a step, ``130`` Ctrl-C, ``141`` stdout was a closed pipe.
 
 Each sub-command registers ``set_defaults(handler=fn)`` with
 ``async def fn(args: argparse.Namespace, config: DBConfig) -> int``; a command that
@@ -64,6 +64,7 @@ def _epilog() -> str:
         + textwrap.indent(variables, "  ")
         + "\n  With neither DB_URL nor DB_HOST, a local embedded PostgreSQL is used.\n\n"
         "exit codes: 0 ok, 1 failure, 2 usage or configuration error, 3 reset-db refused,\n"
+        "  75 a worker stopped by a signal had to cancel a step (it runs again elsewhere),\n"
         "  130 interrupted, 141 output pipe closed"
     )
 

@@ -144,9 +144,21 @@ class Fleet:
             payloads = [wake_payload(w, i) for w, i in keys]
             await self.db.fetchrow("notify_many", self.db.wake_channel, payloads)
 
+    def _denied(self, doing: str) -> PermissionDeniedError:
+        """The error for a role that may not read the fleet's tables (the driver's
+        translation names the history's grants only)."""
+        return PermissionDeniedError(
+            f"the database role may not read the worker fleet's tables {self.queue_table} "
+            f"and {self.workers_table} at {self.db.target}: GRANT SELECT ON them TO <role> "
+            f"to {doing} (a worker itself needs SELECT, INSERT, UPDATE, DELETE on them)"
+        )
+
     async def list_workers(self) -> list[WorkerInfo]:
         """The live workers, oldest first."""
-        rows = await self.db.fetch("list_workers", self.db.config.worker_stale)
+        try:
+            rows = await self.db.fetch("list_workers", self.db.config.worker_stale)
+        except PermissionDeniedError:
+            raise self._denied("list the workers") from None
         return [to_worker(row) for row in rows]
 
     async def instance_workers(self, keys: Iterable[Key]) -> dict[Key, WorkerInfo]:
@@ -161,9 +173,8 @@ class Fleet:
                 [k[1] for k in wanted],
                 self.db.config.worker_stale,
             )
-        except PermissionDeniedError:  # a role for programs only: no worker runs them
-            logger.debug("no SELECT on the fleet's tables: listing without workers")
-            return {}
+        except PermissionDeniedError:
+            raise self._denied("see which worker runs what") from None
         return {(row["workflow_name"], row["instance_id"]): to_worker(row) for row in rows}
 
     async def check_privileges(self) -> None:

@@ -96,4 +96,5 @@ async def test_a_program_role_without_the_fleet_grant_lists_instances(h: Harness
     assert (await runner.run_workflow()).completed
     [summary] = await config.store.list_instances(WORKFLOW)
     assert summary.instance_id == "p-2"
-    assert await config.store.instance_workers([(WORKFLOW, "p-2")]) == {}
+    with pytest.raises(PermissionDeniedError, match=r"history_queue and fsm\.history_workers"):
+        await config.store.instance_workers([(WORKFLOW, "p-2")])
