@@ -179,6 +179,7 @@ def test_the_readme_fleet_walkthrough_runs_the_tickets_in_three_workers(
     finally:
         walk.kill_leftovers()
     logs = [walk.log(n) for n in range(len(walk.workers))]
+    print(f"[fleet example] workers exit {codes}\n{walk.outputs['workers']}{walk.outputs['list']}")
     assert codes == [0, 0, 0], "\n".join(logs)
     assert not [log for log in logs if "Traceback" in log], "\n".join(logs)
     for process in walk.workers:  # `fsmflow workers` listed each of them

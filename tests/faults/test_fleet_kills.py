@@ -197,7 +197,8 @@ def executions(events: Sequence[Event]) -> dict[KEY, list[Event]]:
 def rerun_problems(
     events: Sequence[Event], states: Sequence[str]
 ) -> tuple[list[str], Counter[str]]:
-    """Problems with the ledger beyond :func:`support.analyze`'s, and the reruns by cause.
+    """Problems with the ledger beyond :func:`support.analyze`'s, and the executions cut
+    off by their process's end, by cause.
 
     Every ``start`` names the state the entry's seq stands for (``step_info().seq`` is the
     state's index in the linear workflow); every entry got a ``rec`` unless the process of
@@ -221,7 +222,7 @@ def rerun_problems(
             last_exit = exits.get(runs[-1].pid)
             if last_exit is None or last_exit.extra != f"rc={-signal.SIGKILL}":
                 problems.append(f"{key}: never acknowledged, yet its process was not killed")
-            causes["killed between commit and acknowledgement"] += 1
+            causes["rc=-9 after the commit (no rerun)"] += 1
         for run in runs[:-1]:
             end = exits.get(run.pid)
             rec = recs.get(key)
@@ -254,7 +255,7 @@ def assert_clean(
     counts of some entries); the figures line."""
     report = scenario.analyze(instances, len(fleet.states), exact)
     problems, causes = rerun_problems(scenario.events(), fleet.states)
-    figures = f"{report.figures()}; reruns by cause {dict(causes)}"
+    figures = f"{report.figures()}; executions cut off, by cause {dict(causes)}"
     assert not report.problems() and not problems, f"{report.problems()} {problems}\n{figures}"
     return figures
 
