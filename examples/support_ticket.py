@@ -47,6 +47,7 @@ from fsmflow import (
     PersistentWorkflowStateMachine,
     RunnerEvent,
     Transition,
+    Workflow,
     WorkflowContext,
     WorkflowDefinition,
     WorkflowState,
@@ -270,6 +271,12 @@ STEPS: Final[dict[str, StepFunction]] = {
     "follow_up": follow_up,
     "close_ticket": close_ticket,
 }
+
+# The definition and its steps as one object, for the worker fleet: submit tickets with
+# `fsmflow submit examples.support_ticket:WORKFLOW --context '{"ticket": {...}}'` and run
+# them in any number of `fsmflow worker examples.support_ticket:WORKFLOW` processes (see
+# the README's Examples). Running this file as a program does not need it.
+WORKFLOW: Final = Workflow(DEFINITION, STEPS)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
