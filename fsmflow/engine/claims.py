@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Final
 
-from fsmflow.engine.runner import PersistentWorkflowStateMachine
+from fsmflow.engine.runner import PersistentWorkflowStateMachine, RunnerEvent
 from fsmflow.engine.shutdown import EXIT_INTERRUPTED, EXIT_OK
 from fsmflow.engine.workflow import Workflow
 from fsmflow.errors import (
@@ -40,6 +40,7 @@ class WorkerReport:
     suspended: int = 0  # claims given back because the instance waits
     released: int = 0  # claims given back unfinished (shutdown, held elsewhere, errors)
     steps_cancelled: int = 0  # steps cancelled by the end of the grace period
+    skipped: int = 0  # claims of instances that had ended already (a program ran them)
 
     @property
     def finished(self) -> int:
@@ -74,12 +75,18 @@ class ClaimRun:
         self.claim = claim
         self.session = session
         self.report = report
+        self.recorded = 0  # rows this run appended: none means it ended before the claim
         self.runner: PersistentWorkflowStateMachine = workflow.runner(
             store,
             instance_id=claim.instance_id,
             handle_signals=handle_signals,
             allow_definition_change=allow_definition_change,
+            listeners=[self._count],
         )
+
+    def _count(self, event: RunnerEvent) -> None:
+        if event.point == "transition_recorded":
+            self.recorded += 1
 
     def __repr__(self) -> str:
         return f"ClaimRun({self.claim.workflow_name!r}, {self.claim.instance_id!r})"
@@ -96,7 +103,7 @@ class ClaimRun:
             failures = self.claim.failures + 1
             await self._release(self._delay(failures), failed=True, why="another runner holds it")
         except (InstanceFailedError, InstanceCancelledError):
-            await self._ended(failed=True)  # it had ended before this claim
+            await self._ended(failed=True, ran=False)  # it had ended before this claim
         except Exception as exc:
             await self._after_error(exc)
         else:
@@ -104,12 +111,12 @@ class ClaimRun:
                 await self.session.suspend(claim, state.wake_at)
                 self.report.suspended += 1
                 logger.debug("%s waits: claim given back", self)
-            else:
-                await self._ended(failed=state.status != "completed")
+            else:  # nothing recorded here: it had completed before this claim
+                await self._ended(failed=state.status != "completed", ran=self.recorded > 0)
 
     async def _after_error(self, exc: Exception) -> None:
         if self.runner.status in ("failed", "cancelled"):
-            await self._ended(failed=True)  # recorded: StepFailedError and the like
+            await self._ended(failed=True, ran=True)  # recorded: StepFailedError and the like
             return
         failures = self.claim.failures + 1
         what = type(exc).__name__
@@ -140,9 +147,11 @@ class ClaimRun:
             why,
         )
 
-    async def _ended(self, *, failed: bool) -> None:
+    async def _ended(self, *, failed: bool, ran: bool) -> None:
         await self.session.finish(self.claim.key)
-        if failed:
+        if not ran:
+            self.report.skipped += 1
+        elif failed:
             self.report.failed += 1
         else:
             self.report.completed += 1

@@ -20,7 +20,7 @@ from fsmflow.engine.resuming import (
     started_record,
 )
 from fsmflow.model.definition import WorkflowDefinition
-from fsmflow.model.records import TransitionRecord
+from fsmflow.model.records import SUBMIT_TRIGGER, TransitionRecord
 
 logger = logging.getLogger("fsmflow")
 
@@ -130,7 +130,14 @@ class Opening:
         state = resume_state(self._definition, record)
         if not await same_definition(self._definition, record, self._store.record_at):
             await self._check_drift(record, allow_change)
-        if self.resumed:
+        if self.resumed and record.seq == 0 and record.trigger == SUBMIT_TRIGGER:
+            logger.info(  # a worker's first run of a submitted instance: nothing crashed
+                "workflow %r instance %r (submitted) starts in state %r",
+                self._definition.name,
+                record.instance_id,
+                state,
+            )
+        elif self.resumed:
             logger.info(
                 "workflow %r instance %r resumed in state %r after seq %d",
                 self._definition.name,
