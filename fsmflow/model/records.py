@@ -197,7 +197,7 @@ def to_worker(row: Row) -> WorkerInfo:
         pid=int(row["pid"]),
         workflows=tuple(row["workflows"]),
         concurrency=int(row["concurrency"]),
-        running=int(row["running"]),
+        running=int(row["claimed"]),  # claimed right now (the heartbeat's count lags)
         finished=int(row["finished"]),
         started_at=row["started_at"],
         heartbeat_at=row["heartbeat_at"],

@@ -179,15 +179,18 @@ SELECT (SELECT coalesce(array_agg(d.host || ':' || d.pid::text), '{}') FROM dead
        (SELECT count(*) FROM released) AS released;
 
 -- name: list_workers
--- The live workers (session present, heartbeat younger than $1 seconds), oldest first,
--- with how many instances each has claimed now.
+-- The live workers (their session present, heartbeat younger than $1 seconds), oldest
+-- first, with how many instances each has claimed right now (its heartbeat's count lags).
 SELECT w.worker_id, w.host, w.pid, w.workflows, w.concurrency, w.started_at,
        w.heartbeat_at, w.running, w.finished, w.stopping,
        (SELECT count(*) FROM fsmflow_transitions_queue q
         WHERE q.claimed_by = w.worker_id) AS claimed
 FROM fsmflow_transitions_workers w
 WHERE w.heartbeat_at >= clock_timestamp() - make_interval(secs => $1::float8)
-  AND EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.session_pid)
+  AND EXISTS (SELECT 1 FROM pg_stat_activity a  -- its session, not a reused pid
+              WHERE a.pid = w.session_pid
+                AND (a.backend_start IS NULL OR w.session_start IS NULL
+                     OR a.backend_start = w.session_start))
 ORDER BY w.started_at, w.worker_id;
 
 -- name: instance_workers
@@ -195,13 +198,18 @@ ORDER BY w.started_at, w.worker_id;
 -- runs each of the instances ($1, $2), if any. A dead worker's claim stays until a sweep
 -- gives it back: it names no worker meanwhile.
 SELECT q.workflow_name, q.instance_id, w.worker_id, w.host, w.pid, w.workflows,
-       w.concurrency, w.started_at, w.heartbeat_at, w.running, w.finished, w.stopping
+       w.concurrency, w.started_at, w.heartbeat_at, w.running, w.finished, w.stopping,
+       (SELECT count(*) FROM fsmflow_transitions_queue k
+        WHERE k.claimed_by = w.worker_id) AS claimed
 FROM unnest($1::text[], $2::text[]) AS c(workflow_name, instance_id)
 JOIN fsmflow_transitions_queue q
   ON q.workflow_name = c.workflow_name AND q.instance_id = c.instance_id
 JOIN fsmflow_transitions_workers w ON w.worker_id = q.claimed_by
 WHERE w.heartbeat_at >= clock_timestamp() - make_interval(secs => $3::float8)
-  AND EXISTS (SELECT 1 FROM pg_stat_activity a WHERE a.pid = w.session_pid);
+  AND EXISTS (SELECT 1 FROM pg_stat_activity a  -- its session, not a reused pid
+              WHERE a.pid = w.session_pid
+                AND (a.backend_start IS NULL OR w.session_start IS NULL
+                     OR a.backend_start = w.session_start));
 
 -- name: fleet_privileges
 -- What a worker needs on the fleet's tables (queue $1, workers $2): they exist, and the
