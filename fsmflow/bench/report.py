@@ -7,6 +7,7 @@ from typing import Any
 TARGET_RATIOS = {"sequential": 0.6, "concurrent": 0.5}
 TARGET_MEMORY_MB = 150.0
 TARGET_DELIVERY_P50_MS = 20.0
+CLAIM_SCAN_SLACK = 8  # buffers the claim's scans may differ by between the history sizes
 TARGET_TAKEOVER_S = 10.0  # issue 12: a SIGKILLed worker's instances taken over within 10 s
 PARKED_INSTANCE_KB = 13.8  # README: one instance parked inside a step (--memory-check)
 _EXACT = 0.02  # "= 1 per transition" tolerates autovacuum/other sessions in the window
@@ -104,20 +105,23 @@ def _fleet_targets(fleet: dict[str, Any] | None) -> list[dict[str, Any]]:
             )
         )
     small, large = fleet["claim"]["small"], fleet["claim"]["large"]
-    before, after = small["p50_ms"], large["p50_ms"]
     plans_ok = all(
         p["ready_index_used"] and not p["seq_scans"] and not p["history_in_plan"]
         for p in (small, large)
     )
+    # Judged on what the plan reads, not on the latency: a claim commits, and its WAL
+    # flush (most of its latency) moves with the disk's other load.
+    before, after = small["plan_scan_buffers"], large["plan_scan_buffers"]
     return [
         *targets,
         _target(
             f"claim flat from {small['history_rows']:,} to {large['history_rows']:,} history "
             f"rows with {fleet['claim']['queued']:,} queued: ready index, no seq scan, history "
-            "untouched",
-            plans_ok and after <= max(2 * before, before + 0.5),
-            f"p50 {before:.3f} ms -> {after:.3f} ms, buffers {small['plan_buffers']} -> "
-            f"{large['plan_buffers']}",
+            f"untouched, its scans within {CLAIM_SCAN_SLACK} buffers",
+            plans_ok and abs(after - before) <= CLAIM_SCAN_SLACK,
+            f"scans {before} -> {after} buffers; p50 {small['p50_ms']:.3f} ms -> "
+            f"{large['p50_ms']:.3f} ms (server execution {small['plan_execution_ms']:.3f} -> "
+            f"{large['plan_execution_ms']:.3f} ms)",
         ),
     ]
 
@@ -353,8 +357,10 @@ def _fleet_lines(fleet: dict[str, Any], options: dict[str, Any]) -> list[str]:
         index = "ready index" if c["ready_index_used"] else "NO READY INDEX"
         lines.append(
             f"    {c['history_rows']:>10,} history rows: p50 {c['p50_ms']:.3f} ms, p99 "
-            f"{c['p99_ms']:.3f} ms; plan: {index}, {len(c['seq_scans'])} seq scans, "
-            f"{c['plan_buffers']} buffers, {where}"
+            f"{c['p99_ms']:.3f} ms, {c['wal_bytes_per_claim'] / 1024:.1f} KB WAL a claim; "
+            f"plan: {index}, {len(c['seq_scans'])} seq scans, "
+            f"{c['plan_scan_buffers']} buffers scanned ({c['plan_buffers']} with the update), "
+            f"{where}, server execution {c['plan_execution_ms']:.3f} ms"
         )
     return lines
 

@@ -73,7 +73,8 @@ def check_claim(claim: dict[str, Any]) -> None:
         assert 0 < measured["p50_ms"] <= measured["p99_ms"] <= measured["max_ms"]
         assert measured["ready_index_used"] and measured["seq_scans"] == []
         assert not measured["history_in_plan"]
-        assert measured["plan_buffers"] > 0
+        assert 0 < measured["plan_scan_buffers"] <= measured["plan_buffers"]
+        assert measured["wal_bytes_per_claim"] > 0
 
 
 def test_bench_workers_reports_sane_figures_and_leaves_nothing(
