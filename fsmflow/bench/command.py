@@ -29,6 +29,7 @@ import asyncpg
 from fsmflow import sql
 from fsmflow.bench.checks import lock_capacity, memory_check, resume_check
 from fsmflow.bench.counting import Monitor, StatementLog, account_mode, counting_config
+from fsmflow.bench.fleet import FleetOptions, fleet_check
 from fsmflow.bench.measure import (
     Run,
     baseline_insert,
@@ -70,7 +71,30 @@ class BenchOptions:
     wait_instances: int = 100
     idle_seconds: float = 30.0
     wait_memory_instances: int = 10_000
+    workers: bool = False
+    worker_instances: int = 2_000
+    worker_steps: int = 20
+    worker_counts: tuple[int, ...] = (1, 2, 4)
+    worker_concurrency: int = 32
+    worker_rounds: int = 1
+    takeover_kills: int = 3
+    claim_queued: int = 10_000
+    claim_history_rows: int = 1_000_000
     info_logs: bool = False
+
+    def fleet(self) -> FleetOptions:
+        """The options of the ``--workers`` measurements."""
+        return FleetOptions(
+            instances=self.worker_instances,
+            steps=self.worker_steps,
+            counts=self.worker_counts,
+            concurrency=self.worker_concurrency,
+            rounds=self.worker_rounds,
+            kills=self.takeover_kills,
+            claim_queued=self.claim_queued,
+            claim_history_rows=self.claim_history_rows,
+            context_bytes=self.context_bytes,
+        )
 
 
 async def run_bench_command(args: argparse.Namespace, config: DBConfig) -> int:
@@ -92,6 +116,15 @@ async def run_bench_command(args: argparse.Namespace, config: DBConfig) -> int:
         wait_instances=args.wait_instances,
         idle_seconds=args.idle_seconds,
         wait_memory_instances=args.wait_memory_instances,
+        workers=args.workers,
+        worker_instances=args.worker_instances,
+        worker_steps=args.worker_steps,
+        worker_counts=tuple(args.worker_counts),
+        worker_concurrency=args.worker_concurrency,
+        worker_rounds=args.worker_rounds,
+        takeover_kills=args.takeover_kills,
+        claim_queued=args.claim_queued,
+        claim_history_rows=args.claim_history_rows,
         info_logs=args.info_logs,
     )
     try:
@@ -268,6 +301,8 @@ async def _run_bench(config: DBConfig, options: BenchOptions) -> dict[str, Any]:
                 memory_instances=options.wait_memory_instances,
                 trace=options.tracemalloc,
             )
+        if options.workers:
+            report["workers"] = await fleet_check(scratch.table, kwargs, options.fleet())
     finally:
         with contextlib.suppress(Exception):
             await monitor.conn.close()

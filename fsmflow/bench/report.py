@@ -7,6 +7,8 @@ from typing import Any
 TARGET_RATIOS = {"sequential": 0.6, "concurrent": 0.5}
 TARGET_MEMORY_MB = 150.0
 TARGET_DELIVERY_P50_MS = 20.0
+CLAIM_SCAN_SLACK = 8  # buffers the claim's scans may differ by between the history sizes
+TARGET_TAKEOVER_S = 10.0  # issue 12: a SIGKILLed worker's instances taken over within 10 s
 PARKED_INSTANCE_KB = 13.8  # README: one instance parked inside a step (--memory-check)
 _EXACT = 0.02  # "= 1 per transition" tolerates autovacuum/other sessions in the window
 
@@ -72,7 +74,56 @@ def evaluate_targets(report: dict[str, Any]) -> list[dict[str, Any]]:
                 f"AsyncMachine(s), {memory['models_on_the_machine']:,} models on it",
             )
         )
-    return targets + _wait_targets(report.get("waits"))
+    return targets + _wait_targets(report.get("waits")) + _fleet_targets(report.get("workers"))
+
+
+def _all_ended(runs: list[dict[str, Any]]) -> bool:
+    return all(r["completed"] == r["instances"] and r["histories_with_gaps"] == 0 for r in runs)
+
+
+def _fleet_targets(fleet: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if fleet is None:
+        return []
+    runs = fleet["throughput"]["workers"]
+    takeover = fleet.get("takeover")
+    ended = [*runs, *([takeover] if takeover else [])]
+    targets = [
+        _target(
+            "workers: every submitted instance completed, no history with a gap",
+            _all_ended(ended) and all(set(r["exit_codes"]) <= {0} for r in ended),
+            ", ".join(f"{r['completed']:,}/{r['instances']:,}" for r in ended),
+        )
+    ]
+    if takeover is not None:
+        targets.append(
+            _target(
+                f"takeover after SIGKILL within {TARGET_TAKEOVER_S:.0f} s "
+                f"(sweep {fleet['sweep_seconds']:g} s)",
+                takeover["taken_over"] > 0 and takeover["max_s"] < TARGET_TAKEOVER_S,
+                f"p50 {takeover['p50_s']:.2f} s, max {takeover['max_s']:.2f} s over "
+                f"{takeover['taken_over']} instances, {takeover['kills']} kills",
+            )
+        )
+    small, large = fleet["claim"]["small"], fleet["claim"]["large"]
+    plans_ok = all(
+        p["ready_index_used"] and not p["seq_scans"] and not p["history_in_plan"]
+        for p in (small, large)
+    )
+    # Judged on what the plan reads, not on the latency: a claim commits, and its WAL
+    # flush (most of its latency) moves with the disk's other load.
+    before, after = small["plan_scan_buffers"], large["plan_scan_buffers"]
+    return [
+        *targets,
+        _target(
+            f"claim flat from {small['history_rows']:,} to {large['history_rows']:,} history "
+            f"rows with {fleet['claim']['queued']:,} queued: ready index, no seq scan, history "
+            f"untouched, its scans within {CLAIM_SCAN_SLACK} buffers",
+            plans_ok and abs(after - before) <= CLAIM_SCAN_SLACK,
+            f"scans {before} -> {after} buffers; p50 {small['p50_ms']:.3f} ms -> "
+            f"{large['p50_ms']:.3f} ms (server execution {small['plan_execution_ms']:.3f} -> "
+            f"{large['plan_execution_ms']:.3f} ms)",
+        ),
+    ]
 
 
 def _wait_targets(waits: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -255,6 +306,65 @@ def _wait_lines(waits: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _per_s(value: float | None, digits: int = 0) -> str:
+    return "?" if value is None else f"{value:,.{digits}f}"
+
+
+def _fleet_lines(fleet: dict[str, Any], options: dict[str, Any]) -> list[str]:
+    throughput, base = fleet["throughput"], fleet["throughput"]["baseline"]
+    lines = [
+        f"workers: {options['worker_instances']:,} instances of {options['worker_steps']} "
+        f"trivial steps submitted with store.submit, {options['worker_concurrency']} in flight "
+        f"in total, {options['worker_rounds']} round(s); per process pool "
+        f"{fleet['pool_size']} + {fleet['owner_connections']} owner connections; sweep "
+        f"{fleet['sweep_seconds']:g} s",
+        f"  {'run':<36}{'instances/s':>12}{'transitions/s':>15}{'vs baseline':>20}"
+        f"{'CPU us/trans':>14}{'completed':>11}",
+        f"  {'baseline: 1 process, run_workflow':<36}{_per_s(base['instances_per_s']):>12}"
+        f"{_per_s(base['transitions_per_s']):>15}{'1.00':>20}"
+        f"{_per_s(base['cpu_us_per_transition']):>14}{base['completed']:>11,}",
+    ]
+    for run in throughput["workers"]:
+        label = f"{run['workers']} worker process(es), {run['concurrency_each']} each"
+        ratio = f"{run['ratio']:.2f} ({run['ratio_min']:.2f}-{run['ratio_max']:.2f})"
+        lines.append(
+            f"  {label:<36}{_per_s(run['instances_per_s']):>12}"
+            f"{_per_s(run['transitions_per_s']):>15}{ratio:>20}"
+            f"{_per_s(run['cpu_us_per_transition']):>14}{run['completed']:>11,}"
+        )
+    lines += [f"  skipped: {why}" for why in throughput["skipped"]]
+    lines.append(
+        "  (CPU: the worker processes' user+sys; the baseline's is this process's; the "
+        "server's is in neither)"
+    )
+    takeover = fleet.get("takeover")
+    if takeover is not None:
+        lines.append(
+            f"  takeover after SIGKILL of one of {takeover['workers']} loaded workers "
+            f"({takeover['kills']} kills, {takeover['taken_over']} in-flight instances): "
+            f"p50 {takeover['p50_s']:.2f} s, max {takeover['max_s']:.2f} s; afterwards "
+            f"{takeover['completed']:,}/{takeover['instances']:,} completed, "
+            f"{takeover['histories_with_gaps']} gaps"
+        )
+    claim = fleet["claim"]
+    lines.append(
+        f"  claim ({claim['limit']} a claim, committed) with {claim['queued']:,} queued and "
+        f"{claim['claimed_by_a_running_worker']} claimed:"
+    )
+    for key in ("small", "large"):
+        c = claim[key]
+        where = "history untouched" if not c["history_in_plan"] else "READS THE HISTORY"
+        index = "ready index" if c["ready_index_used"] else "NO READY INDEX"
+        lines.append(
+            f"    {c['history_rows']:>10,} history rows: p50 {c['p50_ms']:.3f} ms, p99 "
+            f"{c['p99_ms']:.3f} ms, {c['wal_bytes_per_claim'] / 1024:.1f} KB WAL a claim; "
+            f"plan: {index}, {len(c['seq_scans'])} seq scans, "
+            f"{c['plan_scan_buffers']} buffers scanned ({c['plan_buffers']} with the update), "
+            f"{where}, server execution {c['plan_execution_ms']:.3f} ms"
+        )
+    return lines
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The human-readable report."""
     server, options = report["server"], report["options"]
@@ -280,6 +390,8 @@ def format_report(report: dict[str, Any]) -> str:
         lines += ["", *_memory_lines(report["memory"])]
     if "waits" in report:
         lines += ["", *_wait_lines(report["waits"])]
+    if "workers" in report:
+        lines += ["", *_fleet_lines(report["workers"], options)]
     if report["targets"]:
         lines += ["", "targets:"]
         lines += [

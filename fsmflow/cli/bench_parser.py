@@ -31,7 +31,12 @@ counted on the client; ``[client]`` is always shown). ``--resume-check`` and
 (send_event returned -> next step started), the statements idle waiters issue per minute
 (per process: the heartbeats of the owner connections and of the one listener), and the
 memory and listening connections of ``--wait-memory-instances`` instances waiting in one
-program.
+program. ``--workers`` measures the worker fleet: throughput of ``--worker-counts`` worker
+processes on ``--worker-instances`` submitted instances against this one process running
+as many with ``run_workflow`` (same total concurrency, same run), their CPU per
+transition, the takeover time after a SIGKILL of one of three loaded workers, and the
+claim query's latency with ``--claim-queued`` queued instances at
+``--claim-history-rows`` history rows.
 
 Everything happens in scratch tables (``fsmflow_bench_<random>``) that are dropped
 afterwards, also on error, Ctrl-C (exit 130) or SIGTERM (exit 143). Run it on a quiet
@@ -51,6 +56,18 @@ def _seconds(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
     return value
+
+
+def _counts(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected numbers separated by commas, not {text!r}"
+        ) from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected worker counts of at least 1, not {text!r}")
+    return sorted(set(values))
 
 
 def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -112,6 +129,7 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         default=10_000,
         help="instances waiting in-process for the memory figure (default 10,000)",
     )
+    _add_worker_options(parser)
     add(
         "--info-logs",
         action="store_true",
@@ -119,6 +137,61 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
         "to /dev/null, to see their cost (default: fsmflow logs at WARNING meanwhile)",
     )
     parser.set_defaults(handler=bench_command)
+
+
+def _not_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
+def _add_worker_options(parser: argparse.ArgumentParser) -> None:
+    add = parser.add_argument
+    add(
+        "--workers",
+        action="store_true",
+        help="measure the worker fleet: throughput of worker processes against one process, "
+        "CPU per transition, takeover after SIGKILL, claim latency",
+    )
+    add(
+        "--worker-instances",
+        type=_positive,
+        default=2_000,
+        help="instances submitted per throughput run (default 2,000)",
+    )
+    add("--worker-steps", type=_positive, default=20, help="steps per instance (default 20)")
+    add(
+        "--worker-counts",
+        type=_counts,
+        default=[1, 2, 4],
+        help="worker processes per run, comma-separated (default 1,2,4)",
+    )
+    add(
+        "--worker-concurrency",
+        type=_positive,
+        default=32,
+        help="instances in flight in total, split among the workers; the baseline's (default 32)",
+    )
+    add("--worker-rounds", type=_positive, default=1, help="interleaved rounds (default 1)")
+    add(
+        "--takeover-kills",
+        type=_not_negative,
+        default=3,
+        help="SIGKILLs of a loaded worker (of three) timed; 0 skips it (default 3)",
+    )
+    add(
+        "--claim-queued",
+        type=_positive,
+        default=10_000,
+        help="unclaimed instances queued while the claim is timed (default 10,000)",
+    )
+    add(
+        "--claim-history-rows",
+        type=_positive,
+        default=1_000_000,
+        help="history rows for the second claim timing (default 1,000,000)",
+    )
 
 
 async def bench_command(args: argparse.Namespace, config: DBConfig) -> int:
