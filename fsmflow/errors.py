@@ -8,7 +8,8 @@
     │   └── InvalidIdentifierError   workflow name / instance id / table name unusable
     ├── ContextError
     │   ├── ContextSerializationError  a value JSON/jsonb cannot hold faithfully
-    │   └── ContextTooLargeError       serialized context over the size cap
+    │   ├── ContextTooLargeError       serialized context over the size cap
+    │   └── StateValidationError       a typed workflow's state does not fit its state_model
     ├── WorkflowError                about one instance (workflow, instance)
     │   ├── InvalidTransitionError   a step returned a trigger invalid in its state
     │   ├── NoTransitionError        no outgoing transition's conditions hold
@@ -28,6 +29,7 @@
     │   ├── TransitionLimitError     an instance reached its definition's max_transitions
     │   ├── HistoryDeletedError      the instance's history was deleted under its runner
     │   ├── WorkflowInterruptedError stopped early on SIGTERM/SIGINT; rerun resumes
+    │   ├── StateVersionError        a stored state the upgrades cannot bring to state_version
     │   └── StepFailedError          a step raised / timed out after its retries
     ├── StoreError                   the database could not do what was asked
     │   ├── DatabaseUnavailableError unreachable after the retry budget
@@ -103,6 +105,26 @@ class ContextTooLargeError(ContextError):
             f"serialized context is {size} bytes, over the limit of {limit} bytes{suffix}; "
             "store large payloads elsewhere and keep a reference in the context, "
             "or raise FSMFLOW_MAX_CONTEXT_BYTES"
+        )
+
+
+class StateValidationError(ContextError):
+    """A typed workflow's state does not validate against its ``state_model`` (or a step
+    returned something else than the model): ``fields`` are the pydantic field paths at
+    fault (``items.0.qty``), with the kind of problem; the values are never shown."""
+
+    def __init__(
+        self, workflow: str, instance_id: str | None, where: str, model: str, fields: Sequence[str]
+    ) -> None:
+        self.workflow = workflow
+        self.instance_id = instance_id
+        self.where = where
+        self.fields = list(fields)
+        instance = "" if instance_id is None else f", instance {instance_id!r}"
+        super().__init__(
+            f"workflow {workflow!r}{instance}: {where} is not a valid {model}: "
+            + "; ".join(self.fields)
+            + ". Nothing was stored from it: fix the step (or the seed) and retry the instance"
         )
 
 
@@ -274,6 +296,24 @@ class WorkflowInterruptedError(WorkflowError):
             else f"stopped at a step boundary; the next run resumes in state {state!r}"
         )
         super().__init__(workflow, instance_id, f"shutdown requested: {detail}")
+
+
+class StateVersionError(WorkflowError):
+    """An instance's stored state cannot be brought to the definition's ``state_version``:
+    it is newer than the code's, an upgrade raised or returned no dict, or its result does
+    not validate. Nothing is written; ``stored`` and ``code`` are the two versions."""
+
+    def __init__(
+        self, workflow: str, instance_id: str, stored: int, code: int, detail: str
+    ) -> None:
+        self.stored_version = stored
+        self.code_version = code
+        super().__init__(
+            workflow,
+            instance_id,
+            f"its stored state has state_version {stored}, the code's is {code}: {detail}; "
+            "nothing was written",
+        )
 
 
 class StepFailedError(WorkflowError):

@@ -141,7 +141,8 @@ def history_table(records: Sequence[TransitionRecord]) -> str:
     """The ``fsmflow show`` table: one line per row, contexts as key counts and sizes.
 
     With waits in the history, two more columns: EVENT (the id of the event a row
-    delivered or consumed) and WAKE AT (a waiting row's first deadline).
+    delivered or consumed) and WAKE AT (a waiting row's first deadline); with a typed
+    workflow's rows, V: the state_version each row's context was written with.
     """
     rows: list[tuple[str, ...]] = [
         (
@@ -166,12 +167,16 @@ def history_table(records: Sequence[TransitionRecord]) -> str:
         "STEP",
         "CONTEXT",
     )
-    if not any(r.status == "waiting" or r.event_id is not None for r in records):
-        return table(headers, rows, right=(0, 6))
-    waits = [(_event_cell(r), _wake_cell(r)) for r in records]
-    rows = [(*row[:7], *wait, row[7]) for row, wait in zip(rows, waits, strict=True)]
-    headers = (*headers[:7], "EVENT", "WAKE AT (UTC)", headers[7])
-    return table(headers, rows, right=(0, 6, 7))
+    right: tuple[int, ...] = (0, 6)
+    if any(r.status == "waiting" or r.event_id is not None for r in records):
+        waits = [(_event_cell(r), _wake_cell(r)) for r in records]
+        rows = [(*row[:-1], *wait, row[-1]) for row, wait in zip(rows, waits, strict=True)]
+        headers, right = (*headers[:-1], "EVENT", "WAKE AT (UTC)", headers[-1]), (0, 6, 7)
+    if any(r.state_version is not None for r in records):  # a typed workflow's rows
+        versions = ["" if r.state_version is None else str(r.state_version) for r in records]
+        rows = [(*row[:-1], v, row[-1]) for row, v in zip(rows, versions, strict=True)]
+        headers, right = (*headers[:-1], "V", headers[-1]), (*right, len(headers) - 1)
+    return table(headers, rows, right=right)
 
 
 def _event_cell(record: TransitionRecord) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Protocol
 
 from fsmflow.engine.resuming import (
@@ -18,6 +19,7 @@ from fsmflow.engine.resuming import (
     resume_state,
     same_definition,
     started_record,
+    state_version,
 )
 from fsmflow.model.definition import WorkflowDefinition
 from fsmflow.model.records import SUBMIT_TRIGGER, TransitionRecord
@@ -47,6 +49,7 @@ class Openings(Protocol):
         fingerprint: str | None,
         attempt_id: str,
         definition_json: str | None,
+        state_version: int | None = None,
     ) -> None:
         """Record seq 0 of a new instance."""
 
@@ -77,13 +80,15 @@ class Opening:
         return instance_id
 
     async def load_or_start(
-        self, instance_id: str, initial_json: str, *, given_context: bool
+        self, instance_id: str, initial: Callable[[], str], *, given_context: bool
     ) -> TransitionRecord:
-        """The instance's last row; for a new instance, its start (seq 0, written now)."""
+        """The instance's last row; for a new instance, its start (seq 0, written now) with
+        the context ``initial()`` returns (called only then: a typed workflow's default
+        state is validated only when it seeds an instance)."""
         name = self._definition.name
         last = await self._store.last_record(name, instance_id)
         if last is None:
-            return await self._start(instance_id, initial_json)
+            return await self._start(instance_id, initial())
         self.resumed = True
         if given_context:
             # Programs pass their seed context on every start, not knowing whether they
@@ -107,6 +112,7 @@ class Opening:
             fingerprint=definition.fingerprint,
             attempt_id=attempt,
             definition_json=self._definition_json,
+            state_version=state_version(definition),
         )
         logger.info(
             "workflow %r instance %r started in state %r", definition.name, instance_id, state

@@ -54,6 +54,7 @@ class History(Protocol):
         waiting_since: datetime | None = None,
         wait_seconds: float | None = None,
         event_id: int | None = None,
+        state_version: int | None = None,
     ) -> None:
         """Append row ``seq``; :class:`ConcurrentTransitionError` if it is not the next."""
 
@@ -101,6 +102,7 @@ class Instance:
     instance_id: str
     fingerprint: str
     redact: bool  # FSMFLOW_REDACT_ERRORS: no error messages in rows and logs
+    state_version: int | None = None  # a typed workflow's: stored with every row
 
 
 class Recorder:
@@ -319,6 +321,7 @@ class Recorder:
             waiting_since=None if wait is None else wait.since,
             wait_seconds=None if wait is None else wait.seconds,
             event_id=event_id,
+            state_version=instance.state_version,
         )
         try:
             await self._guard.guarded("append", source, appending)

@@ -180,4 +180,11 @@ def started_record(
         created_at=datetime.now(UTC),
         fingerprint=definition.fingerprint,
         attempt_id=attempt_id,
+        state_version=state_version(definition),
     )
+
+
+def state_version(definition: WorkflowDefinition) -> int | None:
+    """The state_version a typed workflow's rows store (None: the dict API)."""
+    spec = definition.state_spec
+    return None if spec is None else spec.version

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,7 @@ from fsmflow.engine.interrupts import Interrupts
 from fsmflow.engine.machine import WorkflowMachine
 from fsmflow.engine.opening import Opening
 from fsmflow.engine.recorder import Instance, Position, Recorder
-from fsmflow.engine.resuming import has_ended
+from fsmflow.engine.resuming import has_ended, state_version
 from fsmflow.engine.shutdown import for_running_loop
 from fsmflow.engine.steps import (
     StepsArgument,
@@ -31,13 +31,13 @@ from fsmflow.engine.steps import (
     run_after,
 )
 from fsmflow.engine.turns import Turns
+from fsmflow.engine.typed import Seed, TypedState
 from fsmflow.engine.waiting import Waiter
 from fsmflow.errors import WorkflowError
 from fsmflow.model.context import (
     WorkflowContext,
     decode_context,
     encode_context,
-    seed_json,
 )
 from fsmflow.model.definition import WorkflowDefinition, WorkflowStep, check_identifier
 from fsmflow.model.records import Status, TransitionRecord, WorkflowState
@@ -61,6 +61,7 @@ class RunnerEvent:
 
 
 Listener = Callable[[RunnerEvent], None]
+Seeder = Callable[[], str]  # the seed's JSON text, asked for when an instance starts
 
 
 class PersistentWorkflowStateMachine:
@@ -117,6 +118,7 @@ class PersistentWorkflowStateMachine:
         self._position = Position()  # seq, status, stored context: the recorder advances it
         self._steps: dict[str, WorkflowStep] = {}
         self._max_bytes = self.store.config.max_context_bytes
+        self._typed = TypedState(workflow_definition, self._max_bytes)
         self._machine = WorkflowMachine.of(workflow_definition)
         self._opening = Opening(self.store, workflow_definition, self._machine.definition_json)
         self._interrupts = Interrupts(self.workflow_name, lambda: self.instance_id)
@@ -173,17 +175,17 @@ class PersistentWorkflowStateMachine:
             seq=self.seq,
             waiting_for=self.definition.awaited_events(self.state or "") if waiting else (),
             wake_at=self._turns.waiter.wake_at if waiting and self._turns is not None else None,
+            state=self._typed.model(self.context, self.instance_id),
         )
 
     # -- running -----------------------------------------------------------------------
 
-    async def run_workflow(
-        self, context: WorkflowContext | Mapping[str, Any] | None = None, *, suspend: bool = False
-    ) -> WorkflowState:
+    async def run_workflow(self, context: Seed = None, *, suspend: bool = False) -> WorkflowState:
         """Run the instance until it completes; return its final :class:`WorkflowState`.
 
         ``context`` seeds a new instance; it is ignored (logged at INFO) when an existing
-        instance resumes, since that instance's stored context wins.
+        instance resumes, since that instance's stored context wins. A typed workflow's
+        seed may be its state model; a resumed instance is upgraded to its state_version.
 
         An instance that waits (for an event, a deadline) is waited for here, holding its
         lock but no transaction, woken by the event's notification or at the deadline.
@@ -196,7 +198,7 @@ class PersistentWorkflowStateMachine:
         ``max_transitions``.
         """
         check_steps(self.definition, self._steps)
-        initial = seed_json(context, max_bytes=self._max_bytes)
+        initial = self._typed.seed(context)
         interrupts = self._interrupts
         interrupts.task = asyncio.current_task()
         if self.options["handle_signals"]:
@@ -212,7 +214,7 @@ class PersistentWorkflowStateMachine:
                 interrupts.shutdown.unregister(self)
                 interrupts.shutdown = None
 
-    async def _run(self, initial: str, *, given_context: bool, suspend: bool) -> WorkflowState:
+    async def _run(self, initial: Seeder, *, given_context: bool, suspend: bool) -> WorkflowState:
         start_state, guarded = self.definition.initial_state, self._interrupts.guarded
         opening = self._opening
         self.instance_id = await guarded("wait", start_state, opening.choose(self.instance_id))
@@ -250,9 +252,8 @@ class PersistentWorkflowStateMachine:
     def _collaborators(self, owner: Ownership) -> None:
         """The recorder and the attempt loop of this run (the lock is held)."""
         assert self.instance_id is not None
-        instance = Instance(
-            self.workflow_name, self.instance_id, self.definition.fingerprint, self._redact
-        )
+        names = (self.workflow_name, self.instance_id, self.definition.fingerprint)
+        instance = Instance(*names, self._redact, state_version(self.definition))
         recorder = Recorder(self.store, self._interrupts, owner, instance, self._position)
         self._recorder = recorder
         attempts = Attempts(self._interrupts, recorder, owner, lambda: self.state, instance)
@@ -274,11 +275,10 @@ class PersistentWorkflowStateMachine:
     def _finished(self, record: TransitionRecord) -> WorkflowState:
         self._restore(record)
         self._opening.check_ended(record)
-        return WorkflowState.from_record(record)
+        return self._typed.finished(record, self.context)
 
     def _restore(self, record: TransitionRecord) -> None:
-        self._position.restore(record)
-        self.context = WorkflowContext(data=record.context)
+        self.context = self._typed.restore(self._position, record)  # upgraded, if typed
 
     async def _run_loop(self, suspend: bool) -> WorkflowState:
         recorder, turns = self._recorder, self._turns

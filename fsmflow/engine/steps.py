@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from fsmflow.errors import DefinitionError, WorkflowError
+from fsmflow.errors import DefinitionError, StateValidationError, WorkflowError
 from fsmflow.model.context import WorkflowContext
 from fsmflow.model.definition import (
     RetryPolicy,
@@ -153,7 +153,10 @@ def check_steps(definition: WorkflowDefinition, steps: Mapping[str, WorkflowStep
 
 
 def should_retry(exc: BaseException, policy: RetryPolicy) -> bool:
-    """True if ``policy`` retries a step that raised ``exc`` (a timeout always qualifies)."""
+    """True if ``policy`` retries a step that raised ``exc`` (a timeout always qualifies;
+    a typed step's input that does not fit its model never does: it would not next time)."""
+    if isinstance(exc, StateValidationError):
+        return False
     return isinstance(exc, (*policy.retry_on, TimeoutError))
 
 

@@ -17,6 +17,7 @@ from fsmflow.engine.attempts import Attempts
 from fsmflow.engine.choosing import WaitHere, choose_transition
 from fsmflow.engine.recorder import Recorder, Wait
 from fsmflow.engine.steps import step_outcome
+from fsmflow.engine.typed import typed_result, typed_steps
 from fsmflow.engine.waiting import Waiter, first_deadline
 from fsmflow.model.context import WorkflowContext, encode_context
 from fsmflow.model.definition import Transition, WorkflowDefinition, WorkflowStep
@@ -55,9 +56,12 @@ class Turns:
         max_bytes: int,
     ) -> None:
         self._definition = definition
-        self._steps = steps
         self._recorder, self._attempts, self.waiter = parts
         self._instance_id = self._recorder.instance_id
+        spec = self._spec = definition.state_spec
+        self._steps = steps if spec is None else typed_steps(
+            steps, spec, definition.name, self._instance_id
+        )  # fmt: skip
         self._emit = emit
         self._max_bytes = max_bytes
 
@@ -111,6 +115,8 @@ class Turns:
         """What ``state``'s step returned means: the context (and its stored text) and
         the transition to take (None completes the instance; WAIT: it waits)."""
         definition, instance_id = self._definition, self._instance_id
+        if self._spec is not None:  # a typed step returns its model: it must validate
+            result = typed_result(result, self._spec, definition.name, instance_id, state)
         context, trigger = step_outcome(result, definition.name, instance_id, state)
         where = f"context returned by step {state!r}"
         encoded = encode_context(context.data, max_bytes=self._max_bytes, where=where)

@@ -16,6 +16,7 @@ from typing import Any, Final
 from pydantic import BaseModel, Field
 
 from fsmflow.errors import ContextSerializationError, ContextTooLargeError
+from fsmflow.model.state import StateSpec
 
 DEFAULT_MAX_CONTEXT_BYTES: Final = 16 * 1024 * 1024
 # jsonb keeps numbers as numeric and prints 1e16 as 10000000000000000, which json.loads
@@ -152,23 +153,37 @@ def encode_context(
     return text
 
 
-def seed_json(context: Any, *, max_bytes: int) -> str:
+def seed_json(
+    context: Any, *, max_bytes: int, state: StateSpec | None = None, workflow: str = ""
+) -> str:
     """The JSON text of a seed context: None (empty), a dict, a Mapping or a
-    :class:`WorkflowContext`; :class:`ContextSerializationError` for anything else."""
+    :class:`WorkflowContext`; :class:`ContextSerializationError` for anything else.
+
+    For a typed workflow (``state``, its definition's :class:`StateSpec`) the seed may also
+    be an instance of its state model; every seed is validated against the model and stored
+    in the model's JSON form (:class:`~fsmflow.errors.StateValidationError` if it does not fit).
+    """
+    where = "initial context"
     if context is None:
         data: Any = {}
     elif isinstance(context, WorkflowContext):
         data = context.data
     elif isinstance(context, Mapping):
         data = dict(context)
+    elif isinstance(context, BaseModel) and state is not None and isinstance(context, state.model):
+        data = state.dump(context, workflow, None, "the initial state")
     else:
+        typed = "" if state is None else f", an instance of {state.model.__name__}"
         raise ContextSerializationError(
             "ctx",
-            "the seed context must be a dict, a Mapping or a WorkflowContext, "
+            f"the seed context must be a dict, a Mapping{typed} or a WorkflowContext, "
             f"not {type(context).__name__}",
-            where="initial context",
+            where=where,
         )
-    return encode_context(data, max_bytes=max_bytes, where="initial context")
+    if state is not None and not isinstance(context, state.model):
+        model = state.validate(data, workflow, None, "the initial state")
+        data = state.dump(model, workflow, None, "the initial state")
+    return encode_context(data, max_bytes=max_bytes, where=where)
 
 
 def decode_context(text: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import keyword
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Final, TypeAlias
 
@@ -19,62 +19,19 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 from fsmflow.errors import DefinitionError, InvalidIdentifierError
 from fsmflow.model.conditions import Condition, canonical_json, describe_summary
 from fsmflow.model.context import WorkflowContext
+from fsmflow.model.names import MAX_IDENTIFIER_LENGTH as MAX_IDENTIFIER_LENGTH
+from fsmflow.model.names import RESERVED_NAMES as RESERVED_NAMES
+from fsmflow.model.names import check_identifier as check_identifier
+from fsmflow.model.state import StateSpec, Upgrade, state_problems, state_spec
 
 StepResult: TypeAlias = tuple[WorkflowContext, str | None] | WorkflowContext
-# Sync or async: returns a StepResult or an awaitable of one.
-StepFunction: TypeAlias = Callable[[WorkflowContext], Any]
+# Sync or async: returns a StepResult or an awaitable of one. A step of a typed workflow
+# takes and returns its state model instead (``Callable[[TicketState], TicketState]``), so
+# the argument is Any here: a Callable's parameter is contravariant, and a function of one
+# model is not a function of every BaseModel.
+StepFunction: TypeAlias = Callable[[Any], Any]
 
-MAX_IDENTIFIER_LENGTH: Final = 200
 DEFAULT_MAX_TRANSITIONS: Final = 10_000
-
-# Names the runner (a transitions model) already uses. transitions adds a method per
-# trigger, ``may_<trigger>`` and ``is_<state>`` to the model; a clash would overwrite one.
-# (tests/unit/test_definition.py checks this list against the runner's public attributes.)
-RESERVED_NAMES: Final = frozenset(
-    {
-        "state",
-        "context",
-        "condition_context",
-        "steps",
-        "definition",
-        "machine",
-        "instance_id",
-        "workflow_name",
-        "seq",
-        "store",
-        "run_workflow",
-        "trigger",
-        "may_trigger",
-        "workflow_state",
-        "setup",
-        "close",
-        "allow_definition_change",
-        "retry_failed",
-        "options",
-        "status",
-        "interrupt",
-        "on_manual_transition",
-    }
-)
-
-
-def check_identifier(value: object, what: str) -> str:
-    """Validate a workflow name or instance id; raise :class:`InvalidIdentifierError`."""
-    if not isinstance(value, str):
-        raise InvalidIdentifierError(f"{what} must be a str, not {type(value).__name__}")
-    if not value:
-        raise InvalidIdentifierError(f"{what} must not be empty")
-    if len(value) > MAX_IDENTIFIER_LENGTH:
-        raise InvalidIdentifierError(
-            f"{what} is {len(value)} characters long; the limit is {MAX_IDENTIFIER_LENGTH}"
-        )
-    if "\x00" in value:
-        raise InvalidIdentifierError(f"{what} contains a NUL character, which PostgreSQL rejects")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidIdentifierError(f"{what} contains a lone surrogate") from None
-    return value
 
 
 class RetryPolicy(BaseModel):
@@ -226,6 +183,9 @@ class WorkflowDefinition(BaseModel):
     ``default_retry`` applies to steps that do not set their own :class:`RetryPolicy`.
     ``max_transitions`` bounds the transitions one instance may record (a loop guard); it is
     not part of the fingerprint, so raising or lowering it is not a definition change.
+    ``state_model`` (a pydantic model) types the state: steps get and return an instance;
+    ``upgrades[n]`` turns a stored dict of version n into one of n + 1, up to
+    ``state_version`` (:mod:`fsmflow.model.state`). Neither is part of the fingerprint.
     """
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
@@ -236,7 +196,11 @@ class WorkflowDefinition(BaseModel):
     initial: str | None = None
     default_retry: RetryPolicy = Field(default_factory=RetryPolicy)
     max_transitions: int = DEFAULT_MAX_TRANSITIONS
+    state_model: Any = None  # a pydantic BaseModel subclass: see fsmflow.model.state
+    state_version: Any = 1
+    upgrades: Any = None
 
+    _state: StateSpec | None = PrivateAttr(default=None)
     _outgoing: dict[str, tuple[Transition, ...]] = PrivateAttr(default_factory=dict)
     _fingerprint: str = PrivateAttr(default="")
     _compiled: Any = PrivateAttr(default=None)
@@ -249,6 +213,10 @@ class WorkflowDefinition(BaseModel):
         initial: str | None = None,
         default_retry: RetryPolicy | None = None,
         max_transitions: int = DEFAULT_MAX_TRANSITIONS,
+        *,
+        state_model: type[BaseModel] | None = None,
+        state_version: int = 1,
+        upgrades: Mapping[int, Upgrade] | None = None,
     ) -> None:
         super().__init__(
             name=name,
@@ -257,6 +225,9 @@ class WorkflowDefinition(BaseModel):
             initial=initial,
             default_retry=default_retry or RetryPolicy(),
             max_transitions=max_transitions,
+            state_model=state_model,
+            state_version=state_version,
+            upgrades=upgrades,
         )
 
     @field_validator("name", mode="before")
@@ -276,6 +247,7 @@ class WorkflowDefinition(BaseModel):
             state: tuple(t for t in self.transitions if state in t.sources) for state in self.steps
         }
         self._fingerprint = _fingerprint(self.summary())
+        self._state = state_spec(self.state_model, self.state_version, self.upgrades)
 
     @property
     def initial_state(self) -> str:
@@ -286,6 +258,11 @@ class WorkflowDefinition(BaseModel):
     def fingerprint(self) -> str:
         """A stable hash of states and transitions, stored with each instance."""
         return self._fingerprint
+
+    @property
+    def state_spec(self) -> StateSpec | None:
+        """The typed state (``state_model``, version, upgrades); None for the dict API."""
+        return self._state
 
     def outgoing(self, state: str) -> tuple[Transition, ...]:
         """Transitions out of ``state`` in declaration order."""
@@ -359,6 +336,7 @@ def _find_problems(definition: WorkflowDefinition) -> Iterator[str]:
         yield from _transition_problems(index, t, known)
         yield from _wait_problems(index, t)
     yield from _trigger_clashes(definition)
+    yield from state_problems(definition.state_model, definition.state_version, definition.upgrades)
     if states and definition.initial_state in known:
         for state in _unreachable(definition):
             yield f"state {state!r} is unreachable from initial state {definition.initial_state!r}"

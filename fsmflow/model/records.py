@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal, Protocol, get_args
 
+from pydantic import BaseModel
+
 from fsmflow.errors import HistoryCorruptError
 from fsmflow.model.context import WorkflowContext
 
@@ -49,6 +51,7 @@ class TransitionRecord:
     waiting_since: datetime | None = None  # a waiting row: when the wait began (server clock)
     wake_at: datetime | None = None  # a waiting row: its earliest deadline, if any
     event_id: int | None = None  # the event this row delivered (or consumed unmatched)
+    state_version: int | None = None  # a typed workflow's state version (None: untyped)
 
     @property
     def completed(self) -> bool:
@@ -67,7 +70,8 @@ class WorkflowState:
 
     ``workflow_id`` is ``instance_id`` under the seed API's name. A ``waiting`` instance
     (returned by ``run_workflow(suspend=True)``) waits in ``current_state`` for one of the
-    events ``waiting_for`` or until ``wake_at`` (its next deadline, server clock).
+    events ``waiting_for`` or until ``wake_at`` (its next deadline, server clock). For a
+    typed workflow ``state`` is the state model instance; ``context.data`` is its JSON form.
     """
 
     workflow_name: str
@@ -79,6 +83,7 @@ class WorkflowState:
     seq: int = 0
     waiting_for: tuple[str, ...] = ()
     wake_at: datetime | None = None
+    state: BaseModel | None = None  # a typed workflow's state model instance (else None)
 
     @property
     def workflow_id(self) -> str:
@@ -312,11 +317,12 @@ def to_record(row: Row) -> TransitionRecord:
         waiting_since=_optional(row, "waiting_since"),
         wake_at=_optional(row, "wake_at"),
         event_id=_optional(row, "event_id"),
+        state_version=_optional(row, "state_version"),
     )
 
 
 def _optional(row: Row, column: str) -> Any:
-    """A column that rows read before schema version 4 lack (None for them)."""
+    """A column that rows read before schema version 4 (6 for state_version) lack."""
     try:
         return row[column]
     except KeyError:

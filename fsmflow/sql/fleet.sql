@@ -12,8 +12,9 @@
 WITH started AS (
     INSERT INTO fsmflow_transitions
         (workflow_name, instance_id, seq, trigger, dest_state, context, status, fingerprint,
-         attempt_id, definition)
-    VALUES ($1, $2, 0, 'fsmflow:submit', $3, $4::json, 'running', $5, $6::uuid, $7::jsonb)
+         attempt_id, definition, state_version)
+    VALUES ($1, $2, 0, 'fsmflow:submit', $3, $4::json, 'running', $5, $6::uuid, $7::jsonb,
+            $10::integer)
     RETURNING workflow_name, instance_id, created_at
 ), queued AS (
     INSERT INTO fsmflow_transitions_queue AS q (workflow_name, instance_id, ready_at, submitted_at)

@@ -5,13 +5,15 @@
 -- Append seq $3 only if the instance's last row is seq $3 - 1 (zero rows: lost the race).
 -- A waiting row ($8 'waiting') records when its wait began ($13, or now for a new wait:
 -- the server's clock) and its first deadline $14 seconds later (NULL: none); $15 names
--- the event the row delivers.
+-- the event the row delivers; $16 is the state_version of a typed workflow's state (NULL:
+-- an untyped workflow).
 INSERT INTO fsmflow_transitions
     (workflow_name, instance_id, seq, trigger, source_state, dest_state, context, status,
-     fingerprint, attempt_id, duration_ms, error, waiting_since, wake_at, event_id)
+     fingerprint, attempt_id, duration_ms, error, waiting_since, wake_at, event_id,
+     state_version)
 SELECT $1::text, $2::text, $3::integer, $4::text, $5::text, $6::text, $7::json, $8::text,
        $9::text, $10::uuid, $11::float8, $12::jsonb,
-       w.since, w.since + make_interval(secs => $14::float8), $15::bigint
+       w.since, w.since + make_interval(secs => $14::float8), $15::bigint, $16::integer
 FROM (SELECT CASE WHEN $8::text = 'waiting'
                   THEN coalesce($13::timestamptz, clock_timestamp()) END AS since) w
 WHERE coalesce(
@@ -22,8 +24,8 @@ WHERE coalesce(
 -- Insert seq 0 of a new instance (fails with a unique violation if it already exists).
 INSERT INTO fsmflow_transitions
     (workflow_name, instance_id, seq, dest_state, context, status, fingerprint, attempt_id,
-     definition, forked_from_instance, forked_from_seq)
-VALUES ($1, $2, 0, $3, $4::json, 'running', $5, $6::uuid, $7::jsonb, $8, $9);
+     definition, forked_from_instance, forked_from_seq, state_version)
+VALUES ($1, $2, 0, $3, $4::json, 'running', $5, $6::uuid, $7::jsonb, $8, $9, $10::integer);
 
 -- name: last_record
 -- The latest row of one instance, the seq before it and how many rows it has (primary-key

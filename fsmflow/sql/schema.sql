@@ -1,4 +1,4 @@
--- fsmflow schema, version 5.
+-- fsmflow schema, version 6.
 --
 -- One append-only table holds the history of every workflow instance: one row per event.
 -- seq 0 starts an instance; each finished step appends the next seq; a terminal row has
@@ -6,6 +6,7 @@
 -- dest_state (since waiting_since, until wake_at at the latest) for an event or a deadline.
 -- Events sent to instances are appended to a second table, fsmflow_transitions_events; the history
 -- row that delivers one names it in event_id. Rows of neither table are ever updated.
+-- A typed workflow's rows record the state_version their context was written with.
 -- Instances submitted to the worker fleet are queued in fsmflow_transitions_queue until they
 -- end, and live workers are listed in fsmflow_transitions_workers: coordination state only
 -- (updated and deleted as instances are claimed and end), never the truth of an instance.
@@ -39,6 +40,7 @@ CREATE TABLE IF NOT EXISTS fsmflow_transitions (
     waiting_since   timestamptz,
     wake_at         timestamptz,
     event_id        bigint,
+    state_version   integer,
     PRIMARY KEY (workflow_name, instance_id, seq)
 );
 
@@ -126,4 +128,4 @@ CREATE TABLE IF NOT EXISTS fsmflow_transitions_workers (
     stopping        boolean     NOT NULL DEFAULT false
 );
 
-COMMENT ON TABLE fsmflow_transitions IS 'fsmflow schema_version=5';
+COMMENT ON TABLE fsmflow_transitions IS 'fsmflow schema_version=6';

@@ -185,6 +185,7 @@ class Store(EventsFace, FleetFace, ErrorsFace):
         attempt_id: str,
         definition_json: str | None,
         forked_from: tuple[str, int] | None = None,
+        state_version: int | None = None,
     ) -> None:
         """Record seq 0 of a new instance; :class:`~fsmflow.errors.ConcurrentTransitionError`
         if it exists."""
@@ -197,6 +198,7 @@ class Store(EventsFace, FleetFace, ErrorsFace):
             attempt_id=attempt_id,
             definition_json=definition_json,
             forked_from=forked_from,
+            state_version=state_version,
         )
 
     async def append(
@@ -218,6 +220,7 @@ class Store(EventsFace, FleetFace, ErrorsFace):
         waiting_since: datetime | None = None,
         wait_seconds: float | None = None,
         event_id: int | None = None,
+        state_version: int | None = None,
     ) -> None:
         """Append ``seq`` if the instance's last row is ``seq - 1`` (one statement); with
         ``owner``, on the owning session, an unknown outcome settled by reading it back."""
@@ -238,6 +241,7 @@ class Store(EventsFace, FleetFace, ErrorsFace):
             waiting_since=waiting_since,
             wait_seconds=wait_seconds,
             event_id=event_id,
+            state_version=state_version,
         )
 
     async def last_record(self, workflow: str, instance_id: str) -> TransitionRecord | None:

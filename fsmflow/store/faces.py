@@ -15,6 +15,8 @@ import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
+from pydantic import BaseModel
+
 from fsmflow.errors import FsmflowError
 from fsmflow.model.context import WorkflowContext, seed_json
 from fsmflow.model.definition import WorkflowDefinition
@@ -126,20 +128,26 @@ class FleetFace:
     async def submit(
         self,
         workflow: Any,
-        context: WorkflowContext | Mapping[str, Any] | None = None,
+        context: WorkflowContext | Mapping[str, Any] | BaseModel | None = None,
         *,
         instance_id: str | None = None,
     ) -> str:
         """Start an instance of ``workflow`` (a :class:`~fsmflow.Workflow` or its
         :class:`WorkflowDefinition`) for the worker fleet to run, without running it here;
-        returns its id (``instance_id``, or a new one).
+        returns its id (``instance_id``, or a new one). A typed workflow's ``context`` may
+        be an instance of its state model (every seed of one is validated against it).
 
         One durable write: seq 0 and the queue entry commit together, and the workers are
         woken. A pinned ``instance_id`` that exists raises
         :class:`~fsmflow.errors.InstanceExistsError` and writes nothing.
         """
         definition = definition_of(workflow)
-        context_json = seed_json(context, max_bytes=self.config.max_context_bytes)
+        context_json = seed_json(
+            context,
+            max_bytes=self.config.max_context_bytes,
+            state=definition.state_spec,
+            workflow=definition.name,
+        )
         summary = json.dumps(definition.summary())
         return await self._fleet.submit(definition, summary, context_json, instance_id)
 

@@ -105,6 +105,7 @@ class Fleet:
         args = (
             name, instance_id, definition.initial_state, context_json, definition.fingerprint,
             attempt, definition_json, self.db.wake_channel, wake_payload(name, instance_id),
+            None if definition.state_spec is None else definition.state_spec.version,
         )  # fmt: skip
         pool = await self.db.pool()
         query = self.db.queries["submit"]

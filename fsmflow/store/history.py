@@ -60,14 +60,16 @@ class History:
         attempt_id: str,
         definition_json: str | None,
         forked_from: tuple[str, int] | None = None,
+        state_version: int | None = None,
     ) -> None:
-        """Record seq 0 of a new instance; :class:`ConcurrentTransitionError` if it exists."""
+        """Record seq 0 of a new instance; :class:`ConcurrentTransitionError` if it exists.
+        ``state_version``: the version of a typed workflow's state (None: untyped)."""
         pool = await self.db.pool()
         query = self.db.queries["start"]
         fork_instance, fork_seq = forked_from or (None, None)
         args = (
             workflow, instance_id, state, context_json, fingerprint, attempt_id,
-            definition_json, fork_instance, fork_seq,
+            definition_json, fork_instance, fork_seq, state_version,
         )  # fmt: skip
         try:
             await pool.execute(query, *args)
@@ -103,6 +105,7 @@ class History:
         waiting_since: datetime | None = None,
         wait_seconds: float | None = None,
         event_id: int | None = None,
+        state_version: int | None = None,
     ) -> None:
         """Append ``seq`` if the instance's last row is ``seq - 1`` — one statement, one
         round trip. :class:`ConcurrentTransitionError` if another writer got there first.
@@ -111,12 +114,13 @@ class History:
         resolved by reading the row back (by ``attempt_id``), never by writing twice.
         A ``waiting`` row's wait began at ``waiting_since`` (None: now, by the server's
         clock) and its first deadline is ``wait_seconds`` later (None: none); ``event_id``
-        names the event the row delivers.
+        names the event the row delivers; ``state_version`` the version of a typed
+        workflow's state (None: untyped).
         """
         args = (
             workflow, instance_id, seq, trigger, source, dest, context_json, status,
             fingerprint, attempt_id, duration_ms, error_json, waiting_since, wait_seconds,
-            event_id,
+            event_id, state_version,
         )  # fmt: skip
         query = self.db.queries["append"]
         if owner is not None:

@@ -153,8 +153,9 @@ async def fork_instance(
         )
     fingerprint, summary = _fork_definition(first, definition, allow_definition_change)
     dest = _fork_state(row, state, summary)
+    context, version = _fork_context(row, definition, overrides)
     encoded = encode_context(
-        {**row.context, **dict(overrides or {})},
+        context,
         max_bytes=parts.db.config.max_context_bytes,
         where=f"fork of instance {instance_id!r} at seq {row.seq}",
     )
@@ -169,12 +170,30 @@ async def fork_instance(
             attempt_id=uuid.uuid4().hex,
             definition_json=None if summary is None else json.dumps(summary),
             forked_from=(instance_id, row.seq),
+            state_version=version,
         )
     except ConcurrentTransitionError:
         raise _exists(workflow, new_id) from None
     started = await parts.history.record_at(workflow, new_id, 0)
     assert started is not None
     return started
+
+
+def _fork_context(
+    row: TransitionRecord, definition: WorkflowDefinition | None, overrides: Any
+) -> tuple[dict[str, Any], int | None]:
+    """The context a fork starts with, and its state version: the row's as stored, or,
+    forked onto a typed ``definition``, upgraded to its state_version and validated (the
+    overrides set on top of the upgraded state)."""
+    spec = None if definition is None else definition.state_spec
+    if spec is None:
+        version = row.state_version if definition is None else None
+        return {**row.context, **dict(overrides or {})}, version
+    name, where = row.workflow_name, f"the fork of instance {row.instance_id!r} at seq {row.seq}"
+    upgraded = spec.upgrade(row.context, row.state_version, name, row.instance_id)
+    merged = {**(row.context if upgraded is None else upgraded), **dict(overrides or {})}
+    model = spec.validate(merged, name, row.instance_id, where)
+    return spec.dump(model, name, row.instance_id, where), spec.version
 
 
 def _fork_definition(
@@ -394,6 +413,7 @@ async def _append_after(
         duration_ms=None,
         error_json=None if error is None else json.dumps(error),
         owner=owner,
+        state_version=last.state_version,  # the context is the last row's, unchanged
     )
     record = await parts.history.record_at(last.workflow_name, last.instance_id, seq)
     assert record is not None
