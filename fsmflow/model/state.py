@@ -6,6 +6,11 @@ readable in SQL and the context rules hold for it; a state is validated whenever
 the line between the step code and the store: on the way in (seed, a resumed or forked
 instance, a step's input) and on the way out (a step's result), before anything is written.
 Messages name the model's field paths and the kind of problem, never a value.
+
+The model's field types are checked when the definition is built
+(:mod:`fsmflow.model.state_types`): only types whose JSON form loads back as the same value
+are accepted; a field that declares its own encoding is left to the round-trip check that
+every save makes.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any, TypeAlias
 from pydantic import BaseModel, ValidationError
 
 from fsmflow.errors import StateValidationError, StateVersionError
+from fsmflow.model.state_types import type_problems
 
 # An upgrade takes the stored JSON dict of version n and returns the dict of version n + 1.
 Upgrade: TypeAlias = Callable[[dict[str, Any]], dict[str, Any]]
@@ -37,6 +43,8 @@ def state_problems(model: object, version: object, upgrades: object) -> Iterator
         return
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         yield f"state_model must be a pydantic BaseModel subclass, not {model!r}"
+    else:
+        yield from type_problems(model)
     if upgrades is not None and not isinstance(upgrades, Mapping):
         yield f"upgrades must be a dict version -> function, not {type(upgrades).__name__}"
         return
