@@ -80,6 +80,29 @@ def _fields(exc: ValidationError) -> list[str]:
     ]
 
 
+def _equal(saved: Any, loaded: Any) -> bool:
+    """Whether ``loaded`` is ``saved`` again: models field by field (their private
+    attributes are not stored), containers item by item, anything else by ``==``."""
+    if isinstance(saved, BaseModel):
+        return type(saved) is type(loaded) and all(
+            _equal(getattr(saved, k, None), getattr(loaded, k, None))
+            for k in type(saved).model_fields
+        ) and (saved.model_extra or {}) == (loaded.model_extra or {})  # fmt: skip
+    if isinstance(saved, list | tuple):
+        return (
+            type(saved) is type(loaded)
+            and len(saved) == len(loaded)
+            and all(_equal(a, b) for a, b in zip(saved, loaded, strict=True))
+        )
+    if isinstance(saved, dict):
+        return (
+            isinstance(loaded, dict)
+            and saved.keys() == loaded.keys()
+            and all(_equal(v, loaded[k]) for k, v in saved.items())
+        )
+    return bool(saved == loaded)
+
+
 @dataclass(frozen=True, slots=True)
 class StateSpec:
     """A workflow's typed state: the model, its version and the upgrade chain."""
@@ -108,10 +131,16 @@ class StateSpec:
                 [f"(the state itself): a {type(value).__name__}, not a {self.model.__name__}"],
             )  # fmt: skip
         first = self._json(value, workflow, instance_id, where)
-        again = self._json(self.validate(first, workflow, instance_id, where), workflow,
-                           instance_id, where)  # fmt: skip
-        if again != first:
-            changed = sorted(k for k in {*first, *again} if first.get(k) != again.get(k))
+        loaded = self.validate(first, workflow, instance_id, where)
+        again = self._json(loaded, workflow, instance_id, where)
+        # Both checks: the JSON must be stable, and it must load as the value saved (a
+        # declared encoding may drop information, e.g. a datetime stored as its date).
+        changed = sorted(
+            {k for k in {*first, *again} if first.get(k) != again.get(k)}
+            | {k for k in type(value).model_fields if not _equal(getattr(value, k, None),
+                                                                 getattr(loaded, k, None))}
+        )  # fmt: skip
+        if changed:
             raise StateValidationError(
                 workflow, instance_id, where, self.model.__name__,
                 [f"{name}: does not round-trip through JSON (declare a JSON encoding for it)"

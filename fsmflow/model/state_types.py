@@ -111,7 +111,7 @@ class _Walk:
         args = [a for a in get_args(tp) if a is not Ellipsis]
         if origin is dict and args and not _is_str(args[0]):
             yield (
-                f"field {path} is a {_name(tp)}: JSON object keys are strings; "
+                f"field {path} has type {_name(tp)}: JSON object keys are strings; "
                 "use dict[str, ...] or a list of pairs"
             )
             args = args[1:]
@@ -130,9 +130,9 @@ class _Walk:
                 loaded.setdefault(kind, set()).add(python)
         for kind, pythons in sorted(loaded.items()):
             if len(pythons) > 1 and not (kind == "object" and discriminated):
-                names = ", ".join(sorted(_name(p) for p in pythons))
+                names = " and ".join(sorted(_name(p) for p in pythons))
                 yield (
-                    f"field {path} is a {_name(tp)}: {names} are all stored as a JSON {kind}, "
+                    f"field {path} has type {_name(tp)}: {names} are stored as a JSON {kind}, "
                     "so a saved value may load as the other type; keep one of them"
                     + (" or discriminate the models (Field(discriminator=...))"
                        if kind == "object" else "")
@@ -178,14 +178,16 @@ def _values(enum: type[Enum]) -> set[type]:
 
 
 def _literal(tp: Any, path: str) -> Iterator[str]:
-    odd = [v for v in get_args(tp) if type(v) not in (str, int, bool, NoneType)]
-    if odd:
-        yield f"field {path} is a {_name(tp)}: {_UNKNOWN}"
+    if any(type(v) not in _LEAVES for v in get_args(tp)):
+        yield f"field {path} has type {_name(tp)}: its values must be str, int, float, bool or None"
 
 
 def _enum(enum: type[Enum], path: str) -> Iterator[str]:
     if not _values(enum) <= {str, int}:
-        yield f"field {path} is an Enum {enum.__name__} whose values are not all str or int"
+        yield (
+            f"field {path} has type {enum.__name__}: an Enum whose values are not all str or "
+            "int; give its members str or int values"
+        )
 
 
 def _loads_as(tp: Any) -> Iterator[tuple[str, Any]]:
@@ -210,8 +212,8 @@ def _loads_as(tp: Any) -> Iterator[tuple[str, Any]]:
     elif origin is dict or tp is dict:
         yield "object", dict
     elif tp in _LEAVES:
-        # A float may load as an int of equal value (jsonb prints 1e20 as an integer), and
-        # the two compare equal: they count as one.
+        # An int and a float stay apart in JSON text (2 and 2.0; the context rules refuse
+        # floats jsonb would print as integers), so ``int | float`` loads each as itself.
         yield _LEAVES[tp], int if tp is float else tp
     elif isinstance(tp, type) and issubclass(tp, BaseModel):
         yield "object", tp
@@ -227,7 +229,7 @@ def _problem(path: str, tp: Any) -> str:
         why = "declare its item type (list[str], dict[str, JsonValue], ...)"
     else:
         why = _REFUSED.get(base, _UNKNOWN) if isinstance(base, type) else _UNKNOWN
-    return f"field {path} is a {_name(tp)}: {why}"
+    return f"field {path} has type {_name(tp)}: {why}"
 
 
 def _name(tp: Any) -> str:
