@@ -6,6 +6,11 @@ readable in SQL and the context rules hold for it; a state is validated whenever
 the line between the step code and the store: on the way in (seed, a resumed or forked
 instance, a step's input) and on the way out (a step's result), before anything is written.
 Messages name the model's field paths and the kind of problem, never a value.
+
+The model's field types are checked when the definition is built
+(:mod:`fsmflow.model.state_types`): only types whose JSON form loads back as the same value
+are accepted; a field that declares its own encoding is left to the round-trip check that
+every save makes.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any, TypeAlias
 from pydantic import BaseModel, ValidationError
 
 from fsmflow.errors import StateValidationError, StateVersionError
+from fsmflow.model.state_types import type_problems
 
 # An upgrade takes the stored JSON dict of version n and returns the dict of version n + 1.
 Upgrade: TypeAlias = Callable[[dict[str, Any]], dict[str, Any]]
@@ -37,6 +43,8 @@ def state_problems(model: object, version: object, upgrades: object) -> Iterator
         return
     if not (isinstance(model, type) and issubclass(model, BaseModel)):
         yield f"state_model must be a pydantic BaseModel subclass, not {model!r}"
+    else:
+        yield from type_problems(model)
     if upgrades is not None and not isinstance(upgrades, Mapping):
         yield f"upgrades must be a dict version -> function, not {type(upgrades).__name__}"
         return
@@ -72,6 +80,29 @@ def _fields(exc: ValidationError) -> list[str]:
     ]
 
 
+def _equal(saved: Any, loaded: Any) -> bool:
+    """Whether ``loaded`` is ``saved`` again: models field by field (their private
+    attributes are not stored), containers item by item, anything else by ``==``."""
+    if isinstance(saved, BaseModel):
+        return type(saved) is type(loaded) and all(
+            _equal(getattr(saved, k, None), getattr(loaded, k, None))
+            for k in type(saved).model_fields
+        ) and (saved.model_extra or {}) == (loaded.model_extra or {})  # fmt: skip
+    if isinstance(saved, list | tuple):
+        return (
+            type(saved) is type(loaded)
+            and len(saved) == len(loaded)
+            and all(_equal(a, b) for a, b in zip(saved, loaded, strict=True))
+        )
+    if isinstance(saved, dict):
+        return (
+            isinstance(loaded, dict)
+            and saved.keys() == loaded.keys()
+            and all(_equal(v, loaded[k]) for k, v in saved.items())
+        )
+    return bool(saved == loaded)
+
+
 @dataclass(frozen=True, slots=True)
 class StateSpec:
     """A workflow's typed state: the model, its version and the upgrade chain."""
@@ -100,10 +131,16 @@ class StateSpec:
                 [f"(the state itself): a {type(value).__name__}, not a {self.model.__name__}"],
             )  # fmt: skip
         first = self._json(value, workflow, instance_id, where)
-        again = self._json(self.validate(first, workflow, instance_id, where), workflow,
-                           instance_id, where)  # fmt: skip
-        if again != first:
-            changed = sorted(k for k in {*first, *again} if first.get(k) != again.get(k))
+        loaded = self.validate(first, workflow, instance_id, where)
+        again = self._json(loaded, workflow, instance_id, where)
+        # Both checks: the JSON must be stable, and it must load as the value saved (a
+        # declared encoding may drop information, e.g. a datetime stored as its date).
+        changed = sorted(
+            {k for k in {*first, *again} if first.get(k) != again.get(k)}
+            | {k for k in type(value).model_fields if not _equal(getattr(value, k, None),
+                                                                 getattr(loaded, k, None))}
+        )  # fmt: skip
+        if changed:
             raise StateValidationError(
                 workflow, instance_id, where, self.model.__name__,
                 [f"{name}: does not round-trip through JSON (declare a JSON encoding for it)"
