@@ -188,10 +188,13 @@ class Fleet:
             raise self._denied("see which worker runs what") from None
         return {(row["workflow_name"], row["instance_id"]): to_worker(row) for row in rows}
 
-    async def check_privileges(self) -> None:
+    async def check_privileges(self, *, checked: bool = True) -> None:
         """:class:`PermissionDeniedError` (or :class:`SchemaMissingError`) unless the role
-        may run workers: the fleet's tables exist and it may change them."""
-        row = await self.db.fetchrow("fleet_privileges", self.queue_table, self.workers_table)
+        may run workers: the fleet's tables exist and it may change them. ``checked=False``
+        (the health check) asks without the table check a store does at its first query."""
+        row = await self.db.fetchrow(
+            "fleet_privileges", self.queue_table, self.workers_table, checked=checked
+        )
         assert row is not None
         if not row["exist"]:
             raise SchemaMissingError(

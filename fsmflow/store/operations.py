@@ -480,7 +480,7 @@ async def check_health(parts: Parts, *, workers: bool = False) -> HealthReport:
 
 async def _fleet_ready(parts: Parts) -> bool:
     try:
-        await parts.fleet.check_privileges()
+        await parts.fleet.check_privileges(checked=False)  # report, never refuse, here
     except (PermissionDeniedError, SchemaMissingError):
         return False
     return True
