@@ -236,7 +236,10 @@ class Blocker:
 
 
 class Worker:
-    """One ``tests/faults/worker.py`` process; output goes to files (never a full pipe)."""
+    """One ``tests/faults/worker.py`` process (``MODULE``; a subclass names another
+    program); output goes to files (never a full pipe)."""
+
+    MODULE = "tests.faults.worker"
 
     def __init__(
         self, args: Sequence[str], env: dict[str, str], workdir: Path, name: str, stdin: bool
@@ -246,7 +249,7 @@ class Worker:
         self.err_path = workdir / f"{name}.err"
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.faults.worker", *args],
+                [sys.executable, "-m", self.MODULE, *args],
                 cwd=ROOT,
                 env=env,
                 stdout=out,

@@ -18,20 +18,16 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import replace
-from pathlib import Path
 from statistics import median
 from typing import Any
 
 import pytest
 
 from fsmflow import DBConfig, WorkflowDefinition
-from tests.conftest import ROOT
 
 from . import support
 from .fleet_program import FleetConfig, linear_definition
@@ -47,23 +43,7 @@ KEY = tuple[str, int]
 class FleetProcess(support.Worker):
     """One ``python -m tests.faults.fleet_program ...`` process; output goes to files."""
 
-    def __init__(
-        self, args: Sequence[str], env: dict[str, str], workdir: Path, name: str, stdin: bool
-    ) -> None:
-        self.name = name
-        self.out_path = workdir / f"{name}.out"
-        self.err_path = workdir / f"{name}.err"
-        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.faults.fleet_program", *args],
-                cwd=ROOT,
-                env=env,
-                stdout=out,
-                stderr=err,
-                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
-                text=True,
-            )
-        self.reaped = False
+    MODULE = "tests.faults.fleet_program"
 
     def stderr_text(self) -> str:
         """Everything it logged."""
