@@ -598,6 +598,9 @@ def test_probes_run_fsmflow_check_and_tolerate_the_database_retry_budget(
     for kind in probes:
         probe = main[kind]
         command = probe["exec"]["command"]
+        if command[-1] == "--workers":  # a worker's readiness: what `fsmflow worker` needs too
+            assert workload == WORKER and kind == "readinessProbe", (workload, kind)
+            command = command[:-1]
         assert command[-2:] == ["fsmflow", "check"]
         overrides = dict(arg.split("=", 1) for arg in command[1:-2])
         assert command[0] == "env" and float(overrides["FSMFLOW_DB_RETRY_SECONDS"]) == 0
@@ -608,6 +611,9 @@ def test_probes_run_fsmflow_check_and_tolerate_the_database_retry_budget(
             assert main[kind]["periodSeconds"] * main[kind]["failureThreshold"] > retry, kind
     (wait,) = pod["initContainers"]
     assert "fsmflow check" in wait["command"][-1]
+    if workload == WORKER:  # a missing fleet grant stops the pod here, named, not later
+        assert "fsmflow check --workers" in wait["command"][-1]
+        assert main["readinessProbe"]["exec"]["command"][-1] == "--workers"
 
 
 # -- Kubernetes and systemd: the worker fleet ---------------------------------------------
