@@ -227,7 +227,9 @@ async def test_a_waiting_instance_is_suspended_and_woken_by_its_event(db_config:
     task = asyncio.create_task(worker.run())
     try:
         for _ in range(400):
-            if worker.report.suspended:
+            # the count is taken inside the run; the run leaves `running` in its task's
+            # done callback, one loop turn later: wait for both
+            if worker.report.suspended and not worker.running:
                 break
             await asyncio.sleep(0.05)
         assert worker.report.suspended == 1 and worker.running == []
