@@ -106,6 +106,9 @@ def _bind(server_config: Any) -> socket.socket:
             f"cannot listen on {server_config.host}:{server_config.port} (in use, or not "
             "an address of this machine): pass another --port or --host"
         ) from None
+    # Listen now, before the address is printed: a client that reads it and connects at
+    # once waits in the backlog until uvicorn accepts, instead of being refused.
+    sock.listen(server_config.backlog)
     return sock
 
 

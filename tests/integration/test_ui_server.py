@@ -114,9 +114,10 @@ def _first_line(process: subprocess.Popen[str]) -> str:
     deadline = time.monotonic() + SAFETY_TIMEOUT
     while time.monotonic() < deadline:
         ready, _, _ = select.select([process.stdout], [], [], 1.0)
-        if ready:
-            return process.stdout.readline()
-        if process.poll() is not None:
+        line = process.stdout.readline() if ready else ""
+        if line:
+            return line
+        if ready or process.poll() is not None:  # end of output: it exited
             break
     process.kill()
     raise AssertionError(f"fsmflow ui printed no address: {process.communicate()}")
