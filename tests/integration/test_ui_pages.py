@@ -50,9 +50,7 @@ class Elements(HTMLParser):
             if name != tag:
                 continue
             classes = have.get("class", "").split()
-            if all(
-                (v in classes) if k == "class" else have.get(k) == v for k, v in wanted.items()
-            ):
+            if all((v in classes) if k == "class" else have.get(k) == v for k, v in wanted.items()):
                 found.append(have)
         return found
 
@@ -123,9 +121,7 @@ async def test_keyset_pages_neither_skip_nor_repeat(
     assert bad.status_code == 400 and "start from page 1" in bad.text
 
 
-async def test_the_fragment_refreshes_what_changed(
-    shown: DBConfig, db_env: dict[str, str]
-) -> None:
+async def test_the_fragment_refreshes_what_changed(shown: DBConfig, db_env: dict[str, str]) -> None:
     with serve(db_env) as running, running.client() as client:
         before = client.get("/fragments/instances", params={"status": "waiting"}).text
         assert await run(shown, "wait-2") == "waiting"
@@ -188,9 +184,10 @@ def test_a_waiting_instance_shows_its_wait_and_pending_events(dashboard: Dashboa
     assert "Next deadline:" in text and 'id="deadline"' in text
     assert [tr["data-event"] for tr in dom.having("tr", class_="pending-event")] == ["approval"]
     assert "alert" not in text  # the pending payload is not shown
-    assert "current" in {g["data-state"]: g["class"] for g in dom.having("g", class_="state")}[
-        "review"
-    ]
+    assert (
+        "current"
+        in {g["data-state"]: g["class"] for g in dom.having("g", class_="state")}["review"]
+    )
 
 
 def test_hostile_names_render_as_text(dashboard: Dashboard) -> None:

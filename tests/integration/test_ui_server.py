@@ -239,9 +239,7 @@ def test_a_public_address_without_a_token_is_warned_about(
     assert "not only on this machine, and FSMFLOW_UI_TOKEN is not set" in err
 
 
-def test_without_the_extra_it_says_what_to_install(
-    db_env: dict[str, str], tmp_path: Any
-) -> None:
+def test_without_the_extra_it_says_what_to_install(db_env: dict[str, str], tmp_path: Any) -> None:
     blocker = tmp_path / "sitecustomize.py"
     blocker.write_text(
         "import sys\n"
