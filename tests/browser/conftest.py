@@ -9,17 +9,17 @@
   ``FSMFLOW_BROWSER_MISSING=skip`` turns that into a skip with the same message.
 - ``browser_db`` (module): a database of the module's own, cloned from the schema
   template; each module fills it once and starts its dashboards on it.
-- :func:`start_ui`: ``python -m fsmflow ui --port N`` as a subprocess on that database,
-  returned once it answers HTTP; stopped with SIGTERM at the end.
+- :func:`start_ui`: ``python -m fsmflow ui --port 0`` as a subprocess on that database,
+  returned once it answers at the address it printed; stopped with SIGTERM (exit 0).
 - :func:`screenshot`: the whole page as ``build/screenshots/<name>.png``.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -49,6 +49,7 @@ SKIP_VARIABLE: Final = "FSMFLOW_BROWSER_MISSING"
 SCREENSHOTS: Final = ROOT / "build" / "screenshots"
 WINDOW: Final = (1280, 900)
 MAX_SCREENSHOT_HEIGHT: Final = 2400
+SERVING: Final = "fsmflow ui: serving "
 START_TIMEOUT: Final = 60.0  # bounds a hang only: the server usually answers within 2 s
 WAIT_TIMEOUT: Final = 30.0  # the same for everything a test waits to see in the page
 
@@ -107,15 +108,24 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 def screenshot(driver: Any, name: str) -> Path:
-    """Save the whole page (up to a bounded height) as ``build/screenshots/<name>.png``."""
+    """Save the whole page (up to a bounded height) as ``build/screenshots/<name>.png``.
+
+    Through the DevTools protocol, which captures beyond the viewport: a headless window
+    cannot grow past its screen, so resizing it would cut a long page off."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     path = SCREENSHOTS / f"{name}.png"
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(WINDOW[0], min(max(int(height), WINDOW[1]), MAX_SCREENSHOT_HEIGHT))
-    try:
-        assert driver.save_screenshot(str(path)), f"no screenshot written to {path}"
-    finally:
-        driver.set_window_size(*WINDOW)
+    size = driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+    clip = {
+        "x": 0,
+        "y": 0,
+        "width": WINDOW[0],
+        "height": min(max(float(size["height"]), WINDOW[1]), MAX_SCREENSHOT_HEIGHT),
+        "scale": 1,
+    }
+    shot = driver.execute_cdp_cmd(
+        "Page.captureScreenshot", {"format": "png", "clip": clip, "captureBeyondViewport": True}
+    )
+    path.write_bytes(base64.b64decode(shot["data"]))
     return path
 
 
@@ -184,11 +194,12 @@ def browser_db(request: pytest.FixtureRequest, fsmflow_template: Any) -> Iterato
 
 @dataclass
 class Dashboard:
-    """A running ``fsmflow ui``: its base URL, process and log file."""
+    """A running ``fsmflow ui``: its base URL, process and output files."""
 
-    base_url: str
     process: subprocess.Popen[bytes]
-    log: Path
+    stdout: Path
+    stderr: Path
+    base_url: str = ""
 
     def url(self, path: str = "/", **query: str) -> str:
         """An absolute URL of the dashboard; ``query`` is encoded."""
@@ -196,8 +207,8 @@ class Dashboard:
         return f"{self.base_url}{path}{tail}"
 
     def log_text(self) -> str:
-        """Everything the process wrote so far (stdout and stderr)."""
-        return self.log.read_text(errors="replace")
+        """Everything the process wrote so far (stdout, then stderr: its log)."""
+        return self.stdout.read_text(errors="replace") + self.stderr.read_text(errors="replace")
 
 
 def instance_path(workflow: str, instance_id: str) -> str:
@@ -207,10 +218,12 @@ def instance_path(workflow: str, instance_id: str) -> str:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _served_url(dashboard: Dashboard) -> str | None:
+    """The address on the first stdout line (``fsmflow ui: serving http://H:P/ (...)``)."""
+    lines = dashboard.stdout.read_text(errors="replace").splitlines()
+    if not lines or not lines[0].startswith(SERVING):
+        return None
+    return lines[0].split()[3].rstrip("/")
 
 
 def _answers(url: str) -> bool:
@@ -223,9 +236,10 @@ def _answers(url: str) -> bool:
         return False
 
 
-def _wait_until_answering(dashboard: Dashboard) -> None:
+def _wait_until_serving(dashboard: Dashboard) -> None:
     deadline = time.monotonic() + START_TIMEOUT
-    while not _answers(dashboard.url("/")):
+    # Polling for observable facts (the address printed, then the port answers): no race.
+    while not (dashboard.base_url and _answers(dashboard.url("/"))):
         if dashboard.process.poll() is not None:
             raise AssertionError(
                 f"fsmflow ui exited with {dashboard.process.returncode} before answering:\n"
@@ -234,39 +248,40 @@ def _wait_until_answering(dashboard: Dashboard) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"fsmflow ui did not answer within {START_TIMEOUT:g} s:\n"
                                  + dashboard.log_text())  # fmt: skip
-        time.sleep(0.1)  # polling for an observable fact (the port answers), not a race
+        dashboard.base_url = dashboard.base_url or (_served_url(dashboard) or "")
+        time.sleep(0.1)
 
 
 def _stop(dashboard: Dashboard) -> None:
+    """SIGTERM, which must end the server with exit code 0."""
     if dashboard.process.poll() is None:
         dashboard.process.send_signal(signal.SIGTERM)
         try:
-            dashboard.process.wait(timeout=30)
+            dashboard.process.wait(timeout=START_TIMEOUT)
         except subprocess.TimeoutExpired:
             dashboard.process.kill()
-            dashboard.process.wait(timeout=30)
+            dashboard.process.wait(timeout=START_TIMEOUT)
+            raise AssertionError("fsmflow ui ignored SIGTERM:\n" + dashboard.log_text()) from None
+    assert dashboard.process.returncode == 0, dashboard.log_text()
 
 
 @contextlib.contextmanager
 def start_ui(db: Database, log_dir: Path, *args: str, **env: str) -> Iterator[Dashboard]:
-    """``fsmflow ui --port <free> args...`` on ``db`` (extra environment ``env``), as a
-    real subprocess of the CLI; yields once ``GET /`` answers, stops it with SIGTERM."""
+    """``fsmflow ui --port 0 args...`` on ``db`` (extra environment ``env``), as a real
+    subprocess of the CLI; yields once it answers at the address it printed, then stops
+    it with SIGTERM (exit code 0 required)."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
-    log = log_dir / f"fsmflow-ui-{port}.log"
-    command = [sys.executable, "-m", "fsmflow", "ui", "--host", "127.0.0.1", "--port", str(port)]
-    with log.open("wb") as out:
+    name = f"fsmflow-ui-{len(list(log_dir.glob('*.out'))) + 1}"
+    stdout, stderr = log_dir / f"{name}.out", log_dir / f"{name}.err"
+    command = [sys.executable, "-m", "fsmflow", "ui", "--host", "127.0.0.1", "--port", "0"]
+    with stdout.open("wb") as out, stderr.open("wb") as err:
         process = subprocess.Popen(
-            [*command, *args],
-            cwd=ROOT,
-            env=db.env(**env),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    dashboard = Dashboard(f"http://127.0.0.1:{port}", process, log)
+            [*command, *args], cwd=ROOT, env=db.env(**env), stdin=subprocess.DEVNULL,
+            stdout=out, stderr=err,
+        )  # fmt: skip
+    dashboard = Dashboard(process, stdout, stderr)
     try:
-        _wait_until_answering(dashboard)
+        _wait_until_serving(dashboard)
         yield dashboard
     finally:
         _stop(dashboard)
@@ -280,11 +295,19 @@ def ui_logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def wait_for(driver: Any, condition: Callable[[Any], Any], what: str) -> Any:
     """Wait (bounded) until ``condition(driver)`` is truthy; fail naming ``what``."""
-    from selenium.common.exceptions import TimeoutException
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+        TimeoutException,
+    )
     from selenium.webdriver.support.ui import WebDriverWait
 
+    # An element read while the page is replaced (a navigation, a live refresh) is stale:
+    # that is "not yet", not a failure.
+    ignored = (NoSuchElementException, StaleElementReferenceException)
+    waiting = WebDriverWait(driver, WAIT_TIMEOUT, poll_frequency=0.1, ignored_exceptions=ignored)
     try:
-        return WebDriverWait(driver, WAIT_TIMEOUT, poll_frequency=0.1).until(condition)
+        return waiting.until(condition)
     except TimeoutException:
         raise AssertionError(
             f"waited {WAIT_TIMEOUT:g} s for {what}; page {driver.current_url}:\n"
