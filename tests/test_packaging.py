@@ -35,7 +35,8 @@ def test_wheel_contains_sql_and_type_marker(wheel: Path) -> None:
 
 def test_wheel_ships_the_dashboard_templates_and_assets(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
-    assert {"fsmflow/sql/ui.sql", "fsmflow/ui/static/ui.js", "fsmflow/ui/static/ui.css"} <= names
+    assets = ("ui.js", "ui.css", "favicon.svg")
+    assert {f"fsmflow/ui/static/{name}" for name in assets} | {"fsmflow/sql/ui.sql"} <= names
     templates = ("base", "instances", "_listing", "instance", "_diagram", "_actions",
                  "_context", "workers", "error")  # fmt: skip
     assert {f"fsmflow/ui/templates/{name}.html" for name in templates} <= names

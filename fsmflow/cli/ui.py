@@ -90,11 +90,13 @@ async def ui_command(args: argparse.Namespace, config: DBConfig) -> int:
         lifespan="off",
     )
     sock = _bind(server_config)
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    mode = "actions allowed" if args.allow_actions else "read-only"
-    say(f"fsmflow ui: serving http://{shown}:{port}/ ({mode}; Ctrl-C stops it)")
-    await _serve(uvicorn, server_config, sock)
+    server = _server_class(uvicorn)(server_config)
+    with _stop_on_signals(server):  # before the address is out: a client may signal at once
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        mode = "actions allowed" if args.allow_actions else "read-only"
+        say(f"fsmflow ui: serving http://{shown}:{port}/ ({mode}; Ctrl-C stops it)")
+        await server.serve(sockets=[sock])
     return EXIT_OK
 
 
@@ -137,22 +139,29 @@ def _loopback(host: str) -> bool:
         return False
 
 
-async def _serve(uvicorn: Any, server_config: Any, sock: socket.socket) -> None:
+def _server_class(uvicorn: Any) -> Any:
     class Server(uvicorn.Server):  # type: ignore[misc]
         @contextlib.contextmanager
         def capture_signals(self) -> Iterator[None]:
-            # Like every fsmflow command: SIGINT/SIGTERM end it with exit 0. uvicorn's
-            # own handler raises the signal again after the shutdown (exit 130/143).
-            if threading.current_thread() is not threading.main_thread():
-                yield
-                return
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.add_signal_handler(sig, self.handle_exit, sig, None)
-            try:
-                yield
-            finally:
-                for sig in (signal.SIGINT, signal.SIGTERM):
-                    loop.remove_signal_handler(sig)
+            # The signals are handled by _stop_on_signals, from before the address is
+            # printed; uvicorn's own handling would also raise them again after the
+            # shutdown (exit 130/143 instead of 0).
+            yield
 
-    await Server(server_config).serve(sockets=[sock])
+    return Server
+
+
+@contextlib.contextmanager
+def _stop_on_signals(server: Any) -> Iterator[None]:
+    """SIGINT/SIGTERM stop ``server`` gracefully (exit 0, like every fsmflow command)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, server.handle_exit, sig, None)
+    try:
+        yield
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
