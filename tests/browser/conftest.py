@@ -231,6 +231,7 @@ def _answers(url: str) -> bool:
         with urllib.request.urlopen(url, timeout=5) as response:
             return int(response.status) < 500
     except urllib.error.HTTPError as error:
+        error.close()  # an error response holds its socket until closed
         return error.code < 500
     except OSError:
         return False

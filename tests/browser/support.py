@@ -4,6 +4,9 @@ from the database (through the store, to compare with what a page shows)."""
 from __future__ import annotations
 
 import asyncio
+import urllib.error
+import urllib.parse
+import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -13,6 +16,18 @@ from tests.browser.conftest import Database, wait_for
 
 T = TypeVar("T")
 Row = tuple[str, str, str]  # workflow, instance id, status
+
+
+def post(url: str, fields: dict[str, str]) -> int:
+    """POST ``fields`` as a form to ``url`` outside the browser; the status code."""
+    body = urllib.parse.urlencode(fields).encode()
+    request = urllib.request.Request(url, data=body, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as error:
+        error.close()  # an error response holds its socket until closed
+        return int(error.code)
 
 
 def by_css(driver: Any, selector: str) -> list[Any]:
