@@ -91,6 +91,8 @@ def browser() -> Iterator[Any]:
         f"--window-size={WINDOW[0]},{WINDOW[1]}",
     ):
         options.add_argument(argument)
+    # The console (CSP violations, script errors, failed loads) for console_errors().
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     driver.set_page_load_timeout(WAIT_TIMEOUT)
     try:
@@ -105,6 +107,11 @@ def page(browser: Any) -> Iterator[Any]:
     browser.delete_all_cookies()
     browser.set_window_size(*WINDOW)
     yield browser
+
+
+def console_errors(driver: Any) -> list[str]:
+    """The browser console's errors since the last call (and clears them)."""
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
 
 
 def screenshot(driver: Any, name: str) -> Path:

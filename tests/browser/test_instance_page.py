@@ -18,6 +18,7 @@ from tests.browser.conftest import (
     ROOT,
     Dashboard,
     Database,
+    console_errors,
     instance_path,
     screenshot,
     start_ui,
@@ -25,7 +26,9 @@ from tests.browser.conftest import (
 )
 from tests.browser.support import by_css, history, hostile_ran, one
 from tests.browser.workflows import (
+    HOSTILE_ID,
     HOSTILE_PAYLOAD,
+    HOSTILE_WORKFLOW,
     REVIEW_DEFINITION,
     SECRET,
     SHOP_DEFINITION,
@@ -173,6 +176,23 @@ def test_a_pending_event_is_listed_without_its_payload(page: Any, ui: Dashboard)
     assert "ben" not in page.page_source, "a pending event's payload is a value: not shown"
     open_instance(page, ui, "doc_review", "doc-1")
     assert by_css(page, "#pending-events tr.pending-event") == []
+
+
+@pytest.mark.parametrize(
+    ("workflow", "instance_id"),
+    [("shop_orders", "order-1003"), ("doc_review", "doc-3"), (HOSTILE_WORKFLOW, HOSTILE_ID)],
+)
+def test_the_page_and_its_context_log_no_console_error(
+    page: Any, ui: Dashboard, workflow: str, instance_id: str
+) -> None:
+    """No script error, no refused inline script or style (the CSP), no failed load."""
+    console_errors(page)
+    open_instance(page, ui, workflow, instance_id)
+    for button in by_css(page, "button.show-context"):
+        button.click()
+        seq = button.get_attribute("data-seq")
+        wait_for(page, lambda d, s=seq: by_css(d, f'div.context[data-seq="{s}"]'), f"seq {seq}")
+    assert console_errors(page) == []
 
 
 def test_screenshot_of_an_instance_page(page: Any, ui: Dashboard) -> None:

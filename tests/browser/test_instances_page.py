@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import Dashboard, Database, screenshot, start_ui, wait_for
+from tests.browser.conftest import (
+    Dashboard,
+    Database,
+    console_errors,
+    screenshot,
+    start_ui,
+    wait_for,
+)
 from tests.browser.support import Row, by_css, fill, hostile_ran, instance_rows, one, wait_for_rows
 from tests.browser.workflows import HOSTILE_ID, HOSTILE_WORKFLOW, INSTANCES, populate_now
 
@@ -139,3 +146,12 @@ def test_keyset_pages_cover_the_list_once(page: Any, ui: Dashboard) -> None:
         following[0].click()
         wait_for(page, lambda d, before=rows: instance_rows(d) != before, "the next page")
     assert sorted(seen) == sorted(EVERY_ROW), "every instance once, none twice"
+
+
+def test_the_list_and_its_live_refresh_log_no_console_error(page: Any, ui: Dashboard) -> None:
+    console_errors(page)
+    page.get(ui.url("/"))
+    wait_for(page, lambda d: int(one(d, "#live").get_attribute("data-refreshes") or 0) >= 1,
+             "one live refresh")  # fmt: skip
+    page.get(ui.url("/workers"))
+    assert console_errors(page) == []
