@@ -122,7 +122,8 @@ def test_a_hostile_workflow_name_and_instance_id_render_as_text(page: Any, ui: D
     one(row, "a.instance-link").click()
     wait_for(page, lambda d: by_css(d, "#timeline li.row"), "the hostile instance's page")
     assert hostile_ran(page) is None
-    assert HOSTILE_ID in page.find_element("tag name", "body").text
+    assert one(page, "#instance-id").text == HOSTILE_ID, "the id, character for character"
+    assert one(page, "#summary").get_attribute("data-status") == "completed"
     assert by_css(page, "#timeline script, #timeline img") == []
 
 
