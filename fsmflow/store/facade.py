@@ -31,7 +31,7 @@ from fsmflow.store.deleting import PruneProgress
 from fsmflow.store.events import Events
 from fsmflow.store.faces import ErrorsFace, EventsFace, FleetFace
 from fsmflow.store.fleet import Fleet
-from fsmflow.store.history import Appender, History
+from fsmflow.store.history import Appender, History, Opened, StartRow
 from fsmflow.store.listening import Listener
 from fsmflow.store.operations import Parts
 from fsmflow.store.ownership import Owners, Ownership
@@ -167,6 +167,32 @@ class Store(EventsFace, FleetFace, ErrorsFace):
         return await self._owners.acquire(
             workflow, instance_id, wait=wait, lock_timeout=lock_timeout
         )
+
+    async def open_instance(
+        self,
+        workflow: str,
+        instance_id: str,
+        *,
+        start: StartRow | None,
+        wait: bool = False,
+        lock_timeout: float | None = None,
+    ) -> tuple[Ownership, Opened]:
+        """Own an instance as :meth:`acquire` does, reading its last row and, for a new
+        instance, inserting ``start`` (its seq 0) in the same statement: one round trip.
+
+        The row is as of the statement's start, which may precede the moment the lock was
+        granted: a caller that found a row reads it again now that the lock is held.
+        """
+        opening = self._history.open_query(workflow, instance_id, start)
+        owner = await self._owners.acquire(
+            workflow, instance_id, wait=wait, lock_timeout=lock_timeout, opening=opening
+        )
+        try:
+            assert owner.opened is not None
+            return owner, self._history.opened(owner.opened, workflow, instance_id)
+        except BaseException:
+            await owner.release()
+            raise
 
     def owned_here(self, workflow: str, instance_id: str) -> bool:
         """True if a runner in this process owns or is taking the instance."""
