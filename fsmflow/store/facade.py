@@ -25,6 +25,7 @@ from fsmflow.model.records import (
 )
 from fsmflow.sql import Migration
 from fsmflow.store import deleting, operations
+from fsmflow.store.browsing import Browsing
 from fsmflow.store.config import StoreConfig
 from fsmflow.store.database import Database
 from fsmflow.store.deleting import PruneProgress
@@ -60,6 +61,7 @@ class Store(EventsFace, FleetFace, ErrorsFace):
         self._parts = Parts(
             db, self._history, self._owners, self._schema, self._events, self._fleet
         )
+        self._browsing = Browsing(db)
 
     def __repr__(self) -> str:
         state = "closed" if self._db.closed else "open" if self._db.is_open else "not opened"
@@ -96,6 +98,11 @@ class Store(EventsFace, FleetFace, ErrorsFace):
     def resolved_table(self) -> str:
         """The table as the server resolved it, schema included (known once opened)."""
         return self._db.resolved_table
+
+    @property
+    def browsing(self) -> Browsing:
+        """The dashboard's read queries (``fsmflow ui``): names, counts, id search."""
+        return self._browsing
 
     @property
     def pool(self) -> asyncpg.Pool | None:
