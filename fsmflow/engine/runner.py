@@ -218,14 +218,10 @@ class PersistentWorkflowStateMachine:
         start_state, guarded = self.definition.initial_state, self._interrupts.guarded
         opening = self._opening
         self.instance_id = await guarded("wait", start_state, opening.choose(self.instance_id))
-        opening_it = opening.open(
-            self.instance_id,
-            initial,
-            given_context=given_context,
-            wait=bool(self.options["wait"]),
-            lock_timeout=self.options["lock_timeout"],
-        )
-        owner, record = await guarded("wait", start_state, opening_it)
+        wait, lock_timeout = bool(self.options["wait"]), self.options["lock_timeout"]
+        opens = opening.open(self.instance_id, initial, given_context=given_context, wait=wait,
+                             lock_timeout=lock_timeout)  # fmt: skip
+        owner, record = await guarded("wait", start_state, opens)
         owner.on_lost = self._lost
         try:
             if has_ended(record, retry_failed=self.retry_failed):
@@ -241,10 +237,9 @@ class PersistentWorkflowStateMachine:
                 self._machine.detach(self)
         finally:
             self._recorder = self._attempts = self._turns = None
-            if suspend:  # a worker hands the instance on at once: the lock must be free
-                await owner.release()
-            else:  # the unlock runs on the lane after this returns (no round trip here)
-                owner.release_soon()
+            # A worker hands the instance on at once: the lock must be free when this
+            # returns. Otherwise the unlock runs on the lane afterwards (no round trip here).
+            await owner.release() if suspend else owner.release_soon()
 
     def _lost(self) -> None:
         self.interrupt("lost")

@@ -30,18 +30,18 @@ from fsmflow.store.config import StoreConfig
 from fsmflow.store.database import Database
 from fsmflow.store.deleting import PruneProgress
 from fsmflow.store.events import Events
-from fsmflow.store.faces import ErrorsFace, EventsFace, FleetFace
+from fsmflow.store.faces import ErrorsFace, EventsFace, FleetFace, OwnersFace
 from fsmflow.store.fleet import Fleet
-from fsmflow.store.history import Appender, History, Opened, StartRow
+from fsmflow.store.history import Appender, History
 from fsmflow.store.listening import Listener
 from fsmflow.store.operations import Parts
-from fsmflow.store.ownership import Owners, Ownership
+from fsmflow.store.ownership import Owners
 from fsmflow.store.schema import Schema
 
 T = TypeVar("T")
 
 
-class Store(EventsFace, FleetFace, ErrorsFace):
+class Store(OwnersFace, EventsFace, FleetFace, ErrorsFace):
     """Connections and SQL for one table. Open lazily; ``async with`` closes it.
 
     Every method that writes is a single statement in its own transaction (prune and
@@ -157,53 +157,6 @@ class Store(EventsFace, FleetFace, ErrorsFace):
         on it, a writable server, durable commits (``fsmflow check``); with ``workers``,
         what a worker needs too (``fsmflow check --workers``)."""
         return await operations.check_health(self._parts, workers=workers)
-
-    # -- ownership ---------------------------------------------------------------------
-
-    async def acquire(
-        self,
-        workflow: str,
-        instance_id: str,
-        *,
-        wait: bool = False,
-        lock_timeout: float | None = None,
-    ) -> Ownership:
-        """Own an instance: its lock on a dedicated connection, which also carries its
-        appends. :class:`~fsmflow.errors.InstanceLockedError` if another runner owns it
-        (unless ``wait``)."""
-        return await self._owners.acquire(
-            workflow, instance_id, wait=wait, lock_timeout=lock_timeout
-        )
-
-    async def open_instance(
-        self,
-        workflow: str,
-        instance_id: str,
-        *,
-        start: StartRow | None,
-        wait: bool = False,
-        lock_timeout: float | None = None,
-    ) -> tuple[Ownership, Opened]:
-        """Own an instance as :meth:`acquire` does, reading its last row and, for a new
-        instance, inserting ``start`` (its seq 0) in the same statement: one round trip.
-
-        The row is as of the statement's start, which may precede the moment the lock was
-        granted: a caller that found a row reads it again now that the lock is held.
-        """
-        opening = self._history.open_query(workflow, instance_id, start)
-        owner = await self._owners.acquire(
-            workflow, instance_id, wait=wait, lock_timeout=lock_timeout, opening=opening
-        )
-        try:
-            assert owner.opened is not None
-            return owner, self._history.opened(owner.opened, workflow, instance_id)
-        except BaseException:
-            await owner.release()
-            raise
-
-    def owned_here(self, workflow: str, instance_id: str) -> bool:
-        """True if a runner in this process owns or is taking the instance."""
-        return self._owners.owned_here(workflow, instance_id)
 
     # -- writing and reading history ---------------------------------------------------
 
