@@ -100,7 +100,10 @@ class Attempts:
                 await guarded("wait", state, self.regain_ownership())
             # Each attempt gets a fresh copy of the stored context: exactly what a
             # resumed process would see, whatever an earlier attempt mutated.
-            context = WorkflowContext(data=decode_context(self._recording.context_json))
+            # (decoded JSON is valid data: no need for pydantic to check and copy it again)
+            context = WorkflowContext.model_construct(
+                data=decode_context(self._recording.context_json)
+            )
             call = StepCall(step.execute, context)
             seq_before = self._recording.seq
             info = StepInfo(

@@ -45,7 +45,7 @@ class AppendOnce:
         """Append row ``seq`` (the ``append`` query's arguments ``args``) exactly once, with
         the rows other instances on this lane append at the same moment (group commit);
         an unknown outcome is resolved by reading the row back."""
-        backoff = Backoff(self.db.config.retry_budget)
+        backoff: Backoff | None = None  # the retry budget runs from the first failure
         uncertain = False  # an earlier attempt may have landed: read back before writing
         while True:
             try:
@@ -65,6 +65,7 @@ class AppendOnce:
                 return
             # Outside the handler: a cancellation during the sleep is a plain one.
             uncertain = True
+            backoff = backoff or Backoff(self.db.config.retry_budget)
             if backoff.spent():
                 raise self._gave_up(seq, failure) from failure
             logger.warning(

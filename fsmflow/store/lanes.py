@@ -175,7 +175,15 @@ class Lane:
 
     async def _connect(self) -> asyncpg.Connection:
         kwargs = dict(await self.store.connect_kwargs())
-        kwargs["server_settings"] = {**kwargs.get("server_settings", {}), **LANE_SETTINGS}
+        settings = {**kwargs.get("server_settings", {}), **LANE_SETTINGS}
+        # The time limit of a statement on a lane is the server's statement_timeout, not a
+        # client timer: the same bound (a cancelled statement fails with 57014 and the
+        # session lives on) without a timer per append; the keepalives above bound a
+        # silent network.
+        timeout = kwargs.pop("command_timeout", None)
+        if timeout and "statement_timeout" not in kwargs.get("server_settings", {}):
+            settings["statement_timeout"] = str(max(1, round(timeout * 1000)))
+        kwargs["server_settings"] = settings
         conn: asyncpg.Connection = await asyncpg.connect(**kwargs)
         return conn
 
