@@ -76,7 +76,7 @@ class StatementLog:
         self.sent += 1
         self.counts[statement_label(query)] += 1
 
-    async def quiet(self, settle: float = 0.005) -> None:
+    async def quiet(self, settle: float = 0.02) -> None:
         """Wait until nothing is in flight and nothing new was sent for ``settle`` s (so a
         release sent after ``run_workflow`` returned is not taken for the next start)."""
         while True:
