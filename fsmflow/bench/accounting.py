@@ -23,10 +23,19 @@ from typing import Any
 
 import asyncpg
 
-from fsmflow.bench.counting import Counts, Monitor, StatementLog, accounting_pass, counting_config
-from fsmflow.bench.handrolled import HandRolled, handrolled_insert
+from fsmflow import sql
+from fsmflow.bench.counting import (
+    Counts,
+    Monitor,
+    Rows,
+    StatementLog,
+    accounting_pass,
+    counting_config,
+)
+from fsmflow.bench.handrolled import HANDROLLED_WORKFLOW, HandRolled, handrolled_insert
 from fsmflow.bench.measure import (
     BASELINE_CONNECTIONS,
+    BASELINE_WORKFLOW,
     Execute,
     baseline_insert,
     baseline_pool,
@@ -37,7 +46,7 @@ from fsmflow.bench.measure import (
     trivial_steps,
 )
 from fsmflow.model.context import encode_context
-from fsmflow.settings import DBConfig
+from fsmflow.settings import DBConfig, parse_table_name
 
 
 async def fsmflow_pass(
@@ -53,6 +62,7 @@ async def fsmflow_pass(
     log = StatementLog()
     counted = counting_config(config, log)
     definition = linear_definition(f"bench_acct_{steps}", steps)
+    prefix = uuid.uuid4().hex
 
     async def work() -> None:
         try:
@@ -64,12 +74,18 @@ async def fsmflow_pass(
                 instances=instances,
                 concurrency=concurrency,
                 context=context,
-                prefix=uuid.uuid4().hex,
+                prefix=prefix,
             )
         finally:
             await counted.close()
 
-    return await accounting_pass(monitor, log, work)
+    return await accounting_pass(monitor, log, work, Rows(history(config), definition.name, prefix))
+
+
+def history(config: DBConfig) -> str:
+    """``config``'s history table, quoted."""
+    schema, table = parse_table_name(config.table)
+    return sql.bind_table("fsmflow_transitions", schema, table)
 
 
 async def _on_baseline_connections(
@@ -77,6 +93,7 @@ async def _on_baseline_connections(
     kwargs: dict[str, Any],
     concurrency: int,
     run: Callable[[Execute], Awaitable[Any]],
+    rows: Rows,
 ) -> Counts:
     """``run`` on fresh counted connections: one when sequential, else a pool of 10."""
     log = StatementLog()
@@ -96,7 +113,7 @@ async def _on_baseline_connections(
         finally:
             await pool.close()
 
-    return await accounting_pass(monitor, log, work)
+    return await accounting_pass(monitor, log, work, rows)
 
 
 async def account_mode(
@@ -127,6 +144,8 @@ async def account_mode(
         )
 
     async def baseline(rows: int) -> Counts:
+        prefix = uuid.uuid4().hex
+
         async def run(execute: Execute) -> None:
             await run_baseline(
                 execute,
@@ -136,22 +155,26 @@ async def account_mode(
                 concurrency=concurrency,
                 context_json=encode_context(context),
                 fingerprint="bench",
-                prefix=uuid.uuid4().hex,
+                prefix=prefix,
             )
 
-        return await _on_baseline_connections(monitor, kwargs, concurrency, run)
+        where = Rows(history(config), BASELINE_WORKFLOW, prefix)
+        return await _on_baseline_connections(monitor, kwargs, concurrency, run, where)
 
     async def handrolled(instances: int) -> Counts:
+        prefix = uuid.uuid4().hex
+
         async def run(execute: Execute) -> None:
             await hand.run(
                 execute,
                 instances=instances,
                 concurrency=concurrency,
                 context=context,
-                prefix=uuid.uuid4().hex,
+                prefix=prefix,
             )
 
-        return await _on_baseline_connections(monitor, kwargs, concurrency, run)
+        where = Rows(history(config), HANDROLLED_WORKFLOW, prefix)
+        return await _on_baseline_connections(monitor, kwargs, concurrency, run, where)
 
     one = await fsmflow(k, n)
     transitions = k * n
@@ -176,7 +199,8 @@ def _per(counts: Counts, transitions: int, per: int | None = None) -> dict[str, 
         if counts.server_statements is None
         else counts.server_statements / transitions,
         "transactions": counts.xacts / transitions,
-        "write_transactions": counts.write_xacts / transitions,
+        "write_transactions": counts.row_xacts / transitions,
+        "write_transactions_server": counts.write_xacts / transitions,
         "wal_flushes": None if counts.wal_flushes is None else counts.wal_flushes / transitions,
     }
     out["statements"] = (

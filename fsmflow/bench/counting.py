@@ -113,7 +113,10 @@ class StatementLog:
             async def close(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
                 if log.session_flushes and not self.is_closed():
                     with contextlib.suppress(Exception):  # a broken session just closes
-                        log.wal_flushes += await self._own_wal_flushes()
+                        # Read first, then add: pools close their connections together,
+                        # and ``+= await`` would add to a total read before the await.
+                        flushes = await self._own_wal_flushes()
+                        log.wal_flushes += flushes
                 await super().close(timeout=timeout)
 
             async def _own_wal_flushes(self) -> int:
@@ -269,6 +272,16 @@ class Monitor:
             return None
         return int((await self._fetch("SELECT wal_sync FROM pg_stat_wal"))[0][0])
 
+    async def row_transactions(self, rows: Rows) -> int:
+        """How many transactions wrote those rows (each row's ``xmin``)."""
+        found = await self._fetch(
+            f"SELECT count(DISTINCT xmin::text) AS n FROM {rows.table} "
+            "WHERE workflow_name = $1 AND instance_id LIKE $2",
+            rows.workflow,
+            rows.prefix + "-%",
+        )
+        return int(found[0]["n"])
+
     async def wait_gone(self, pids: set[int]) -> None:
         """Wait (up to 10 s) until those backends have exited: their statistics are flushed."""
         deadline = time.monotonic() + 10.0
@@ -291,6 +304,7 @@ class Counts:
     write_xacts: int
     server_statements: int | None
     wal_flushes: int | None = None
+    row_xacts: int = 0  # distinct transactions that wrote the pass's history rows
 
     def __sub__(self, other: Counts) -> Counts:
         client = Counter(self.client)
@@ -301,6 +315,7 @@ class Counts:
             self.write_xacts - other.write_xacts,
             _minus(self.server_statements, other.server_statements),
             _minus(self.wal_flushes, other.wal_flushes),
+            self.row_xacts - other.row_xacts,
         )
 
 
@@ -308,10 +323,22 @@ def _minus(a: int | None, b: int | None) -> int | None:
     return None if a is None or b is None else a - b
 
 
+@dataclass(frozen=True)
+class Rows:
+    """Where a pass writes: history rows of ``workflow`` whose instance ids start with
+    ``prefix-`` in ``table`` (quoted)."""
+
+    table: str
+    workflow: str
+    prefix: str
+
+
 async def accounting_pass(
-    monitor: Monitor, log: StatementLog, work: Callable[[], Awaitable[None]]
+    monitor: Monitor, log: StatementLog, work: Callable[[], Awaitable[None]], rows: Rows
 ) -> Counts:
-    """Run ``work`` (which opens and closes its own counted connections) between snapshots."""
+    """Run ``work`` (which opens and closes its own counted connections) between snapshots;
+    ``rows``: where it writes (their distinct ``xmin`` are its write transactions, exact
+    whatever else runs on the server)."""
     log.session_flushes = monitor.flush_source == "pg_stat_get_backend_io"
     before = await monitor.snapshot()
     await work()
@@ -331,4 +358,5 @@ async def accounting_pass(
         wal_flushes=log.wal_flushes
         if log.session_flushes
         else _minus(after.wal_flushes, before.wal_flushes),
+        row_xacts=await monitor.row_transactions(rows),
     )

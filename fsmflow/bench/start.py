@@ -26,8 +26,9 @@ from typing import Any, Final
 
 import asyncpg
 
-from fsmflow.bench.counting import Monitor, StatementLog, accounting_pass, counting_config
-from fsmflow.bench.handrolled import HandRolled, handrolled_insert
+from fsmflow.bench.accounting import history
+from fsmflow.bench.counting import Monitor, Rows, StatementLog, accounting_pass, counting_config
+from fsmflow.bench.handrolled import HANDROLLED_WORKFLOW, HandRolled, handrolled_insert
 from fsmflow.bench.measure import linear_definition, run_fsmflow, trivial_steps
 from fsmflow.engine.runner import RunnerEvent
 from fsmflow.settings import DBConfig
@@ -92,7 +93,9 @@ async def start_check(
         finally:
             await counted.close()
 
-    fsmflow = await accounting_pass(monitor, log, work)
+    fsmflow = await accounting_pass(
+        monitor, log, work, Rows(history(config), definition.name, prefix)
+    )
     hand = await _handrolled_flushes(monitor, config, kwargs, steps=steps, instances=count + 1)
     return {
         "instances": count,
@@ -119,6 +122,7 @@ async def _handrolled_flushes(
     """The hand-rolled loop's WAL flushes for ``instances`` sequential instances."""
     log = StatementLog(count=False)
     hand = HandRolled(handrolled_insert(config), steps)
+    prefix = uuid.uuid4().hex
 
     async def work() -> None:
         conn = await asyncpg.connect(**kwargs, connection_class=log.connection_class())
@@ -133,7 +137,8 @@ async def _handrolled_flushes(
         finally:
             await conn.close()
 
-    return (await accounting_pass(monitor, log, work)).wal_flushes
+    where = Rows(history(config), HANDROLLED_WORKFLOW, prefix)
+    return (await accounting_pass(monitor, log, work, where)).wal_flushes
 
 
 def _per_instance(flushes: int | None, instances: int) -> float | None:

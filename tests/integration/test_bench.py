@@ -74,13 +74,17 @@ def check_mode(numbers: dict[str, Any]) -> None:
     # Counted on the client when sent: exact, whatever else runs on the server.
     assert counts["baseline_per_row"]["statements_client"] == 1
     assert counts["handrolled_per_transition"]["statements_client"] == 1
+    # Write transactions are the distinct xmin of the pass's own rows: exact too.
+    assert counts["baseline_per_row"]["write_transactions"] == 1
+    assert counts["handrolled_per_transition"]["write_transactions"] == 1
+    assert "write_transactions_server" in counts["baseline_per_row"]  # server-wide, noisy
     assert counts["fsmflow_per_transition"]["statements_client"] > 0
     # Each pass opens its store first: one more step costs whole statements, no
     # once-per-pass schema checks left over (they made it read 1.027 or 0.972).
     steady = counts["fsmflow_per_step_steady"]
     assert 0 < steady["statements_client"] <= 1.1  # a heartbeat could fall in a slow pass
     assert not any("At open" in label for label in steady["breakdown"])
-    assert steady["write_transactions"] is not None
+    assert 0 < steady["write_transactions"] <= 1
     assert any("Append" in label for label in counts["fsmflow_per_transition"]["breakdown"])
     for key in ("baseline_per_row", "handrolled_per_transition", "fsmflow_per_transition"):
         flushes = counts[key]["wal_flushes"]
