@@ -31,9 +31,10 @@ per-transition latency p50/p99, the client's CPU per transition and the per-roun
 (median, min-max): fsmflow / hand-rolled, fsmflow / raw INSERT, client CPU fsmflow /
 hand-rolled. Accounting passes count statements, transactions, write transactions and
 WAL flushes per transition (``pg_stat_statements`` when loaded, else counted on the
-client when sent; ``[client]`` is always shown; transactions are database-wide and write
-transactions server-wide, so other load moves them; WAL flushes are the counted
-sessions' own on PostgreSQL 18+, every process's on 14-17), and an instance-start pass
+client when sent; ``[client]`` is always shown; transactions are the database's commits,
+so other load moves them; write transactions are the distinct transactions that wrote
+the pass's own rows, exact; WAL flushes are the counted sessions' own on PostgreSQL 18+,
+every process's on 14-17), and an instance-start pass
 (sequential, fresh store) counts the statements sent from run_workflow() until the first
 step starts and the commits each instance waits for beyond its transitions.
 
