@@ -207,6 +207,14 @@ class DBConfig(BaseSettings):
     log_level: str = Field(  # read by the fsmflow CLI, which validates the level name
         default="INFO", validation_alias=AliasChoices("FSMFLOW_LOG_LEVEL", "log_level")
     )
+    ui_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("FSMFLOW_UI_TOKEN", "ui_token"),
+        description=(
+            "The token `fsmflow ui --allow-actions` asks for with every action (retry, "
+            "cancel, send an event, fork); unset, the dashboard refuses every action."
+        ),
+    )
 
     _store: Any = PrivateAttr(default=None)
 
@@ -248,6 +256,8 @@ class DBConfig(BaseSettings):
     def secrets(self) -> list[str]:
         """Every secret these settings hold, so error texts can be scrubbed of them."""
         found = [] if self.password is None else [self.password.get_secret_value()]
+        if self.ui_token is not None:
+            found.append(self.ui_token.get_secret_value())
         if self.url is not None:
             found += dsn_secrets(self.url.get_secret_value())
         # A malformed DSN is split at its delimiters by the parser, whose error may then

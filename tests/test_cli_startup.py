@@ -47,6 +47,7 @@ ARGUMENTS: dict[str, list[str]] = {
     "workers": [],
     "prune": ["--older-than", "30d", "--dry-run"],
     "embedded": ["status"],
+    "ui": ["--port", "0"],
 }
 
 

@@ -8,7 +8,7 @@ hidden there is still a cycle in the call graph. The layers, lowest first::
     store                       the only code that talks to PostgreSQL
     dsn, settings               configuration (DBConfig builds the Store)
     engine                      the runner, the machine, attempts, shutdown
-    cli, bench, testing         the command line; the benchmark; the test kit
+    cli, bench, testing, ui     the command line; the benchmark; the test kit; the dashboard
     fsmflow (the package face)
 
 A module may import modules of its own layer or lower ones, never higher, and no two
@@ -30,7 +30,7 @@ LAYERS = [
     ["fsmflow.store"],
     ["fsmflow.dsn", "fsmflow.settings"],
     ["fsmflow.engine"],
-    ["fsmflow.cli", "fsmflow.bench", "fsmflow.testing"],
+    ["fsmflow.cli", "fsmflow.bench", "fsmflow.testing", "fsmflow.ui"],
     ["fsmflow.__init__", "fsmflow.__main__"],
 ]
 

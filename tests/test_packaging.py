@@ -33,6 +33,15 @@ def test_wheel_contains_sql_and_type_marker(wheel: Path) -> None:
     assert "fsmflow/sql/migrations/0002_context_json.sql" in names
 
 
+def test_wheel_ships_the_dashboard_templates_and_assets(wheel: Path) -> None:
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assets = ("ui.js", "ui.css", "favicon.svg")
+    assert {f"fsmflow/ui/static/{name}" for name in assets} | {"fsmflow/sql/ui.sql"} <= names
+    templates = ("base", "instances", "_listing", "instance", "_diagram", "_actions",
+                 "_context", "workers", "error")  # fmt: skip
+    assert {f"fsmflow/ui/templates/{name}.html" for name in templates} <= names
+
+
 def test_wheel_ships_the_test_kit_and_its_pytest_entry_point(wheel: Path) -> None:
     archive = zipfile.ZipFile(wheel)
     names = set(archive.namelist())

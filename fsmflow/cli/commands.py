@@ -6,7 +6,8 @@ instances (list, show, graph, fork, retry, cancel, prune) in :mod:`fsmflow.cli.i
 (what show says about waits in :mod:`fsmflow.cli.waits`), ``send-event`` in
 :mod:`fsmflow.cli.events`, those of the worker fleet (submit, worker, workers) in
 :mod:`fsmflow.cli.fleet`, ``bench`` in :mod:`fsmflow.cli.bench_parser` and ``embedded``
-in :mod:`fsmflow.cli.embedded`; the argument types, the ``MODULE:ATTRIBUTE`` loader and
+in :mod:`fsmflow.cli.embedded`, ``ui`` (the web dashboard) in :mod:`fsmflow.cli.ui`;
+the argument types, the ``MODULE:ATTRIBUTE`` loader and
 the registration helpers are in :mod:`fsmflow.cli.arguments`. Each ``add_*`` registers
 one parser and its handler.
 """
@@ -28,6 +29,7 @@ from fsmflow.cli.instances import (
     add_show,
 )
 from fsmflow.cli.migrate import add_migrate
+from fsmflow.cli.ui import add_ui
 
 if TYPE_CHECKING:
     from fsmflow.cli.arguments import Register
@@ -48,4 +50,5 @@ COMMANDS: Final[tuple[Register, ...]] = (
     add_worker,
     add_workers,
     add_prune,
+    add_ui,
 )

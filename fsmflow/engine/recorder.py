@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NoReturn, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from fsmflow.engine.failures import error_json, location, traceback_text
 from fsmflow.errors import (
@@ -119,12 +119,16 @@ class Recorder:
         owner: Ownership,
         instance: Instance,
         position: Position,
+        start_again: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._history = history
         self._guard = guard
         self._owner = owner
         self._instance = instance
         self.position = position
+        # Writes this run's own seq 0 again if the server lost it (it committed
+        # asynchronously); True if it did.
+        self._start_again = start_again
 
     def __repr__(self) -> str:
         return f"Recorder({self._instance.workflow_name!r}, {self._instance.instance_id!r})"
@@ -303,8 +307,33 @@ class Recorder:
         event_id: int | None = None,
     ) -> int:
         """Append the instance's next row on the owning session, then advance to it."""
-        instance, seq = self._instance, self.position.seq + 1
-        appending = self._history.append(
+        seq = self.position.seq + 1
+        row = (source, dest, encoded, status, trigger, duration_ms, error_json, wait, event_id)
+        try:
+            await self._guard.guarded("append", source, self._appending(seq, uuid.uuid4().hex, row))
+        except ConcurrentTransitionError:
+            if not await self._lost_start(seq):
+                await self.check_not_deleted(seq)
+                raise
+            await self._guard.guarded("append", source, self._appending(seq, uuid.uuid4().hex, row))
+        position = self.position
+        position.seq, position.status, position.context_json = seq, status, encoded
+        return seq
+
+    async def _lost_start(self, seq: int) -> bool:
+        """After a refused append of seq 1: if the instance has no row at all, the seq 0
+        this run wrote (committed asynchronously) was lost with a server crash: write it
+        again (True), so the refused row can follow it."""
+        if seq != 1 or self._start_again is None:
+            return False
+        instance = self._instance
+        last = await self._history.last_record(instance.workflow_name, instance.instance_id)
+        return last is None and await self._start_again()
+
+    def _appending(self, seq: int, attempt_id: str, row: tuple[Any, ...]) -> Awaitable[None]:
+        source, dest, encoded, status, trigger, duration_ms, error_json, wait, event_id = row
+        instance = self._instance
+        return self._history.append(
             instance.workflow_name,
             instance.instance_id,
             seq,
@@ -314,7 +343,7 @@ class Recorder:
             context_json=encoded,
             status=status,
             fingerprint=instance.fingerprint,
-            attempt_id=uuid.uuid4().hex,
+            attempt_id=attempt_id,
             duration_ms=duration_ms,
             error_json=error_json,
             owner=self._owner,
@@ -323,11 +352,3 @@ class Recorder:
             event_id=event_id,
             state_version=instance.state_version,
         )
-        try:
-            await self._guard.guarded("append", source, appending)
-        except ConcurrentTransitionError:
-            await self.check_not_deleted(seq)
-            raise
-        position = self.position
-        position.seq, position.status, position.context_json = seq, status, encoded
-        return seq

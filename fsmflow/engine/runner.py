@@ -218,17 +218,12 @@ class PersistentWorkflowStateMachine:
         start_state, guarded = self.definition.initial_state, self._interrupts.guarded
         opening = self._opening
         self.instance_id = await guarded("wait", start_state, opening.choose(self.instance_id))
-        acquiring = self.store.acquire(
-            self.workflow_name,
-            self.instance_id,
-            wait=bool(self.options["wait"]),
-            lock_timeout=self.options["lock_timeout"],
-        )
-        owner = await guarded("wait", start_state, acquiring)
+        wait, lock_timeout = bool(self.options["wait"]), self.options["lock_timeout"]
+        opens = opening.open(self.instance_id, initial, given_context=given_context, wait=wait,
+                             lock_timeout=lock_timeout)  # fmt: skip
+        owner, record = await guarded("wait", start_state, opens)
         owner.on_lost = self._lost
         try:
-            loading = opening.load_or_start(self.instance_id, initial, given_context=given_context)
-            record = await guarded("wait", start_state, loading)
             if has_ended(record, retry_failed=self.retry_failed):
                 return self._finished(record)
             self._restore(record)
@@ -242,7 +237,9 @@ class PersistentWorkflowStateMachine:
                 self._machine.detach(self)
         finally:
             self._recorder = self._attempts = self._turns = None
-            await owner.release()
+            # A worker hands the instance on at once: the lock must be free when this
+            # returns. Otherwise the unlock runs on the lane afterwards (no round trip here).
+            await owner.release() if suspend else owner.release_soon()
 
     def _lost(self) -> None:
         self.interrupt("lost")
@@ -254,7 +251,10 @@ class PersistentWorkflowStateMachine:
         assert self.instance_id is not None
         names = (self.workflow_name, self.instance_id, self.definition.fingerprint)
         instance = Instance(*names, self._redact, state_version(self.definition))
-        recorder = Recorder(self.store, self._interrupts, owner, instance, self._position)
+        recorder = Recorder(
+            self.store, self._interrupts, owner, instance, self._position,
+            start_again=self._opening.start_again,
+        )  # fmt: skip
         self._recorder = recorder
         attempts = Attempts(self._interrupts, recorder, owner, lambda: self.state, instance)
         self._attempts = attempts

@@ -261,7 +261,7 @@ def table_of(table: str, suffix: str) -> str:
     return object_name(table, suffix)
 
 
-QUERY_FILES: Final = ("queries.sql", "fleet.sql")
+QUERY_FILES: Final = ("queries.sql", "fleet.sql", "ui.sql")
 
 
 def queries(schema: str | None, table: str) -> dict[str, str]:

@@ -25,22 +25,23 @@ from fsmflow.model.records import (
 )
 from fsmflow.sql import Migration
 from fsmflow.store import deleting, operations
+from fsmflow.store.browsing import Browsing
 from fsmflow.store.config import StoreConfig
 from fsmflow.store.database import Database
 from fsmflow.store.deleting import PruneProgress
 from fsmflow.store.events import Events
-from fsmflow.store.faces import ErrorsFace, EventsFace, FleetFace
+from fsmflow.store.faces import ErrorsFace, EventsFace, FleetFace, OwnersFace
 from fsmflow.store.fleet import Fleet
 from fsmflow.store.history import Appender, History
 from fsmflow.store.listening import Listener
 from fsmflow.store.operations import Parts
-from fsmflow.store.ownership import Owners, Ownership
+from fsmflow.store.ownership import Owners
 from fsmflow.store.schema import Schema
 
 T = TypeVar("T")
 
 
-class Store(EventsFace, FleetFace, ErrorsFace):
+class Store(OwnersFace, EventsFace, FleetFace, ErrorsFace):
     """Connections and SQL for one table. Open lazily; ``async with`` closes it.
 
     Every method that writes is a single statement in its own transaction (prune and
@@ -60,6 +61,7 @@ class Store(EventsFace, FleetFace, ErrorsFace):
         self._parts = Parts(
             db, self._history, self._owners, self._schema, self._events, self._fleet
         )
+        self._browsing = Browsing(db)
 
     def __repr__(self) -> str:
         state = "closed" if self._db.closed else "open" if self._db.is_open else "not opened"
@@ -96,6 +98,11 @@ class Store(EventsFace, FleetFace, ErrorsFace):
     def resolved_table(self) -> str:
         """The table as the server resolved it, schema included (known once opened)."""
         return self._db.resolved_table
+
+    @property
+    def browsing(self) -> Browsing:
+        """The dashboard's read queries (``fsmflow ui``): names, counts, id search."""
+        return self._browsing
 
     @property
     def pool(self) -> asyncpg.Pool | None:
@@ -150,27 +157,6 @@ class Store(EventsFace, FleetFace, ErrorsFace):
         on it, a writable server, durable commits (``fsmflow check``); with ``workers``,
         what a worker needs too (``fsmflow check --workers``)."""
         return await operations.check_health(self._parts, workers=workers)
-
-    # -- ownership ---------------------------------------------------------------------
-
-    async def acquire(
-        self,
-        workflow: str,
-        instance_id: str,
-        *,
-        wait: bool = False,
-        lock_timeout: float | None = None,
-    ) -> Ownership:
-        """Own an instance: its lock on a dedicated connection, which also carries its
-        appends. :class:`~fsmflow.errors.InstanceLockedError` if another runner owns it
-        (unless ``wait``)."""
-        return await self._owners.acquire(
-            workflow, instance_id, wait=wait, lock_timeout=lock_timeout
-        )
-
-    def owned_here(self, workflow: str, instance_id: str) -> bool:
-        """True if a runner in this process owns or is taking the instance."""
-        return self._owners.owned_here(workflow, instance_id)
 
     # -- writing and reading history ---------------------------------------------------
 

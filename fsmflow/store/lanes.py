@@ -39,6 +39,18 @@ _SESSION_ENDED: Final = ("57P01", "57P02", "57P03")
 _PIDS_KEPT: Final = 3
 
 
+class SessionLost(Exception):
+    """The owning session is gone (and its locks); the last statement's outcome is unknown."""
+
+
+class StatementFailed(Exception):
+    """A statement failed (cancelled, timed out...) but its session lives on."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(type(cause).__name__)
+        self.cause = cause
+
+
 class Connector(Protocol):
     """What a lane needs from the store: connection arguments and the retry loop."""
 

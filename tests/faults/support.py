@@ -177,6 +177,17 @@ class Admin:
             "AND l.objsubid = 1 AND l.granted",
         )
 
+    async def locks_left(self) -> list[dict[str, Any]]:
+        """fsm_locks() once in-flight releases had their round trip: a run gives its lock
+        back just after run_workflow() returns (no round trip on its path). Polls up to
+        10 s while locks remain, so a lock that is never released still shows."""
+        for _ in range(1000):
+            locks = self.fsm_locks()
+            if not locks:
+                return locks
+            await asyncio.sleep(0.01)
+        return self.fsm_locks()
+
     def terminate(self, pid: int) -> bool:
         """pg_terminate_backend, waiting (up to 10 s) for the backend to be gone."""
         rows = self.sql("SELECT pg_terminate_backend(%s, 10000) AS gone", (pid,))

@@ -22,8 +22,9 @@ from .worker import WORKFLOW
 
 STATES = 3
 # How the connection is lost while row `seq` is being written (seq 0: the instance's
-# start, on a pooled connection; seq 1..3: appends on the owner connection). The step
-# that produced the row has returned in every case: nothing may run again.
+# start, inserted by the open statement that also takes its lock; seq 1..3: appends on
+# the owner connection). The step that produced the row has returned in every case:
+# nothing may run again.
 MODES = {
     # before COMMIT, request lost: the INSERT never reaches the server
     "lose_request": "proxy",
@@ -79,7 +80,11 @@ async def test_connection_lost_before_and_after_commit(scenario: Scenario) -> No
     assert not report.problems(), f"{report.problems()}\n{report.figures()}"
     # Every planned fault really happened, and each lost reply followed a commit.
     assert {(f.instance, f.nth): f.mode for f in proxy.fired} == planned
-    assert [f.tag for f in proxy.fired if f.mode == "lose_reply"] == ["INSERT 0 1"] * (STATES + 1)
+    # seq 0's statement is the open (lock, lookup, insert): a SELECT that reports one row.
+    tags = ["SELECT 1"] + ["INSERT 0 1"] * STATES
+    assert [
+        f.tag for f in sorted(proxy.fired, key=lambda f: f.nth) if f.mode == "lose_reply"
+    ] == tags
     assert terminated == len(blockers)
 
 
@@ -170,9 +175,11 @@ class FaultProxy:
       ReadyForQuery, sent after the commit, is seen by the proxy), but the client never
       gets the reply: "write succeeded, reply lost".
 
-    Targets are ``(instance, nth)``: the nth (0-based) INSERT statement whose parameters
-    include the workflow name and the instance id — for one instance, insert 0 is its
-    start (seq 0) and insert k its append of seq k, as long as nothing was retried before.
+    Targets are ``(instance, nth)``: the nth (0-based) statement that inserts (an INSERT,
+    or a WITH query holding one: the open statement) whose parameters include the
+    workflow name and the instance id — for one instance, insert 0 is its start (seq 0,
+    in its open statement) and insert k its append of seq k, as long as nothing was
+    retried before.
     Needs ``DB_SSLMODE=disable`` (it reads the plain protocol).
     """
 
@@ -265,7 +272,8 @@ class FaultProxy:
 
     def _target(self, bind: bytes, statements: dict[bytes, str]) -> str | None:
         portal, statement = _cstrings(bind[5:], 2)
-        if _verb(statements.get(statement, "")) != "INSERT":
+        query = statements.get(statement, "")
+        if _verb(query) not in ("INSERT", "WITH") or "INSERT INTO" not in query:
             return None
         params = _bind_params(bind[5 + len(portal) + len(statement) + 2 :])
         if WORKFLOW.encode() not in params:
