@@ -50,6 +50,7 @@ class Openings(Protocol):
         attempt_id: str,
         definition_json: str | None,
         state_version: int | None = None,
+        trace_parent: str | None = None,
     ) -> None:
         """Record seq 0 of a new instance."""
 
@@ -80,15 +81,21 @@ class Opening:
         return instance_id
 
     async def load_or_start(
-        self, instance_id: str, initial: Callable[[], str], *, given_context: bool
+        self,
+        instance_id: str,
+        initial: Callable[[], str],
+        *,
+        given_context: bool,
+        trace_parent: Callable[[], str | None] = lambda: None,
     ) -> TransitionRecord:
         """The instance's last row; for a new instance, its start (seq 0, written now) with
         the context ``initial()`` returns (called only then: a typed workflow's default
-        state is validated only when it seeds an instance)."""
+        state is validated only when it seeds an instance) and the traceparent
+        ``trace_parent()`` returns (called only then too: it starts the run's span)."""
         name = self._definition.name
         last = await self._store.last_record(name, instance_id)
         if last is None:
-            return await self._start(instance_id, initial())
+            return await self._start(instance_id, initial(), trace_parent())
         self.resumed = True
         if given_context:
             # Programs pass their seed context on every start, not knowing whether they
@@ -101,7 +108,9 @@ class Opening:
             )
         return last
 
-    async def _start(self, instance_id: str, initial_json: str) -> TransitionRecord:
+    async def _start(
+        self, instance_id: str, initial_json: str, trace_parent: str | None
+    ) -> TransitionRecord:
         definition = self._definition
         state, attempt = definition.initial_state, uuid.uuid4().hex
         await self._store.start(
@@ -113,6 +122,7 @@ class Opening:
             attempt_id=attempt,
             definition_json=self._definition_json,
             state_version=state_version(definition),
+            trace_parent=trace_parent,
         )
         logger.info(
             "workflow %r instance %r started in state %r", definition.name, instance_id, state

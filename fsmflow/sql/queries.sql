@@ -21,11 +21,18 @@ WHERE coalesce(
     -1) = $3 - 1;
 
 -- name: start
--- Insert seq 0 of a new instance (fails with a unique violation if it already exists).
+-- Insert seq 0 of a new instance (fails with a unique violation if it already exists);
+-- $11 is the W3C traceparent of the span that started it (NULL: none).
 INSERT INTO fsmflow_transitions
     (workflow_name, instance_id, seq, dest_state, context, status, fingerprint, attempt_id,
-     definition, forked_from_instance, forked_from_seq, state_version)
-VALUES ($1, $2, 0, $3, $4::json, 'running', $5, $6::uuid, $7::jsonb, $8, $9, $10::integer);
+     definition, forked_from_instance, forked_from_seq, state_version, trace_parent)
+VALUES ($1, $2, 0, $3, $4::json, 'running', $5, $6::uuid, $7::jsonb, $8, $9, $10::integer,
+        $11::text);
+
+-- name: trace_parent
+-- The traceparent an instance's seq-0 row stored (a later run continues its trace).
+SELECT trace_parent FROM fsmflow_transitions
+WHERE workflow_name = $1 AND instance_id = $2 AND seq = 0;
 
 -- name: last_record
 -- The latest row of one instance, the seq before it and how many rows it has (primary-key

@@ -61,15 +61,17 @@ class History:
         definition_json: str | None,
         forked_from: tuple[str, int] | None = None,
         state_version: int | None = None,
+        trace_parent: str | None = None,
     ) -> None:
         """Record seq 0 of a new instance; :class:`ConcurrentTransitionError` if it exists.
-        ``state_version``: the version of a typed workflow's state (None: untyped)."""
+        ``state_version``: the version of a typed workflow's state (None: untyped);
+        ``trace_parent``: the W3C traceparent of the span that started it (None: none)."""
         pool = await self.db.pool()
         query = self.db.queries["start"]
         fork_instance, fork_seq = forked_from or (None, None)
         args = (
             workflow, instance_id, state, context_json, fingerprint, attempt_id,
-            definition_json, fork_instance, fork_seq, state_version,
+            definition_json, fork_instance, fork_seq, state_version, trace_parent,
         )  # fmt: skip
         try:
             await pool.execute(query, *args)
@@ -159,6 +161,11 @@ class History:
         """The row at ``seq`` of an instance, or None."""
         row = await self.db.fetchrow("record_at", workflow, instance_id, seq)
         return None if row is None else to_record(row)
+
+    async def trace_parent(self, workflow: str, instance_id: str) -> str | None:
+        """The traceparent the instance's seq-0 row stored (None: none, or no such row)."""
+        row = await self.db.fetchrow("trace_parent", workflow, instance_id)
+        return None if row is None else row["trace_parent"]
 
     async def history(self, workflow: str, instance_id: str) -> list[TransitionRecord]:
         """Every row of an instance, in seq order (empty if it has none).
