@@ -23,6 +23,7 @@ from fsmflow.engine.resuming import (
 )
 from fsmflow.model.definition import WorkflowDefinition
 from fsmflow.model.records import SUBMIT_TRIGGER, TransitionRecord
+from fsmflow.telemetry import NO_TRACE, RunTrace, run_trace
 
 logger = logging.getLogger("fsmflow")
 
@@ -54,6 +55,9 @@ class Openings(Protocol):
     ) -> None:
         """Record seq 0 of a new instance."""
 
+    async def trace_parent(self, workflow: str, instance_id: str) -> str | None:
+        """The traceparent the instance's seq 0 stored (None: none)."""
+
 
 class Opening:
     """Opens instances of ``definition`` (``definition_json`` is stored with each start).
@@ -68,6 +72,14 @@ class Opening:
         self._definition = definition
         self._definition_json = definition_json
         self.resumed = False
+        self._trace: RunTrace = NO_TRACE
+
+    def trace_run(self, redact: bool, status: Callable[[], str]) -> RunTrace:
+        """The telemetry of the run about to open an instance (``with`` it around the run;
+        ``status()`` is the instance's status when it ends): :meth:`load_or_start` starts
+        its trace for a new instance, or continues the one the instance stored."""
+        self._trace = run_trace(self._definition.name, redact, status)
+        return self._trace
 
     def __repr__(self) -> str:
         return f"Opening({self._definition.name!r}, resumed={self.resumed})"
@@ -81,22 +93,21 @@ class Opening:
         return instance_id
 
     async def load_or_start(
-        self,
-        instance_id: str,
-        initial: Callable[[], str],
-        *,
-        given_context: bool,
-        trace_parent: Callable[[], str | None] = lambda: None,
+        self, instance_id: str, initial: Callable[[], str], *, given_context: bool
     ) -> TransitionRecord:
         """The instance's last row; for a new instance, its start (seq 0, written now) with
         the context ``initial()`` returns (called only then: a typed workflow's default
-        state is validated only when it seeds an instance) and the traceparent
-        ``trace_parent()`` returns (called only then too: it starts the run's span)."""
-        name = self._definition.name
+        state is validated only when it seeds an instance) and the traceparent of the
+        run's trace (:meth:`trace_run`), which then opens the run's span (continuing the
+        stored trace of an existing instance)."""
+        name, trace = self._definition.name, self._trace
         last = await self._store.last_record(name, instance_id)
         if last is None:
-            return await self._start(instance_id, initial(), trace_parent())
+            started = await self._start(instance_id, initial(), trace.started(instance_id))
+            await trace.opened(instance_id, self._store.trace_parent)
+            return started
         self.resumed = True
+        await trace.opened(instance_id, self._store.trace_parent)
         if given_context:
             # Programs pass their seed context on every start, not knowing whether they
             # resume: that is normal, so INFO, not WARNING.

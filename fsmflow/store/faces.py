@@ -27,6 +27,7 @@ from fsmflow.store.database import Database
 from fsmflow.store.events import Events, WaitCheck
 from fsmflow.store.fleet import Fleet, Key
 from fsmflow.store.listening import Listener, Subscription
+from fsmflow.telemetry import submitting
 
 T = TypeVar("T")
 
@@ -149,7 +150,14 @@ class FleetFace:
             workflow=definition.name,
         )
         summary = json.dumps(definition.summary())
-        return await self._fleet.submit(definition, summary, context_json, instance_id)
+        # The submission's span is the parent of the workers' runs (stored on seq 0).
+        redact = self.config.redact_errors
+        with submitting(definition.name, redact=redact) as start:
+            submitted = await self._fleet.submit(
+                definition, summary, context_json, instance_id, start.trace_parent
+            )
+            start.named(submitted)
+        return submitted
 
     async def list_workers(self) -> list[WorkerInfo]:
         """The live workers of this table's fleet, oldest first (``fsmflow workers``)."""
