@@ -377,3 +377,9 @@ async def test_a_fork_starts_a_trace_of_its_own_named_after_its_source(
         r for r in otel.named("fsmflow.run traced") if attrs(r)["fsmflow.instance_id"] == "f-2"
     ]
     assert second[0].parent is not None and second[0].parent.span_id == fork.context.span_id
+
+
+async def test_without_a_provider_nothing_is_recorded_and_nothing_fails(h: Harness) -> None:
+    state = await h.runner(h.config(), DEFINITION, steps(), instance_id="off-1").run_workflow()
+    assert state.completed
+    assert stored_trace_parent(h, WORKFLOW, "off-1") is None
