@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 import traceback
+from contextlib import AbstractContextManager
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -185,8 +186,11 @@ class OtelRunTrace(RunTrace):
 
     # -- step attempts ---------------------------------------------------------------
 
+    def attempt(self, state: str, seq: int, attempt: int) -> AbstractContextManager[None]:
+        return self._attempt(state, seq, attempt)
+
     @contextlib.contextmanager
-    def attempt(self, state: str, seq: int, attempt: int) -> Iterator[None]:
+    def _attempt(self, state: str, seq: int, attempt: int) -> Iterator[None]:
         if self._step is not None:  # the previous attempt came to nothing: a lost session
             self._end_step("interrupted")
         attributes: dict[str, str | int] = {

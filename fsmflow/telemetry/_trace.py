@@ -9,12 +9,14 @@ Hooks never raise and are never given a context value.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from types import TracebackType
 from typing import Final, Self
 
 TraceParentReader = Callable[[str, str], Awaitable[str | None]]
+_NO_ATTEMPT: Final = contextlib.nullcontext()  # reusable: no generator made per attempt
 
 
 class RunTrace:
@@ -52,11 +54,10 @@ class RunTrace:
     def ended(self, error: BaseException | None = None) -> None:
         """The run returned, or raised ``error``."""
 
-    @contextlib.contextmanager
-    def attempt(self, state: str, seq: int, attempt: int) -> Iterator[None]:
+    def attempt(self, state: str, seq: int, attempt: int) -> AbstractContextManager[None]:
         """Around one attempt of ``state``'s step (entered at row ``seq``): the step's span
         is the current span while the step runs."""
-        yield
+        return _NO_ATTEMPT
 
     def retrying(self, error: BaseException) -> None:
         """The attempt that just ended raised ``error`` and will be tried again."""

@@ -36,6 +36,8 @@ def test_bench_otel_reports_each_setup_against_no_provider(
             assert figures["rate_median"] > 0 and figures["client_cpu_us"] > 0
             assert 0 < figures["ratio_min"] <= figures["ratio_median"] <= figures["ratio_max"]
         assert otel[mode]["off"]["ratio_median"] == 1.0
+    assert set(otel["hooks_us"]) == {"off", "api", "sdk"}
+    assert all(us > 0 for us in otel["hooks_us"].values())
 
 
 def test_bench_otel_text_report(db_env: dict[str, str], postgresql: Any) -> None:
