@@ -383,3 +383,23 @@ async def test_without_a_provider_nothing_is_recorded_and_nothing_fails(h: Harne
     state = await h.runner(h.config(), DEFINITION, steps(), instance_id="off-1").run_workflow()
     assert state.completed
     assert stored_trace_parent(h, WORKFLOW, "off-1") is None
+
+
+async def test_a_resume_inside_a_program_span_links_to_it(h: Harness, otel: Captured) -> None:
+    async def think(ctx: WorkflowContext) -> WorkflowContext:
+        raise RuntimeError("down")
+
+    config = h.config()
+    with pytest.raises(StepFailedError):
+        await h.runner(config, DEFINITION, steps(think=think), instance_id="l-1").run_workflow()
+    await config.store.retry_instance(WORKFLOW, "l-1")
+    tracer = otel.tracer_provider.get_tracer("program")
+    with tracer.start_as_current_span("nightly retry job") as job:
+        await h.runner(config, DEFINITION, steps(), instance_id="l-1").run_workflow()
+
+    (start,) = otel.named("fsmflow.start traced")
+    first, second = otel.named("fsmflow.run traced")
+    assert second.parent is not None and second.parent.span_id == start.context.span_id
+    assert second.context.trace_id == first.context.trace_id != job.get_span_context().trace_id
+    assert [link.context.span_id for link in second.links] == [job.get_span_context().span_id]
+    assert attrs(second)["fsmflow.outcome"] == "completed"
