@@ -16,8 +16,8 @@ from __future__ import annotations
 import contextlib
 import time
 import traceback
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
-from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -29,8 +29,6 @@ from fsmflow.errors import WorkflowInterruptedError
 from fsmflow.telemetry import _names as n
 from fsmflow.telemetry._otel import Telemetry, parent_context, traceparent
 from fsmflow.telemetry._trace import RunTrace, TraceParentReader
-
-Attributes = Mapping[str, str | int | bool | Sequence[str]]
 
 
 @dataclass(slots=True)
