@@ -133,8 +133,10 @@ class OtelRunTrace(RunTrace):
         assert run is not None
         if self._step is not None:
             self._end_step("interrupted", error)
-        if error is not None:
-            outcome = "interrupted" if _interrupt(error) else "failed"
+        if error is not None and _interrupt(error):
+            outcome = "interrupted"  # a stop (signal, shutdown) is no error: it resumes
+        elif error is not None:
+            outcome = "failed"
             record_error(run, error, redact=self._redact)
         else:
             outcome = self._status()
@@ -229,7 +231,7 @@ class OtelRunTrace(RunTrace):
         step, self._step = self._step, None
         if step is None:
             return
-        if error is not None:
+        if error is not None and not _interrupt(error):
             record_error(step.span, error, redact=self._redact)
         seconds = step.seconds if step.seconds is not None else time.perf_counter() - step.started
         step.span.set_attribute(n.OUTCOME, outcome)

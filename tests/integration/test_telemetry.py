@@ -403,3 +403,30 @@ async def test_a_resume_inside_a_program_span_links_to_it(h: Harness, otel: Capt
     assert second.context.trace_id == first.context.trace_id != job.get_span_context().trace_id
     assert [link.context.span_id for link in second.links] == [job.get_span_context().span_id]
     assert attrs(second)["fsmflow.outcome"] == "completed"
+
+
+async def test_an_interrupted_step_and_run_are_interrupted_not_failed(
+    h: Harness, otel: Captured
+) -> None:
+    from fsmflow import WorkflowInterruptedError
+
+    entered = asyncio.Event()
+
+    async def think(ctx: WorkflowContext) -> WorkflowContext:
+        entered.set()
+        await asyncio.Event().wait()  # until the shutdown cancels it
+        return ctx
+
+    runner = h.runner(h.config(), DEFINITION, steps(think=think), instance_id="i-1")
+    task = asyncio.ensure_future(runner.run_workflow())
+    await asyncio.wait_for(entered.wait(), 60)
+    runner.interrupt("shutdown")
+    with pytest.raises(WorkflowInterruptedError):
+        await asyncio.wait_for(task, 60)
+
+    (step_span,) = otel.named("fsmflow.step think")
+    (run,) = otel.named("fsmflow.run traced")
+    assert attrs(step_span)["fsmflow.outcome"] == "interrupted"
+    assert attrs(run)["fsmflow.outcome"] == "interrupted"
+    assert step_span.status.status_code == run.status.status_code == StatusCode.UNSET
+    assert otel.value("fsmflow.instances", workflow=WORKFLOW) == 0
