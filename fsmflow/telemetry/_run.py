@@ -108,8 +108,12 @@ class OtelRunTrace(RunTrace):
         )
         return traceparent(trace.set_span_in_context(start))
 
-    async def opened(self, instance_id: str, stored: TraceParentReader) -> None:
+    async def opened(
+        self, instance_id: str, stored: TraceParentReader, *, created: bool | None = None
+    ) -> None:
         start, self._start = self._start, None
+        if created is False:
+            start = None  # never ended, so never exported: the instance existed already
         if start is not None:  # seq 0 is written: the start span is done
             start.end()
             self._open(instance_id, trace.set_span_in_context(start), (), resumed=False)

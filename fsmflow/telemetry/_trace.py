@@ -47,9 +47,14 @@ class RunTrace:
         traceparent to store on it (None: none), the one every later run continues."""
         return None
 
-    async def opened(self, instance_id: str, stored: TraceParentReader) -> None:
+    async def opened(
+        self, instance_id: str, stored: TraceParentReader, *, created: bool | None = None
+    ) -> None:
         """The run holds the instance's lock and has read its last row; ``stored(workflow,
-        instance_id)`` reads the traceparent its seq 0 stored (a resumed run's parent)."""
+        instance_id)`` reads the traceparent its seq 0 stored (a resumed run's parent).
+        ``created``: whether this run wrote seq 0 (None: it did if :meth:`started` was
+        called); False after :meth:`started` drops the start span unexported (a start
+        path that asks for the traceparent before it knows the instance exists)."""
 
     def ended(self, error: BaseException | None = None) -> None:
         """The run returned, or raised ``error``."""

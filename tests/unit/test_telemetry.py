@@ -146,3 +146,22 @@ def test_an_error_on_a_span_has_its_type_and_a_message_only_unless_redacted(reda
     else:
         assert "secret" in str(attributes["exception.message"])
         assert "Traceback" in str(attributes["exception.stacktrace"])
+
+
+async def test_a_start_path_that_found_the_instance_drops_its_start_span() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    stored_span = provider.get_tracer("t").start_span("the instance's start")
+    stored = traceparent(trace.set_span_in_context(stored_span))
+
+    async def read(workflow: str, instance_id: str) -> str | None:
+        return stored
+
+    with using(Telemetry(provider)), run_trace("w", False, lambda: "completed") as run:
+        assert run.started("i") is not None  # asked before the instance was looked up
+        await run.opened("i", read, created=False)
+    (exported,) = exporter.get_finished_spans()  # the run span only: no start span
+    assert exported.name == "fsmflow.run w"
+    assert exported.parent is not None
+    assert exported.parent.span_id == stored_span.get_span_context().span_id
