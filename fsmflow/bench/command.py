@@ -29,6 +29,7 @@ from fsmflow.bench.checks import lock_capacity, memory_check, resume_check
 from fsmflow.bench.counting import Monitor
 from fsmflow.bench.fleet import FleetOptions, fleet_check
 from fsmflow.bench.measure import copy_config, sample_context
+from fsmflow.bench.otel import OtelOptions, format_otel, otel_check
 from fsmflow.bench.report import evaluate_targets, format_report
 from fsmflow.bench.throughput import throughput
 from fsmflow.bench.waits import wait_check
@@ -68,6 +69,7 @@ class BenchOptions:
     claim_queued: int = 10_000
     claim_history_rows: int = 1_000_000
     info_logs: bool = False
+    otel: bool = False  # --otel: the cost of OpenTelemetry (fsmflow.bench.otel)
 
     def fleet(self) -> FleetOptions:
         """The options of the ``--workers`` measurements."""
@@ -113,13 +115,16 @@ async def run_bench_command(args: argparse.Namespace, config: DBConfig) -> int:
         claim_queued=args.claim_queued,
         claim_history_rows=args.claim_history_rows,
         info_logs=args.info_logs,
+        otel=args.otel,
     )
     try:
         report = await run_bench(config, options)
     except BenchStopped as exc:
         print(f"fsmflow: bench {exc}", file=sys.stderr)
         return exc.exit_code
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    print(
+        json.dumps(report, indent=2) if args.json else format_report(report) + format_otel(report)
+    )
     return 0
 
 
@@ -297,6 +302,11 @@ async def _run_bench(config: DBConfig, options: BenchOptions) -> dict[str, Any]:
             )
         if options.workers:
             report["workers"] = await fleet_check(scratch.table, kwargs, options.fleet())
+        if options.otel:
+            workload = (options.steps, options.instances, options.concurrency, options.rounds)
+            report["otel"] = await otel_check(
+                scratch.table, OtelOptions(*workload, options.context_bytes)
+            )
     finally:
         with contextlib.suppress(Exception):
             await monitor.conn.close()

@@ -13,7 +13,6 @@ this loop sequentially, its client CPU within 1.2 x).
 from __future__ import annotations
 
 import itertools
-import json
 import time
 import uuid
 from typing import Any, Final
@@ -22,6 +21,7 @@ from transitions.extensions.asyncio import AsyncMachine
 
 from fsmflow import sql
 from fsmflow.bench.measure import Execute, Run, in_parallel
+from fsmflow.model.context import compact_json
 from fsmflow.settings import DBConfig
 
 HANDROLLED_WORKFLOW: Final = "bench_handrolled"
@@ -92,7 +92,7 @@ class HandRolled:
                     "finish" if done else "next",
                     state,
                     None if done else self.states[seq + 1],
-                    json.dumps(context, separators=(",", ":")),
+                    compact_json(context),  # json.dumps without spaces, as fsmflow stores it
                     "completed" if done else "running",
                     "handrolled",
                     uuid.uuid4().hex,

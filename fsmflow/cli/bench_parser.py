@@ -151,6 +151,12 @@ def add_bench_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
     )
     _add_worker_options(parser)
     add(
+        "--otel",
+        action="store_true",
+        help="measure OpenTelemetry's cost: no provider, the "
+        "API's no-op one, the SDK's; interleaved rounds, as ratios (needs fsmflow[otel])",
+    )
+    add(
         "--info-logs",
         action="store_true",
         help="format fsmflow's INFO lines (one per transition) during the runs and write them "

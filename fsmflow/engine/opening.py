@@ -26,6 +26,7 @@ from fsmflow.model.definition import WorkflowDefinition
 from fsmflow.model.records import SUBMIT_TRIGGER, TransitionRecord
 from fsmflow.store.history import Opened, StartRow
 from fsmflow.store.ownership import Ownership
+from fsmflow.telemetry import NO_TRACE, RunTrace, run_trace
 
 logger = logging.getLogger("fsmflow")
 
@@ -53,6 +54,7 @@ class Openings(Protocol):
         attempt_id: str,
         definition_json: str | None,
         state_version: int | None = None,
+        trace_parent: str | None = None,
     ) -> None:
         """Record seq 0 of a new instance (synchronously committed)."""
 
@@ -67,6 +69,9 @@ class Openings(Protocol):
     ) -> tuple[Ownership, Opened]:
         """Own the instance, read its last row and start it with ``start`` if it has none,
         in one round trip."""
+
+    async def trace_parent(self, workflow: str, instance_id: str) -> str | None:
+        """The traceparent the instance's seq 0 stored (None: none)."""
 
 
 class Opening:
@@ -83,6 +88,14 @@ class Opening:
         self._definition_json = definition_json
         self.resumed = False
         self._started: tuple[str, StartRow] | None = None  # the seq 0 this run inserted
+        self._trace: RunTrace = NO_TRACE
+
+    def trace_run(self, redact: bool, status: Callable[[], str]) -> RunTrace:
+        """The telemetry of the run about to open an instance (``with`` it around the run;
+        ``status()`` is the instance's status when it ends): :meth:`open` starts its trace
+        for a new instance, or continues the one the instance stored."""
+        self._trace = run_trace(self._definition.name, redact, status)
+        return self._trace
 
     def __repr__(self) -> str:
         return f"Opening({self._definition.name!r}, resumed={self.resumed})"
@@ -115,6 +128,8 @@ class Opening:
             seed_error: Exception | None = None
         except Exception as exc:
             start, seed_error = None, exc
+        if start is not None:  # the traceparent its seq 0 stores, if this run starts it
+            start = start.traced(self._trace.started(instance_id))
         owner, opened = await self._store.open_instance(
             definition.name, instance_id, start=start, wait=wait, lock_timeout=lock_timeout
         )
@@ -128,7 +143,9 @@ class Opening:
         self, instance_id: str, start: StartRow | None, opened: Opened,
         seed_error: Exception | None, given_context: bool,
     ) -> TransitionRecord:  # fmt: skip
-        name = self._definition.name
+        name, trace = self._definition.name, self._trace
+        created = opened.started and start is not None
+        await trace.opened(instance_id, self._store.trace_parent, created=created)
         if opened.started and start is not None:
             self._started = (instance_id, start)
             logger.info(
@@ -173,6 +190,7 @@ class Opening:
             self._definition.name, instance_id, start.state, start.context_json,
             fingerprint=start.fingerprint, attempt_id=start.attempt_id,
             definition_json=start.definition_json, state_version=start.state_version,
+            trace_parent=start.trace_parent,
         )  # fmt: skip
         return True
 

@@ -10,6 +10,7 @@ instance stands in its stored history; the recorder advances it after each commi
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from fsmflow.model.context import compact_json
 from fsmflow.model.definition import Transition
 from fsmflow.model.records import Status, TransitionRecord
 from fsmflow.store.ownership import Ownership
+from fsmflow.telemetry import NO_TRACE, RunTrace
 
 logger = logging.getLogger("fsmflow")
 T = TypeVar("T")
@@ -103,6 +105,7 @@ class Instance:
     fingerprint: str
     redact: bool  # FSMFLOW_REDACT_ERRORS: no error messages in rows and logs
     state_version: int | None = None  # a typed workflow's: stored with every row
+    trace: RunTrace = NO_TRACE  # the run's spans and metrics: told of each row, attempt, wait
 
 
 class Recorder:
@@ -255,6 +258,7 @@ class Recorder:
             )
             return
         error = error_json(exc, attempts, redact=redact, raised_in=raised_in)
+        self._instance.trace.failing(exc)
         await self._append(state, state, self.position.context_json, "failed", error_json=error)
         logger.error(
             "workflow %r instance %r step %r failed after %d attempt(s) and is recorded as "
@@ -309,6 +313,7 @@ class Recorder:
         """Append the instance's next row on the owning session, then advance to it."""
         seq = self.position.seq + 1
         row = (source, dest, encoded, status, trigger, duration_ms, error_json, wait, event_id)
+        started = time.perf_counter()
         try:
             await self._guard.guarded("append", source, self._appending(seq, uuid.uuid4().hex, row))
         except ConcurrentTransitionError:
@@ -318,6 +323,8 @@ class Recorder:
             await self._guard.guarded("append", source, self._appending(seq, uuid.uuid4().hex, row))
         position = self.position
         position.seq, position.status, position.context_json = seq, status, encoded
+        seconds = time.perf_counter() - started
+        self._instance.trace.recorded(seq, trigger, source, dest, status, seconds)
         return seq
 
     async def _lost_start(self, seq: int) -> bool:

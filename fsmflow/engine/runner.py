@@ -207,7 +207,8 @@ class PersistentWorkflowStateMachine:
             interrupts.shutdown = for_running_loop(self.store.config.shutdown_grace)
             interrupts.shutdown.register(self)
         try:
-            return await self._run(initial, given_context=context is not None, suspend=suspend)
+            with self._opening.trace_run(self._redact, lambda: self.status) as self._trace:
+                return await self._run(initial, given_context=context is not None, suspend=suspend)
         finally:
             interrupts.task = None
             if interrupts.shutdown is not None:
@@ -250,7 +251,7 @@ class PersistentWorkflowStateMachine:
         """The recorder and the attempt loop of this run (the lock is held)."""
         assert self.instance_id is not None
         names = (self.workflow_name, self.instance_id, self.definition.fingerprint)
-        instance = Instance(*names, self._redact, state_version(self.definition))
+        instance = Instance(*names, self._redact, state_version(self.definition), self._trace)
         recorder = Recorder(
             self.store, self._interrupts, owner, instance, self._position,
             start_again=self._opening.start_again,

@@ -50,11 +50,18 @@ ON CONFLICT DO NOTHING
 RETURNING workflow_name, instance_id, seq;
 
 -- name: start
--- Insert seq 0 of a new instance (fails with a unique violation if it already exists).
+-- Insert seq 0 of a new instance (fails with a unique violation if it already exists);
+-- $11 is the W3C traceparent of the span that started it (NULL: none).
 INSERT INTO fsmflow_transitions
     (workflow_name, instance_id, seq, dest_state, context, status, fingerprint, attempt_id,
-     definition, forked_from_instance, forked_from_seq, state_version)
-VALUES ($1, $2, 0, $3, $4::json, 'running', $5, $6::uuid, $7::jsonb, $8, $9, $10::integer);
+     definition, forked_from_instance, forked_from_seq, state_version, trace_parent)
+VALUES ($1, $2, 0, $3, $4::json, 'running', $5, $6::uuid, $7::jsonb, $8, $9, $10::integer,
+        $11::text);
+
+-- name: trace_parent
+-- The traceparent an instance's seq-0 row stored (a later run continues its trace).
+SELECT trace_parent FROM fsmflow_transitions
+WHERE workflow_name = $1 AND instance_id = $2 AND seq = 0;
 
 -- name: open
 -- An instance's start, in one statement and one round trip: take its session advisory
@@ -64,7 +71,8 @@ VALUES ($1, $2, 0, $3, $4::json, 'running', $5, $6::uuid, $7::jsonb, $8, $9, $10
 -- flush of its own, and the instance's first transition, a synchronous commit, flushes it
 -- with its own row. A crash of the server before that leaves no instance; any other crash
 -- leaves a resumable start. Nothing is read or written unless the lock was taken; a seq 0
--- that exists by now (a start racing this one) is left alone: "started" says 0.
+-- that exists by now (a start racing this one) is left alone: "started" says 0. $11 is
+-- the W3C traceparent of the span that started it (NULL: none).
 WITH lock AS MATERIALIZED (SELECT pg_try_advisory_lock($1::int8) AS got),
 last AS MATERIALIZED (
     SELECT l.*,
@@ -79,9 +87,9 @@ last AS MATERIALIZED (
 started AS (
     INSERT INTO fsmflow_transitions
         (workflow_name, instance_id, seq, dest_state, context, status, fingerprint,
-         attempt_id, definition, state_version)
+         attempt_id, definition, state_version, trace_parent)
     SELECT $2::text, $3::text, 0, $4::text, $5::json, 'running', $6::text, $7::uuid,
-           $8::jsonb, $10::integer
+           $8::jsonb, $10::integer, $11::text
     FROM lock
     WHERE lock.got AND $9::boolean AND NOT EXISTS (SELECT FROM last)
       AND set_config('synchronous_commit', 'off', true) IS NOT NULL

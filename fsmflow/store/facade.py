@@ -172,9 +172,10 @@ class Store(OwnersFace, EventsFace, FleetFace, ErrorsFace):
         definition_json: str | None,
         forked_from: tuple[str, int] | None = None,
         state_version: int | None = None,
+        trace_parent: str | None = None,
     ) -> None:
         """Record seq 0 of a new instance; :class:`~fsmflow.errors.ConcurrentTransitionError`
-        if it exists."""
+        if it exists. ``trace_parent``: the traceparent of the span that started it."""
         await self._history.start(
             workflow,
             instance_id,
@@ -185,6 +186,7 @@ class Store(OwnersFace, EventsFace, FleetFace, ErrorsFace):
             definition_json=definition_json,
             forked_from=forked_from,
             state_version=state_version,
+            trace_parent=trace_parent,
         )
 
     async def append(
@@ -238,6 +240,10 @@ class Store(OwnersFace, EventsFace, FleetFace, ErrorsFace):
     async def record_at(self, workflow: str, instance_id: str, seq: int) -> TransitionRecord | None:
         """The row at ``seq`` of an instance, or None."""
         return await self._history.record_at(workflow, instance_id, seq)
+
+    async def trace_parent(self, workflow: str, instance_id: str) -> str | None:
+        """The W3C traceparent stored on the instance's seq-0 row (None: none)."""
+        return await self._history.trace_parent(workflow, instance_id)
 
     async def history(self, workflow: str, instance_id: str) -> list[TransitionRecord]:
         """Every row of an instance, in seq order (empty if it has none)."""

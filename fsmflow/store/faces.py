@@ -32,6 +32,7 @@ from fsmflow.store.fleet import Fleet, Key
 from fsmflow.store.history import History, Opened, StartRow
 from fsmflow.store.listening import Listener, Subscription
 from fsmflow.store.ownership import Owners, Ownership
+from fsmflow.telemetry import submitting
 
 T = TypeVar("T")
 
@@ -154,7 +155,14 @@ class FleetFace:
             workflow=definition.name,
         )
         summary = json.dumps(definition.summary())
-        return await self._fleet.submit(definition, summary, context_json, instance_id)
+        # The submission's span is the parent of the workers' runs (stored on seq 0).
+        redact = self.config.redact_errors
+        with submitting(definition.name, redact=redact) as start:
+            submitted = await self._fleet.submit(
+                definition, summary, context_json, instance_id, start.trace_parent
+            )
+            start.named(submitted)
+        return submitted
 
     async def list_workers(self) -> list[WorkerInfo]:
         """The live workers of this table's fleet, oldest first (``fsmflow workers``)."""

@@ -7,6 +7,7 @@ append is the fence). Rows are never updated.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -65,6 +66,11 @@ class StartRow:
     attempt_id: str
     definition_json: str | None
     state_version: int | None = None
+    trace_parent: str | None = None  # the W3C traceparent of the span that started it
+
+    def traced(self, trace_parent: str | None) -> StartRow:
+        """This row with ``trace_parent``."""
+        return dataclasses.replace(self, trace_parent=trace_parent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,15 +102,17 @@ class History:
         definition_json: str | None,
         forked_from: tuple[str, int] | None = None,
         state_version: int | None = None,
+        trace_parent: str | None = None,
     ) -> None:
         """Record seq 0 of a new instance; :class:`ConcurrentTransitionError` if it exists.
-        ``state_version``: the version of a typed workflow's state (None: untyped)."""
+        ``state_version``: the version of a typed workflow's state (None: untyped);
+        ``trace_parent``: the W3C traceparent of the span that started it (None: none)."""
         pool = await self.db.pool()
         query = self.db.queries["start"]
         fork_instance, fork_seq = forked_from or (None, None)
         args = (
             workflow, instance_id, state, context_json, fingerprint, attempt_id,
-            definition_json, fork_instance, fork_seq, state_version,
+            definition_json, fork_instance, fork_seq, state_version, trace_parent,
         )  # fmt: skip
         try:
             await pool.execute(query, *args)
@@ -177,9 +185,9 @@ class History:
         """The ``open`` query and its arguments after the lock key (see
         :meth:`~fsmflow.store.ownership.Ownership.try_lock`)."""
         args: tuple[Any, ...] = (workflow, instance_id) + (
-            (None, "{}", None, None, None, False, None) if start is None else (
+            (None, "{}", None, None, None, False, None, None) if start is None else (
                 start.state, start.context_json, start.fingerprint, start.attempt_id,
-                start.definition_json, True, start.state_version,
+                start.definition_json, True, start.state_version, start.trace_parent,
             )
         )  # fmt: skip
         return self.db.queries["open"], args
@@ -204,6 +212,11 @@ class History:
         """The row at ``seq`` of an instance, or None."""
         row = await self.db.fetchrow("record_at", workflow, instance_id, seq)
         return None if row is None else to_record(row)
+
+    async def trace_parent(self, workflow: str, instance_id: str) -> str | None:
+        """The traceparent the instance's seq-0 row stored (None: none, or no such row)."""
+        row = await self.db.fetchrow("trace_parent", workflow, instance_id)
+        return None if row is None else row["trace_parent"]
 
     async def history(self, workflow: str, instance_id: str) -> list[TransitionRecord]:
         """Every row of an instance, in seq order (empty if it has none).
