@@ -88,11 +88,13 @@ def transitions_of(summary: dict[str, Any]) -> list[tuple[str, str, str | None]]
 
 
 def traversals(records: Iterable[TransitionRecord]) -> Counter[tuple[str, str, str | None]]:
-    """How often the history took each ``(trigger, source, dest)`` (seq 0 is a start)."""
+    """How often the history took each ``(trigger, source, dest)`` (seq 0 is a start; a
+    completion by a state without transitions has no trigger; failed and cancelled rows
+    take no edge)."""
     return Counter(
         (r.trigger, r.source_state, r.dest_state)
         for r in records
-        if r.seq > 0 and r.trigger is not None and r.source_state is not None
+        if r.seq > 0 and r.source_state is not None and r.status not in ("failed", "cancelled")
     )
 
 
