@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from fsmflow.engine.resuming import (
     check_ended_well,
@@ -109,11 +109,12 @@ class Opening:
         return instance_id
 
     async def open(
-        self, instance_id: str, initial: Callable[[], str], *, given_context: bool,
-        wait: bool, lock_timeout: float | None,
+        self, instance_id: str, initial: Callable[[], str], given_context: bool,
+        options: Mapping[str, Any],
     ) -> tuple[Ownership, TransitionRecord]:  # fmt: skip
         """Own the instance and return its last row; a new instance is started (its seq 0
         with the context ``initial()`` returns) in the same round trip as the lock.
+        ``options``: the runner's ``wait`` and ``lock_timeout``.
 
         ``initial()`` is asked first; if it fails (a typed workflow's default state that
         does not validate), the instance is only looked up, and its error is raised only
@@ -130,6 +131,7 @@ class Opening:
             start, seed_error = None, exc
         if start is not None:  # the traceparent its seq 0 stores, if this run starts it
             start = start.traced(self._trace.started(instance_id))
+        wait, lock_timeout = bool(options["wait"]), options["lock_timeout"]
         owner, opened = await self._store.open_instance(
             definition.name, instance_id, start=start, wait=wait, lock_timeout=lock_timeout
         )

@@ -219,28 +219,27 @@ class PersistentWorkflowStateMachine:
         start_state, guarded = self.definition.initial_state, self._interrupts.guarded
         opening = self._opening
         self.instance_id = await guarded("wait", start_state, opening.choose(self.instance_id))
-        wait, lock_timeout = bool(self.options["wait"]), self.options["lock_timeout"]
-        opens = opening.open(self.instance_id, initial, given_context=given_context, wait=wait,
-                             lock_timeout=lock_timeout)  # fmt: skip
+        opens = opening.open(self.instance_id, initial, given_context, self.options)
         owner, record = await guarded("wait", start_state, opens)
-        owner.on_lost = self._lost
+        owner.on_lost, fast_release = self._lost, False
         try:
             if has_ended(record, retry_failed=self.retry_failed):
                 return self._finished(record)
             self._restore(record)
-            allow_change = self.allow_definition_change
-            state = await opening.check_resumable(record, allow_change=allow_change)
+            state = await opening.check_resumable(record, allow_change=self.allow_definition_change)
             self._collaborators(owner)
             self._machine.attach(self, state)
             try:
-                return await self._run_loop(suspend)
+                result = await self._run_loop(suspend)
             finally:
                 self._machine.detach(self)
+            # A completed run gives its lock back after returning (no round trip here); any
+            # other end returns with it free, for another process to act at once (a retry).
+            fast_release = result.completed
+            return result
         finally:
             self._recorder = self._attempts = self._turns = None
-            # A worker hands the instance on at once: the lock must be free when this
-            # returns. Otherwise the unlock runs on the lane afterwards (no round trip here).
-            await owner.release() if suspend else owner.release_soon()
+            owner.release_soon() if fast_release else await owner.release()
 
     def _lost(self) -> None:
         self.interrupt("lost")

@@ -150,6 +150,7 @@ class Store(OwnersFace, EventsFace, FleetFace, ErrorsFace):
         Refused with :class:`~fsmflow.errors.ResetRefusedError` while any session holds an
         instance's lock (a live runner would fail on its next append), unless ``force``;
         one transaction, the tables locked first."""
+        await self._owners.settle()  # this process's runs that just ended: locks given back
         await deleting.reset_table(self._parts, force=force)
 
     async def check_health(self, *, workers: bool = False) -> HealthReport:
@@ -317,6 +318,7 @@ class Store(OwnersFace, EventsFace, FleetFace, ErrorsFace):
     ) -> PruneResult:
         """Delete every row of ended instances last updated before ``older_than`` ago (by
         the server's clock); instances a runner holds are skipped. Irreversible."""
+        await self._owners.settle()
         return await deleting.prune_instances(
             self._parts,
             older_than,

@@ -346,6 +346,11 @@ async def retry_instance(parts: Parts, workflow: str, instance_id: str) -> Trans
     Refused while a runner owns the instance, and for an instance that did not fail.
     Returns the appended row.
     """
+    # Completed and cancelled are final: refused without the lock (a run that has just
+    # completed may still be giving its lock back).
+    last = await _existing(parts, workflow, instance_id, "retry")
+    if last.status in ("completed", "cancelled"):
+        raise InstanceStateError(workflow, instance_id, _not_retryable(last))
     async with _owned(parts, workflow, instance_id, "retry") as owner:
         last = await _existing(parts, workflow, instance_id, "retry")
         if last.status != "failed":

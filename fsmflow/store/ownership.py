@@ -394,6 +394,13 @@ class Owners:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
+    async def settle(self) -> None:
+        """Wait for the releases in flight of this process's runs that just ended (what
+        reset and prune judge by the server's lock table)."""
+        pending = [o.releasing for o in self._owners.values() if o.releasing is not None]
+        if pending:
+            await asyncio.wait(pending)
+
     async def _released(self, workflow: str, instance_id: str) -> None:
         """Wait for this process's own release of the instance, if one is in flight (a run
         that just ended gave its lock back without waiting)."""

@@ -87,7 +87,9 @@ def transitions_of(summary: dict[str, Any]) -> list[tuple[str, str, str | None]]
     return found
 
 
-def traversals(records: Iterable[TransitionRecord]) -> Counter[tuple[str, str, str | None]]:
+def traversals(
+    records: Iterable[TransitionRecord],
+) -> Counter[tuple[str | None, str, str | None]]:
     """How often the history took each ``(trigger, source, dest)`` (seq 0 is a start; a
     completion by a state without transitions has no trigger; failed and cancelled rows
     take no edge)."""
@@ -174,7 +176,7 @@ def _edges(
     arrows: Sequence[tuple[str, str, str | None]],
     nodes: dict[str, Node],
     rows: dict[str, int],
-    counts: Counter[tuple[str, str, str | None]],
+    counts: Counter[tuple[str | None, str, str | None]],
     states: Sequence[str],
     outgoing: set[str],
 ) -> list[Edge]:
