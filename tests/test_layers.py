@@ -5,6 +5,7 @@ hidden there is still a cycle in the call graph. The layers, lowest first::
 
     errors                      one exception hierarchy
     model, sql                  definitions, contexts, records; the SQL text
+    telemetry                   OpenTelemetry spans and metrics (the store and engine call it)
     store                       the only code that talks to PostgreSQL
     dsn, settings               configuration (DBConfig builds the Store)
     engine                      the runner, the machine, attempts, shutdown
@@ -27,6 +28,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "fsmflow"
 LAYERS = [
     ["fsmflow.errors"],
     ["fsmflow.model", "fsmflow.sql"],
+    ["fsmflow.telemetry"],
     ["fsmflow.store"],
     ["fsmflow.dsn", "fsmflow.settings"],
     ["fsmflow.engine"],

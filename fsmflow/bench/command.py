@@ -16,10 +16,8 @@ import logging
 import os
 import secrets
 import signal
-import statistics
 import sys
 import threading
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -28,24 +26,14 @@ import asyncpg
 
 from fsmflow import sql
 from fsmflow.bench.checks import lock_capacity, memory_check, resume_check
-from fsmflow.bench.counting import Monitor, StatementLog, account_mode, counting_config
+from fsmflow.bench.counting import Monitor
 from fsmflow.bench.fleet import FleetOptions, fleet_check
-from fsmflow.bench.measure import (
-    Run,
-    baseline_insert,
-    baseline_pool,
-    copy_config,
-    linear_definition,
-    percentile,
-    run_baseline,
-    run_fsmflow,
-    sample_context,
-    trivial_steps,
-)
+from fsmflow.bench.measure import copy_config, sample_context
+from fsmflow.bench.otel import OtelOptions, format_otel, otel_check
 from fsmflow.bench.report import evaluate_targets, format_report
+from fsmflow.bench.throughput import throughput
 from fsmflow.bench.waits import wait_check
 from fsmflow.errors import WorkflowInterruptedError
-from fsmflow.model.context import encode_context
 from fsmflow.settings import DBConfig, parse_table_name
 
 logger = logging.getLogger("fsmflow.bench")
@@ -81,6 +69,7 @@ class BenchOptions:
     claim_queued: int = 10_000
     claim_history_rows: int = 1_000_000
     info_logs: bool = False
+    otel: bool = False  # --otel: the cost of OpenTelemetry (fsmflow.bench.otel)
 
     def fleet(self) -> FleetOptions:
         """The options of the ``--workers`` measurements."""
@@ -126,13 +115,16 @@ async def run_bench_command(args: argparse.Namespace, config: DBConfig) -> int:
         claim_queued=args.claim_queued,
         claim_history_rows=args.claim_history_rows,
         info_logs=args.info_logs,
+        otel=args.otel,
     )
     try:
         report = await run_bench(config, options)
     except BenchStopped as exc:
         print(f"fsmflow: bench {exc}", file=sys.stderr)
         return exc.exit_code
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    print(
+        json.dumps(report, indent=2) if args.json else format_report(report) + format_otel(report)
+    )
     return 0
 
 
@@ -228,9 +220,14 @@ def _cancel_on_sigterm() -> Iterator[list[bool]]:
 @contextlib.contextmanager
 def _runner_logs(info: bool) -> Iterator[None]:
     """fsmflow logs every transition at INFO: keep those lines off stderr while the bench
-    runs (its own progress lines stay). ``info``: format them into /dev/null instead."""
+    runs (its own progress lines stay). ``info``: format them into /dev/null instead.
+    ``transitions`` logs every transition of the hand-rolled loop at INFO: kept at WARNING,
+    as a program that never configured logging has it (else the loop pays for lines
+    fsmflow's runs do not)."""
     runner = logging.getLogger("fsmflow")
-    saved = runner.level, runner.propagate, logger.level, logger.propagate
+    library = logging.getLogger("transitions")
+    saved = runner.level, runner.propagate, logger.level, logger.propagate, library.level
+    library.setLevel(logging.WARNING)
     logger.setLevel(logger.getEffectiveLevel())
     progress = logging.getLogger().handlers  # the bench's own lines still reach them
     with open(os.devnull, "w", encoding="utf-8") as null:
@@ -251,6 +248,7 @@ def _runner_logs(info: bool) -> Iterator[None]:
             runner.setLevel(saved[0])
             runner.propagate, logger.propagate = saved[1], saved[3]
             logger.setLevel(saved[2])
+            library.setLevel(saved[4])
 
 
 async def run_bench(config: DBConfig, options: BenchOptions) -> dict[str, Any]:
@@ -284,7 +282,8 @@ async def _run_bench(config: DBConfig, options: BenchOptions) -> dict[str, Any]:
             "options": options.__dict__,
         }
         if options.throughput:
-            report["throughput"] = await _throughput(scratch, monitor, kwargs, options)
+            table = await scratch.table("")
+            report["throughput"] = await throughput(table, monitor, kwargs, options)
         if options.resume_check:
             resume_config = await scratch.table("_resume")
             report["resume"] = await resume_check(resume_config, kwargs, rows=options.resume_rows)
@@ -303,6 +302,11 @@ async def _run_bench(config: DBConfig, options: BenchOptions) -> dict[str, Any]:
             )
         if options.workers:
             report["workers"] = await fleet_check(scratch.table, kwargs, options.fleet())
+        if options.otel:
+            workload = (options.steps, options.instances, options.concurrency, options.rounds)
+            report["otel"] = await otel_check(
+                scratch.table, OtelOptions(*workload, options.context_bytes)
+            )
     finally:
         with contextlib.suppress(Exception):
             await monitor.conn.close()
@@ -327,128 +331,3 @@ async def _memory(scratch: Scratch, kwargs: dict[str, Any], options: BenchOption
         context=sample_context(options.context_bytes),
         trace=options.tracemalloc,
     )
-
-
-def _summary(runs: list[Run]) -> dict[str, Any]:
-    rates = [r.rate for r in runs]
-    latencies = [x for r in runs for x in r.latencies]
-    starts = [x for r in runs for x in r.starts]
-    out = {
-        "transitions_per_run": runs[0].transitions,
-        "rate_median": statistics.median(rates),
-        "rate_min": min(rates),
-        "rate_max": max(rates),
-        "rates": rates,
-        "client_cpu_us": sum(r.cpu_seconds for r in runs) / sum(r.transitions for r in runs) * 1e6,
-        "latency_p50_ms": percentile(latencies, 0.5) * 1000,
-        "latency_p99_ms": percentile(latencies, 0.99) * 1000,
-    }
-    if starts:
-        out["instance_start_p50_ms"] = percentile(starts, 0.5) * 1000
-    return out
-
-
-async def _throughput(
-    scratch: Scratch, monitor: Monitor, kwargs: dict[str, Any], options: BenchOptions
-) -> dict[str, Any]:
-    config = await scratch.table("")
-    modes = {"sequential": 1, "concurrent": options.concurrency}
-    sessions = StatementLog(count=False)  # only notes the timed runs' backend pids
-    try:
-        runs = await _timed_rounds(config, sessions, kwargs, options, modes)
-    finally:
-        await monitor.wait_gone(sessions.pids)  # their statistics are flushed now
-    logger.info("accounting passes (statements and transactions per transition)")
-    result: dict[str, Any] = {}
-    for mode, concurrency in modes.items():
-        pairs = zip(runs[(mode, "f")], runs[(mode, "b")], strict=True)
-        ratios = [f.rate / b.rate for f, b in pairs]
-        result[mode] = {
-            "concurrency": concurrency,
-            "baseline": _summary(runs[(mode, "b")]),
-            "fsmflow": _summary(runs[(mode, "f")]),
-            "ratio_median": statistics.median(ratios),
-            "ratio_min": min(ratios),
-            "ratio_max": max(ratios),
-            "accounting": await account_mode(
-                monitor,
-                config,
-                kwargs,
-                steps=options.steps,
-                instances=options.instances,
-                concurrency=concurrency,
-                context_bytes=options.context_bytes,
-            ),
-        }
-    return result
-
-
-async def _timed_rounds(
-    config: DBConfig,
-    sessions: StatementLog,
-    kwargs: dict[str, Any],
-    options: BenchOptions,
-    modes: dict[str, int],
-) -> dict[tuple[str, str], list[Run]]:
-    """Baseline ("b") and fsmflow ("f") runs of each mode, interleaved over the rounds."""
-    target = counting_config(config, sessions)
-    definition = linear_definition("bench", options.steps)
-    steps = trivial_steps(definition)
-    context = sample_context(options.context_bytes)
-    context_json = encode_context(context)
-    query = baseline_insert(config)
-    plain = {**kwargs, "connection_class": sessions.connection_class()}
-    conn = await asyncpg.connect(**plain)
-    pool = await baseline_pool(plain, config.pool_size)
-    runs: dict[tuple[str, str], list[Run]] = {(m, k): [] for m in modes for k in ("b", "f")}
-
-    async def one(mode: str, kind: str, round_: int, scale: float = 1.0) -> Run:
-        concurrency = modes[mode]
-        prefix = f"{mode[0]}{round_}-{uuid.uuid4().hex[:6]}"
-        if kind == "f":
-            instances = max(1, int(options.instances * scale))
-            return await run_fsmflow(
-                target,
-                definition,
-                steps,
-                instances=instances,
-                concurrency=concurrency,
-                context=context,
-                prefix=prefix,
-            )
-        execute = conn.execute if concurrency == 1 else pool.execute
-        return await run_baseline(
-            execute,
-            query,
-            rows=max(1, int(options.instances * options.steps * scale)),
-            steps=options.steps,
-            concurrency=concurrency,
-            context_json=context_json,
-            fingerprint=definition.fingerprint,
-            prefix=prefix,
-        )
-
-    try:
-        logger.info("warming up (prepared statements, connections)")
-        for mode in modes:
-            for kind in ("b", "f"):
-                await one(mode, kind, -1, scale=0.2)
-        for round_ in range(options.rounds):
-            for mode in modes:
-                for kind in ("b", "f") if round_ % 2 == 0 else ("f", "b"):
-                    run = await one(mode, kind, round_)
-                    runs[(mode, kind)].append(run)
-                    what = "fsmflow" if kind == "f" else "baseline"
-                    logger.info(
-                        "round %d/%d %s %s: %.0f transitions/s",
-                        round_ + 1,
-                        options.rounds,
-                        mode,
-                        what,
-                        run.rate,
-                    )
-    finally:
-        await conn.close()
-        await pool.close()
-        await target.close()
-    return runs

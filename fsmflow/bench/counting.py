@@ -1,43 +1,41 @@
 """Counting what ``fsmflow bench`` runs cost on the server: statements and transactions.
 
-Timed runs carry no instrumentation. Separate *accounting passes* open fresh connections
-whose class counts every statement the client sends (asyncpg's query logger), close them
-(so the server flushes their statistics) and read the server's counters before and after:
-``pg_stat_statements`` (when the extension is loaded: statements), ``pg_stat_database``
-(``xact_commit``: committed transactions) and the next transaction id (transactions that
-wrote, server-wide). Counts are differences between passes, so fixed costs (connecting,
-the schema check) cancel out: ``(pass(2K instances) - pass(K)) / (K*N)`` is the cost per
-transition including starting and finishing instances; ``(pass(K, 2N steps) - pass(K, N))
-/ (K*N)`` is the steady-state cost of one more step.
+Timed runs carry no instrumentation. Separate *accounting passes*
+(:mod:`fsmflow.bench.accounting`, :mod:`fsmflow.bench.start`) open fresh connections whose
+class counts every statement the client sends, close them (so the server flushes their
+statistics) and read the server's counters before and after: ``pg_stat_statements``
+(when the extension is loaded: statements), ``pg_stat_database`` (``xact_commit``:
+committed transactions), the next transaction id (transactions that wrote, server-wide)
+and the WAL flushes the counted sessions waited for: on PostgreSQL 18+ each counted
+connection reads its own backend's ``pg_stat_get_backend_io`` WAL fsyncs as it closes
+(exact, whatever else runs on the server; those two probe statements are left out of
+every count); on 14-17 ``pg_stat_wal.wal_sync``, which counts every process's.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
-import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import asyncpg
+from asyncpg.prepared_stmt import PreparedStatement
 
-from fsmflow.bench.measure import (
-    baseline_insert,
-    baseline_pool,
-    linear_definition,
-    run_baseline,
-    run_fsmflow,
-    sample_context,
-    trivial_steps,
-)
-from fsmflow.model.context import encode_context
 from fsmflow.settings import DBConfig
 
 # -- counting ------------------------------------------------------------------------------
 
+T = TypeVar("T")
+_FORCE_FLUSH: Final = "SELECT pg_stat_force_next_flush()"
+_OWN_WAL_FSYNCS: Final = (
+    "SELECT coalesce(sum(fsyncs), 0)::bigint FROM pg_stat_get_backend_io(pg_backend_pid()) "
+    "WHERE object = 'wal'"
+)
 _SPACES: Final = re.compile(r"\s+")
 _TABLE_NAME: Final = re.compile(r'"[a-z0-9_]+"(\."[a-z0-9_]+")?')
 
@@ -49,27 +47,109 @@ def statement_label(query: str) -> str:
 
 
 class StatementLog:
-    """Every statement sent on connections of :meth:`connection_class`, by label."""
+    """Every statement sent on connections of :meth:`connection_class`, by label.
+
+    Counted when the client *sends* it (not when it answers): ``sent`` and ``in_flight``
+    are exact at any moment, so a window (an instance's start) can be cut at a listener
+    call. Covers ``execute``/``fetch*`` (with or without arguments), ``executemany`` and
+    statements from ``Connection.prepare()``; not cursors or COPY, which fsmflow does not
+    use on its hot paths.
+    """
 
     def __init__(self, *, count: bool = True) -> None:
         self.counts: Counter[str] = Counter()
         self.pids: set[int] = set()
         self.count = count  # False: only note the backend pids (no per-query overhead)
+        self.sent = 0
+        self.answered = 0
+        self.session_flushes = False  # read each session's WAL fsyncs as it closes (PG 18+)
+        self.wal_flushes = 0
+        self.probes = 0  # statements of those reads (uncounted, but the server sees them)
 
-    def record(self, entry: Any) -> None:
-        """asyncpg query-logger callback."""
-        self.counts[statement_label(entry.query)] += 1
+    @property
+    def in_flight(self) -> int:
+        """Statements sent and not answered yet."""
+        return self.sent - self.answered
+
+    def record(self, query: str) -> None:
+        """Note one statement being sent."""
+        self.sent += 1
+        self.counts[statement_label(query)] += 1
+
+    async def quiet(self, settle: float = 0.02) -> None:
+        """Wait until nothing is in flight and nothing new was sent for ``settle`` s (so a
+        release sent after ``run_workflow`` returned is not taken for the next start)."""
+        while True:
+            mark = self.sent
+            await asyncio.sleep(settle)
+            if self.in_flight == 0 and self.sent == mark:
+                return
 
     def connection_class(self) -> type[asyncpg.Connection]:
         """An asyncpg connection class that reports to this log."""
         log = self
 
+        async def sent(query: str, call: Awaitable[T]) -> T:
+            log.record(query)
+            try:
+                return await call
+            finally:
+                log.answered += 1
+
+        class CountingStatement(PreparedStatement):
+            __slots__ = ()
+
+            # PreparedStatement's one private door to the protocol (name-mangled).
+            async def _PreparedStatement__do_execute(self, executor: Any) -> Any:
+                parent = super()._PreparedStatement__do_execute  # type: ignore[misc]
+                return await sent(self.get_query(), parent(executor))
+
         class CountingConnection(asyncpg.Connection):
             def __init__(self, *args: Any, **kwargs: Any) -> None:
                 super().__init__(*args, **kwargs)
                 log.pids.add(self.get_server_pid())
+                self.probing = False
+
+            async def close(self, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+                if log.session_flushes and not self.is_closed():
+                    with contextlib.suppress(Exception):  # a broken session just closes
+                        # Read first, then add: pools close their connections together,
+                        # and ``+= await`` would add to a total read before the await.
+                        flushes = await self._own_wal_flushes()
+                        log.wal_flushes += flushes
+                await super().close(timeout=timeout)
+
+            async def _own_wal_flushes(self) -> int:
+                self.probing = True
+                log.probes += 2
+                # The flush happens before the server answers: the next read sees it.
+                await asyncpg.Connection.execute(self, _FORCE_FLUSH)
+                return int(await asyncpg.Connection.fetchval(self, _OWN_WAL_FSYNCS))
+
+            # asyncpg's own signature (its timeout argument included), overridden.
+            async def execute(
+                self,
+                query: str,
+                *args: Any,
+                timeout: float | None = None,  # noqa: ASYNC109
+            ) -> str:
+                if args or not log.count or self.probing:  # with arguments: via _execute
+                    return await super().execute(query, *args, timeout=timeout)
+                return await sent(query, super().execute(query, timeout=timeout))
+
+            async def _execute(self, query: str, args: Any, *rest: Any, **kwargs: Any) -> Any:
+                call = super()._execute(query, args, *rest, **kwargs)  # type: ignore[misc]
+                return await (sent(query, call) if log.count and not self.probing else call)
+
+            async def _executemany(self, query: str, args: Any, *rest: Any, **kwargs: Any) -> Any:
+                call = super()._executemany(query, args, *rest, **kwargs)  # type: ignore[misc]
+                return await (sent(query, call) if log.count else call)
+
+            async def _prepare(self, query: str, **kwargs: Any) -> Any:
+                statement = await super()._prepare(query, **kwargs)  # type: ignore[misc]
                 if log.count:
-                    self.add_query_logger(log.record)
+                    statement.__class__ = CountingStatement
+                return statement
 
         return CountingConnection
 
@@ -98,6 +178,7 @@ class Snapshot:
     next_xid: int
     monitor_statements: int
     calls: dict[tuple[Any, ...], int] | None  # pg_stat_statements, None when unavailable
+    wal_flushes: int | None  # see Monitor.flush_source; None when not measurable
 
 
 class Monitor:
@@ -108,6 +189,8 @@ class Monitor:
         self.statements = 0
         self.has_statements_view = False
         self.can_force_flush = False
+        self.flush_source: str | None = None  # where WAL flushes are read, if anywhere
+        self.flush_note = ""  # why they are not measurable, or what the source counts
         self._own: set[tuple[Any, ...]] = set()
 
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
@@ -120,11 +203,14 @@ class Monitor:
             "SELECT current_setting('server_version') AS version, "
             "current_setting('synchronous_commit') AS synchronous_commit, "
             "current_setting('fsync') AS fsync, "
-            "current_setting('server_version_num')::int >= 150000 AS flushable, "
+            "current_setting('server_version_num')::int AS version_num, "
+            "current_setting('wal_sync_method') AS wal_sync_method, "
             "EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_stat_statements') AS pss"
         )
         facts = dict(rows[0])
-        self.can_force_flush = bool(facts.pop("flushable"))
+        version = int(facts.pop("version_num"))
+        self.can_force_flush = version >= 150000
+        self._choose_flush_source(version, facts["fsync"], facts["wal_sync_method"])
         if facts.pop("pss"):
             try:
                 await self._fetch("SELECT count(*) FROM pg_stat_statements")
@@ -140,6 +226,20 @@ class Monitor:
         if first.calls is not None and second.calls is not None:
             self._own = {k for k, n in second.calls.items() if n != first.calls.get(k, 0)}
         return facts
+
+    def _choose_flush_source(self, version: int, fsync: str, method: str) -> None:
+        if fsync != "on":
+            self.flush_note = "not measurable: fsync is off (no commit waits for a flush)"
+        elif method.startswith("open_"):
+            self.flush_note = f"not measurable: wal_sync_method={method} syncs inside writes"
+        elif version >= 180000:
+            self.flush_source = "pg_stat_get_backend_io"
+            self.flush_note = "WAL fsyncs of the counted sessions, pg_stat_get_backend_io"
+        elif version >= 140000:
+            self.flush_source = "pg_stat_wal"
+            self.flush_note = "pg_stat_wal.wal_sync: every process's WAL syncs (walwriter too)"
+        else:
+            self.flush_note = "not measurable: PostgreSQL before 14 does not count WAL syncs"
 
     async def snapshot(self) -> Snapshot:
         """Read the counters (flushing this session's own statistics first)."""
@@ -163,7 +263,24 @@ class Monitor:
                 for r in found
                 if (key := (r["userid"], r["queryid"], r["toplevel"])) not in self._own
             }
-        return Snapshot(row["xact_commit"], row["xid"], mark, calls)
+        return Snapshot(row["xact_commit"], row["xid"], mark, calls, await self._wal_flushes())
+
+    async def _wal_flushes(self) -> int | None:
+        """Server-wide WAL syncs (14-17); None where the sessions count their own or where
+        nothing is measurable."""
+        if self.flush_source != "pg_stat_wal":
+            return None
+        return int((await self._fetch("SELECT wal_sync FROM pg_stat_wal"))[0][0])
+
+    async def row_transactions(self, rows: Rows) -> int:
+        """How many transactions wrote those rows (each row's ``xmin``)."""
+        found = await self._fetch(
+            f"SELECT count(DISTINCT xmin::text) AS n FROM {rows.table} "
+            "WHERE workflow_name = $1 AND instance_id LIKE $2",
+            rows.workflow,
+            rows.prefix + "-%",
+        )
+        return int(found[0]["n"])
 
     async def wait_gone(self, pids: set[int]) -> None:
         """Wait (up to 10 s) until those backends have exited: their statistics are flushed."""
@@ -186,126 +303,60 @@ class Counts:
     xacts: int
     write_xacts: int
     server_statements: int | None
+    wal_flushes: int | None = None
+    row_xacts: int = 0  # distinct transactions that wrote the pass's history rows
 
     def __sub__(self, other: Counts) -> Counts:
-        server = None
-        if self.server_statements is not None and other.server_statements is not None:
-            server = self.server_statements - other.server_statements
         client = Counter(self.client)
         client.subtract(other.client)
         return Counts(
-            client, self.xacts - other.xacts, self.write_xacts - other.write_xacts, server
+            client,
+            self.xacts - other.xacts,
+            self.write_xacts - other.write_xacts,
+            _minus(self.server_statements, other.server_statements),
+            _minus(self.wal_flushes, other.wal_flushes),
+            self.row_xacts - other.row_xacts,
         )
 
 
+def _minus(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else a - b
+
+
+@dataclass(frozen=True)
+class Rows:
+    """Where a pass writes: history rows of ``workflow`` whose instance ids start with
+    ``prefix-`` in ``table`` (quoted)."""
+
+    table: str
+    workflow: str
+    prefix: str
+
+
 async def accounting_pass(
-    monitor: Monitor, log: StatementLog, work: Callable[[], Awaitable[None]]
+    monitor: Monitor, log: StatementLog, work: Callable[[], Awaitable[None]], rows: Rows
 ) -> Counts:
-    """Run ``work`` (which opens and closes its own counted connections) between snapshots."""
+    """Run ``work`` (which opens and closes its own counted connections) between snapshots;
+    ``rows``: where it writes (their distinct ``xmin`` are its write transactions, exact
+    whatever else runs on the server)."""
+    log.session_flushes = monitor.flush_source == "pg_stat_get_backend_io"
     before = await monitor.snapshot()
     await work()
-    await asyncio.sleep(0)  # query-logger callbacks run via call_soon
     await monitor.wait_gone(log.pids)
     after = await monitor.snapshot()
     server = None
     if before.calls is not None and after.calls is not None:
-        server = sum(n - before.calls.get(key, 0) for key, n in after.calls.items())
+        server = sum(n - before.calls.get(key, 0) for key, n in after.calls.items()) - log.probes
     return Counts(
         client=log.counts,
         xacts=after.xact_commit
         - before.xact_commit
-        - (after.monitor_statements - before.monitor_statements),
+        - (after.monitor_statements - before.monitor_statements)
+        - log.probes,
         write_xacts=after.next_xid - before.next_xid,
         server_statements=server,
+        wal_flushes=log.wal_flushes
+        if log.session_flushes
+        else _minus(after.wal_flushes, before.wal_flushes),
+        row_xacts=await monitor.row_transactions(rows),
     )
-
-
-async def account_mode(
-    monitor: Monitor,
-    config: DBConfig,
-    kwargs: dict[str, Any],
-    *,
-    steps: int,
-    instances: int,
-    concurrency: int,
-    context_bytes: int,
-) -> dict[str, Any]:
-    """Statements and transactions per row (baseline) and per transition (fsmflow)."""
-    n = steps
-    k = concurrency if concurrency > 1 else min(instances, 10)
-    context = sample_context(context_bytes)
-
-    async def fsmflow(instances: int, steps: int) -> Counts:
-        log = StatementLog()
-        counted = counting_config(config, log)
-        definition = linear_definition(f"bench_acct_{steps}", steps)
-
-        async def work() -> None:
-            try:
-                await run_fsmflow(
-                    counted,
-                    definition,
-                    trivial_steps(definition),
-                    instances=instances,
-                    concurrency=concurrency,
-                    context=context,
-                    prefix=uuid.uuid4().hex,
-                )
-            finally:
-                await counted.close()
-
-        return await accounting_pass(monitor, log, work)
-
-    async def baseline(rows: int) -> Counts:
-        log = StatementLog()
-        counted = {**kwargs, "connection_class": log.connection_class()}
-        pool = await baseline_pool(counted, config.pool_size if concurrency > 1 else 1)
-
-        async def work() -> None:
-            try:
-                await run_baseline(
-                    pool.execute,
-                    baseline_insert(config),
-                    rows=rows,
-                    steps=n,
-                    concurrency=concurrency,
-                    context_json=encode_context(context),
-                    fingerprint="bench",
-                    prefix=uuid.uuid4().hex,
-                )
-            finally:
-                await pool.close()
-
-        return await accounting_pass(monitor, log, work)
-
-    one = await fsmflow(k, n)
-    transitions = k * n
-    return {
-        "source": "pg_stat_statements" if monitor.has_statements_view else "client",
-        "baseline_per_row": _per(
-            await baseline(2 * transitions) - await baseline(transitions), transitions
-        ),
-        "fsmflow_per_transition": _per(await fsmflow(2 * k, n) - one, transitions, per=k),
-        "fsmflow_per_step_steady": _per(await fsmflow(k, 2 * n) - one, transitions),
-    }
-
-
-def _per(counts: Counts, transitions: int, per: int | None = None) -> dict[str, Any]:
-    client = sum(counts.client.values())
-    out: dict[str, Any] = {
-        "statements_client": client / transitions,
-        "statements_server": None
-        if counts.server_statements is None
-        else counts.server_statements / transitions,
-        "transactions": counts.xacts / transitions,
-        "write_transactions": counts.write_xacts / transitions,
-    }
-    out["statements"] = (
-        out["statements_client"] if out["statements_server"] is None else out["statements_server"]
-    )
-    divisor = per or transitions
-    out["breakdown"] = {
-        label: round(n / divisor, 3) for label, n in counts.client.most_common() if n > 0
-    }
-    out["breakdown_per"] = "instance" if per else "transition"
-    return out

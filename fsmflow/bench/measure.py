@@ -1,7 +1,8 @@
 """What ``fsmflow bench`` times: the workloads and the timed runs.
 
-Two kinds of run share one row shape and one scratch table: the *baseline* (raw asyncpg
-single-row INSERTs, autocommit, nothing else) and *fsmflow* (real
+Three kinds of run share one row shape and one scratch table: the *baseline* (raw asyncpg
+single-row INSERTs, autocommit, nothing else), the *hand-rolled* loop
+(:mod:`fsmflow.bench.handrolled`) and *fsmflow* (real
 :class:`~fsmflow.runner.PersistentWorkflowStateMachine` instances of a linear workflow
 whose steps do nothing but note the time). A run is sequential (``concurrency=1``) or
 keeps ``concurrency`` instances (or INSERT tasks) in flight.
@@ -15,24 +16,27 @@ import itertools
 import resource
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import asyncpg
 
 from fsmflow import sql
-from fsmflow.engine.runner import PersistentWorkflowStateMachine
+from fsmflow.engine.runner import Listener, PersistentWorkflowStateMachine
 from fsmflow.model.context import WorkflowContext, compact_json
 from fsmflow.model.definition import Transition, WorkflowDefinition, WorkflowStep
 from fsmflow.settings import DBConfig
 from fsmflow.store.database import no_reset
 
 BASELINE_WORKFLOW: Final = "bench_baseline"
+# The baselines' connections when concurrent (issue 13's table: "pool of 10"); sequential
+# runs use one connection.
+BASELINE_CONNECTIONS: Final = 10
 _BASELINE_INSERT: Final = (
     "INSERT INTO fsmflow_transitions (workflow_name, instance_id, seq, trigger, source_state, "
     "dest_state, context, status, fingerprint, attempt_id, duration_ms, error) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, $10::uuid, $11, $12)"
+    "VALUES ($1, $2, $3, $4, $5, $6, $7::json, $8, $9, $10::uuid, $11, $12)"
 )
 # Each trivial step notes when it started; the runner's task carries the list.
 _STAMPS: contextvars.ContextVar[list[float]] = contextvars.ContextVar("fsmflow_bench_stamps")
@@ -116,9 +120,10 @@ def _cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def _in_parallel(
+async def in_parallel(
     concurrency: int, worker: Callable[[], Coroutine[Any, Any, None]]
 ) -> tuple[float, float]:
+    """Run ``concurrency`` copies of ``worker`` together: (wall seconds, client CPU seconds)."""
     began, cpu = time.perf_counter(), _cpu_seconds()
     try:
         async with asyncio.TaskGroup() as group:
@@ -138,8 +143,10 @@ async def run_fsmflow(
     concurrency: int,
     context: dict[str, Any],
     prefix: str,
+    listeners: Sequence[Listener] = (),
 ) -> Run:
-    """Run ``instances`` fresh instances to completion, ``concurrency`` at a time.
+    """Run ``instances`` fresh instances to completion, ``concurrency`` at a time
+    (``listeners``: given to every runner).
 
     A transition's latency runs from the start of its step to the start of the next one
     (the last: to ``run_workflow`` returning), so it covers the step, encoding, choosing
@@ -155,14 +162,14 @@ async def run_fsmflow(
             _STAMPS.set(stamps)
             began = time.perf_counter()
             runner = PersistentWorkflowStateMachine(
-                target, definition, steps=steps, instance_id=f"{prefix}-{i}"
+                target, definition, steps=steps, instance_id=f"{prefix}-{i}", listeners=listeners
             )
             await runner.run_workflow(context)
             stamps.append(time.perf_counter())
             starts.append(stamps[0] - began)
             latencies.extend(b - a for a, b in itertools.pairwise(stamps))
 
-    seconds, cpu = await _in_parallel(min(concurrency, instances), worker)
+    seconds, cpu = await in_parallel(min(concurrency, instances), worker)
     return Run(instances * len(definition.steps), seconds, cpu, latencies, starts)
 
 
@@ -202,11 +209,13 @@ async def run_baseline(
             )
             latencies.append(time.perf_counter() - began)
 
-    seconds, cpu = await _in_parallel(min(concurrency, rows), worker)
+    seconds, cpu = await in_parallel(min(concurrency, rows), worker)
     return Run(rows, seconds, cpu, latencies)
 
 
-async def baseline_pool(connect_kwargs: dict[str, Any], size: int) -> asyncpg.Pool:
+async def baseline_pool(
+    connect_kwargs: dict[str, Any], size: int = BASELINE_CONNECTIONS
+) -> asyncpg.Pool:
     """A pool like fsmflow's (``size`` connections, no reset on release), all opened."""
     pool = await asyncpg.create_pool(min_size=size, max_size=size, reset=no_reset, **connect_kwargs)
     assert pool is not None

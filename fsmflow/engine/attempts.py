@@ -100,13 +100,17 @@ class Attempts:
                 await guarded("wait", state, self.regain_ownership())
             # Each attempt gets a fresh copy of the stored context: exactly what a
             # resumed process would see, whatever an earlier attempt mutated.
-            context = WorkflowContext(data=decode_context(self._recording.context_json))
+            # (decoded JSON is valid data: no need for pydantic to check and copy it again)
+            context = WorkflowContext.model_construct(
+                data=decode_context(self._recording.context_json)
+            )
             call = StepCall(step.execute, context)
             seq_before = self._recording.seq
             info = StepInfo(
                 self._instance.workflow_name, self._instance.instance_id, state, seq_before, attempt
             )
-            with running_step(info):  # what fsmflow.step_info() returns inside the step
+            # step_info() inside the step; the attempt's span is the current span
+            with running_step(info), self._instance.trace.attempt(state, seq_before, attempt):
                 outcome = await self._attempt(call, policy, state)
             if outcome is _LOST:
                 await guarded("wait", state, self._after_lost(state, call))
@@ -122,6 +126,7 @@ class Attempts:
                 await self._recording.fail(moved_to, attempt, exc, raised_in=state)
             if attempt >= policy.max_attempts or not should_retry(exc, policy):
                 await self._recording.fail(state, attempt, exc)
+            self._instance.trace.retrying(exc)
             # Outside the except block that caught the failure: a cancellation during
             # the pause must reach the handlers above, not escape from a handler.
             await guarded("wait", state, self._pause(call, state, attempt, policy, exc))

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from fsmflow.engine.resuming import (
     check_ended_well,
@@ -21,8 +21,12 @@ from fsmflow.engine.resuming import (
     started_record,
     state_version,
 )
+from fsmflow.errors import ConcurrentTransitionError
 from fsmflow.model.definition import WorkflowDefinition
 from fsmflow.model.records import SUBMIT_TRIGGER, TransitionRecord
+from fsmflow.store.history import Opened, StartRow
+from fsmflow.store.ownership import Ownership
+from fsmflow.telemetry import NO_TRACE, RunTrace, run_trace
 
 logger = logging.getLogger("fsmflow")
 
@@ -50,14 +54,30 @@ class Openings(Protocol):
         attempt_id: str,
         definition_json: str | None,
         state_version: int | None = None,
+        trace_parent: str | None = None,
     ) -> None:
-        """Record seq 0 of a new instance."""
+        """Record seq 0 of a new instance (synchronously committed)."""
+
+    async def open_instance(
+        self,
+        workflow: str,
+        instance_id: str,
+        *,
+        start: StartRow | None,
+        wait: bool = False,
+        lock_timeout: float | None = None,
+    ) -> tuple[Ownership, Opened]:
+        """Own the instance, read its last row and start it with ``start`` if it has none,
+        in one round trip."""
+
+    async def trace_parent(self, workflow: str, instance_id: str) -> str | None:
+        """The traceparent the instance's seq 0 stored (None: none)."""
 
 
 class Opening:
     """Opens instances of ``definition`` (``definition_json`` is stored with each start).
 
-    ``resumed`` is True once :meth:`load_or_start` found an existing instance.
+    ``resumed`` is True once :meth:`open` found an existing instance.
     """
 
     def __init__(
@@ -67,6 +87,15 @@ class Opening:
         self._definition = definition
         self._definition_json = definition_json
         self.resumed = False
+        self._started: tuple[str, StartRow] | None = None  # the seq 0 this run inserted
+        self._trace: RunTrace = NO_TRACE
+
+    def trace_run(self, redact: bool, status: Callable[[], str]) -> RunTrace:
+        """The telemetry of the run about to open an instance (``with`` it around the run;
+        ``status()`` is the instance's status when it ends): :meth:`open` starts its trace
+        for a new instance, or continues the one the instance stored."""
+        self._trace = run_trace(self._definition.name, redact, status)
+        return self._trace
 
     def __repr__(self) -> str:
         return f"Opening({self._definition.name!r}, resumed={self.resumed})"
@@ -79,16 +108,61 @@ class Opening:
             instance_id = uuid.uuid4().hex
         return instance_id
 
-    async def load_or_start(
-        self, instance_id: str, initial: Callable[[], str], *, given_context: bool
-    ) -> TransitionRecord:
-        """The instance's last row; for a new instance, its start (seq 0, written now) with
-        the context ``initial()`` returns (called only then: a typed workflow's default
-        state is validated only when it seeds an instance)."""
-        name = self._definition.name
+    async def open(
+        self, instance_id: str, initial: Callable[[], str], given_context: bool,
+        options: Mapping[str, Any],
+    ) -> tuple[Ownership, TransitionRecord]:  # fmt: skip
+        """Own the instance and return its last row; a new instance is started (its seq 0
+        with the context ``initial()`` returns) in the same round trip as the lock.
+        ``options``: the runner's ``wait`` and ``lock_timeout``.
+
+        ``initial()`` is asked first; if it fails (a typed workflow's default state that
+        does not validate), the instance is only looked up, and its error is raised only
+        if the instance turns out to be new.
+        """
+        definition = self._definition
+        try:
+            start: StartRow | None = StartRow(
+                definition.initial_state, initial(), definition.fingerprint,
+                uuid.uuid4().hex, self._definition_json, state_version(definition),
+            )  # fmt: skip
+            seed_error: Exception | None = None
+        except Exception as exc:
+            start, seed_error = None, exc
+        if start is not None:  # the traceparent its seq 0 stores, if this run starts it
+            start = start.traced(self._trace.started(instance_id))
+        wait, lock_timeout = bool(options["wait"]), options["lock_timeout"]
+        owner, opened = await self._store.open_instance(
+            definition.name, instance_id, start=start, wait=wait, lock_timeout=lock_timeout
+        )
+        try:
+            return owner, await self._found(instance_id, start, opened, seed_error, given_context)
+        except BaseException:
+            await owner.release()
+            raise
+
+    async def _found(
+        self, instance_id: str, start: StartRow | None, opened: Opened,
+        seed_error: Exception | None, given_context: bool,
+    ) -> TransitionRecord:  # fmt: skip
+        name, trace = self._definition.name, self._trace
+        created = opened.started and start is not None
+        await trace.opened(instance_id, self._store.trace_parent, created=created)
+        if opened.started and start is not None:
+            self._started = (instance_id, start)
+            logger.info(
+                "workflow %r instance %r started in state %r", name, instance_id, start.state
+            )
+            return started_record(
+                self._definition, instance_id, start.context_json, start.attempt_id
+            )
+        # Read again now that the lock is held: the open statement's snapshot may predate
+        # the moment the lock was granted (a previous owner's last commit just before it).
         last = await self._store.last_record(name, instance_id)
         if last is None:
-            return await self._start(instance_id, initial())
+            if seed_error is not None:
+                raise seed_error
+            raise ConcurrentTransitionError(name, instance_id, 0)  # its seq 0 went meanwhile
         self.resumed = True
         if given_context:
             # Programs pass their seed context on every start, not knowing whether they
@@ -101,23 +175,26 @@ class Opening:
             )
         return last
 
-    async def _start(self, instance_id: str, initial_json: str) -> TransitionRecord:
-        definition = self._definition
-        state, attempt = definition.initial_state, uuid.uuid4().hex
-        await self._store.start(
-            definition.name,
+    async def start_again(self) -> bool:
+        """Write again the seq 0 this run inserted, if the server lost it: that insert
+        committed asynchronously, so a server crash before the first transition's commit
+        may have taken it. False (nothing written) if this run started no instance."""
+        if self._started is None:
+            return False
+        instance_id, start = self._started
+        logger.warning(
+            "workflow %r instance %r: its start (seq 0) was lost with a server crash before "
+            "its first transition was committed; writing it again",
+            self._definition.name,
             instance_id,
-            state,
-            initial_json,
-            fingerprint=definition.fingerprint,
-            attempt_id=attempt,
-            definition_json=self._definition_json,
-            state_version=state_version(definition),
         )
-        logger.info(
-            "workflow %r instance %r started in state %r", definition.name, instance_id, state
-        )
-        return started_record(definition, instance_id, initial_json, attempt)
+        await self._store.start(
+            self._definition.name, instance_id, start.state, start.context_json,
+            fingerprint=start.fingerprint, attempt_id=start.attempt_id,
+            definition_json=start.definition_json, state_version=start.state_version,
+            trace_parent=start.trace_parent,
+        )  # fmt: skip
+        return True
 
     def check_ended(self, record: TransitionRecord) -> None:
         """For an instance that ended at ``record`` and stays ended: raise if it failed or

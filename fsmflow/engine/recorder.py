@@ -10,11 +10,12 @@ instance stands in its stored history; the recorder advances it after each commi
 from __future__ import annotations
 
 import logging
+import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NoReturn, Protocol, TypeVar
+from typing import Any, NoReturn, Protocol, TypeVar
 
 from fsmflow.engine.failures import error_json, location, traceback_text
 from fsmflow.errors import (
@@ -27,6 +28,7 @@ from fsmflow.model.context import compact_json
 from fsmflow.model.definition import Transition
 from fsmflow.model.records import Status, TransitionRecord
 from fsmflow.store.ownership import Ownership
+from fsmflow.telemetry import NO_TRACE, RunTrace
 
 logger = logging.getLogger("fsmflow")
 T = TypeVar("T")
@@ -103,6 +105,7 @@ class Instance:
     fingerprint: str
     redact: bool  # FSMFLOW_REDACT_ERRORS: no error messages in rows and logs
     state_version: int | None = None  # a typed workflow's: stored with every row
+    trace: RunTrace = NO_TRACE  # the run's spans and metrics: told of each row, attempt, wait
 
 
 class Recorder:
@@ -119,12 +122,16 @@ class Recorder:
         owner: Ownership,
         instance: Instance,
         position: Position,
+        start_again: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self._history = history
         self._guard = guard
         self._owner = owner
         self._instance = instance
         self.position = position
+        # Writes this run's own seq 0 again if the server lost it (it committed
+        # asynchronously); True if it did.
+        self._start_again = start_again
 
     def __repr__(self) -> str:
         return f"Recorder({self._instance.workflow_name!r}, {self._instance.instance_id!r})"
@@ -251,6 +258,7 @@ class Recorder:
             )
             return
         error = error_json(exc, attempts, redact=redact, raised_in=raised_in)
+        self._instance.trace.failing(exc)
         await self._append(state, state, self.position.context_json, "failed", error_json=error)
         logger.error(
             "workflow %r instance %r step %r failed after %d attempt(s) and is recorded as "
@@ -303,8 +311,36 @@ class Recorder:
         event_id: int | None = None,
     ) -> int:
         """Append the instance's next row on the owning session, then advance to it."""
-        instance, seq = self._instance, self.position.seq + 1
-        appending = self._history.append(
+        seq = self.position.seq + 1
+        row = (source, dest, encoded, status, trigger, duration_ms, error_json, wait, event_id)
+        started = time.perf_counter()
+        try:
+            await self._guard.guarded("append", source, self._appending(seq, uuid.uuid4().hex, row))
+        except ConcurrentTransitionError:
+            if not await self._lost_start(seq):
+                await self.check_not_deleted(seq)
+                raise
+            await self._guard.guarded("append", source, self._appending(seq, uuid.uuid4().hex, row))
+        position = self.position
+        position.seq, position.status, position.context_json = seq, status, encoded
+        seconds = time.perf_counter() - started
+        self._instance.trace.recorded(seq, trigger, source, dest, status, seconds)
+        return seq
+
+    async def _lost_start(self, seq: int) -> bool:
+        """After a refused append of seq 1: if the instance has no row at all, the seq 0
+        this run wrote (committed asynchronously) was lost with a server crash: write it
+        again (True), so the refused row can follow it."""
+        if seq != 1 or self._start_again is None:
+            return False
+        instance = self._instance
+        last = await self._history.last_record(instance.workflow_name, instance.instance_id)
+        return last is None and await self._start_again()
+
+    def _appending(self, seq: int, attempt_id: str, row: tuple[Any, ...]) -> Awaitable[None]:
+        source, dest, encoded, status, trigger, duration_ms, error_json, wait, event_id = row
+        instance = self._instance
+        return self._history.append(
             instance.workflow_name,
             instance.instance_id,
             seq,
@@ -314,7 +350,7 @@ class Recorder:
             context_json=encoded,
             status=status,
             fingerprint=instance.fingerprint,
-            attempt_id=uuid.uuid4().hex,
+            attempt_id=attempt_id,
             duration_ms=duration_ms,
             error_json=error_json,
             owner=self._owner,
@@ -323,11 +359,3 @@ class Recorder:
             event_id=event_id,
             state_version=instance.state_version,
         )
-        try:
-            await self._guard.guarded("append", source, appending)
-        except ConcurrentTransitionError:
-            await self.check_not_deleted(seq)
-            raise
-        position = self.position
-        position.seq, position.status, position.context_json = seq, status, encoded
-        return seq

@@ -207,7 +207,8 @@ class PersistentWorkflowStateMachine:
             interrupts.shutdown = for_running_loop(self.store.config.shutdown_grace)
             interrupts.shutdown.register(self)
         try:
-            return await self._run(initial, given_context=context is not None, suspend=suspend)
+            with self._opening.trace_run(self._redact, lambda: self.status) as self._trace:
+                return await self._run(initial, given_context=context is not None, suspend=suspend)
         finally:
             interrupts.task = None
             if interrupts.shutdown is not None:
@@ -218,31 +219,27 @@ class PersistentWorkflowStateMachine:
         start_state, guarded = self.definition.initial_state, self._interrupts.guarded
         opening = self._opening
         self.instance_id = await guarded("wait", start_state, opening.choose(self.instance_id))
-        acquiring = self.store.acquire(
-            self.workflow_name,
-            self.instance_id,
-            wait=bool(self.options["wait"]),
-            lock_timeout=self.options["lock_timeout"],
-        )
-        owner = await guarded("wait", start_state, acquiring)
-        owner.on_lost = self._lost
+        opens = opening.open(self.instance_id, initial, given_context, self.options)
+        owner, record = await guarded("wait", start_state, opens)
+        owner.on_lost, fast_release = self._lost, False
         try:
-            loading = opening.load_or_start(self.instance_id, initial, given_context=given_context)
-            record = await guarded("wait", start_state, loading)
             if has_ended(record, retry_failed=self.retry_failed):
                 return self._finished(record)
             self._restore(record)
-            allow_change = self.allow_definition_change
-            state = await opening.check_resumable(record, allow_change=allow_change)
+            state = await opening.check_resumable(record, allow_change=self.allow_definition_change)
             self._collaborators(owner)
             self._machine.attach(self, state)
             try:
-                return await self._run_loop(suspend)
+                result = await self._run_loop(suspend)
             finally:
                 self._machine.detach(self)
+            # A completed run gives its lock back after returning (no round trip here); any
+            # other end returns with it free, for another process to act at once (a retry).
+            fast_release = result.completed
+            return result
         finally:
             self._recorder = self._attempts = self._turns = None
-            await owner.release()
+            owner.release_soon() if fast_release else await owner.release()
 
     def _lost(self) -> None:
         self.interrupt("lost")
@@ -253,8 +250,11 @@ class PersistentWorkflowStateMachine:
         """The recorder and the attempt loop of this run (the lock is held)."""
         assert self.instance_id is not None
         names = (self.workflow_name, self.instance_id, self.definition.fingerprint)
-        instance = Instance(*names, self._redact, state_version(self.definition))
-        recorder = Recorder(self.store, self._interrupts, owner, instance, self._position)
+        instance = Instance(*names, self._redact, state_version(self.definition), self._trace)
+        recorder = Recorder(
+            self.store, self._interrupts, owner, instance, self._position,
+            start_again=self._opening.start_again,
+        )  # fmt: skip
         self._recorder = recorder
         attempts = Attempts(self._interrupts, recorder, owner, lambda: self.state, instance)
         self._attempts = attempts

@@ -125,9 +125,12 @@ class Waiter:
             while True:
                 look = await self._look(state, names)
                 if isinstance(look, Woke):
+                    event = look.chosen.event
+                    instance.trace.woke("timeout" if event is None else "event", event)
                     return look
                 if isinstance(look, _Again):
                     continue
+                instance.trace.waiting(state, names, self.wake_at)
                 if suspend:
                     return None
                 await self._interrupts.guarded("wait", state, self._sleep(look))

@@ -202,6 +202,8 @@ class WorkflowDefinition(BaseModel):
 
     _state: StateSpec | None = PrivateAttr(default=None)
     _outgoing: dict[str, tuple[Transition, ...]] = PrivateAttr(default_factory=dict)
+    _ordinary: dict[str, tuple[Transition, ...]] = PrivateAttr(default_factory=dict)
+    _waits: dict[str, tuple[Transition, ...]] = PrivateAttr(default_factory=dict)
     _fingerprint: str = PrivateAttr(default="")
     _compiled: Any = PrivateAttr(default=None)
 
@@ -246,6 +248,11 @@ class WorkflowDefinition(BaseModel):
         self._outgoing = {
             state: tuple(t for t in self.transitions if state in t.sources) for state in self.steps
         }
+        # Asked on every step: computed once (the definition is immutable once built).
+        self._ordinary = {
+            s: tuple(t for t in out if not t.waits) for s, out in self._outgoing.items()
+        }
+        self._waits = {s: tuple(t for t in out if t.waits) for s, out in self._outgoing.items()}
         self._fingerprint = _fingerprint(self.summary())
         self._state = state_spec(self.state_model, self.state_version, self.upgrades)
 
@@ -274,11 +281,11 @@ class WorkflowDefinition(BaseModel):
 
     def ordinary_from(self, state: str) -> tuple[Transition, ...]:
         """The transitions out of ``state`` that its step's result chooses from (no waits)."""
-        return tuple(t for t in self.outgoing(state) if not t.waits)
+        return self._ordinary.get(state, ())
 
     def waits_from(self, state: str) -> tuple[Transition, ...]:
         """The event and timeout transitions out of ``state``, in declaration order."""
-        return tuple(t for t in self.outgoing(state) if t.waits)
+        return self._waits.get(state, ())
 
     def awaited_events(self, state: str) -> tuple[str, ...]:
         """The event names an instance waiting in ``state`` takes (declaration order)."""
@@ -286,8 +293,7 @@ class WorkflowDefinition(BaseModel):
 
     def is_wait_state(self, state: str) -> bool:
         """True for a state whose transitions are all event/timeout ones: it needs no step."""
-        outgoing = self.outgoing(state)
-        return bool(outgoing) and all(t.waits for t in outgoing)
+        return bool(self._waits.get(state)) and not self._ordinary.get(state)
 
     @property
     def declared_events(self) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ EVENTS_SUFFIX: Final = "_events"  # the events table (fsmflow_transitions_events
 QUEUE_SUFFIX: Final = "_queue"  # the worker fleet's queue
 WORKERS_SUFFIX: Final = "_workers"  # the live workers
 TABLE_SUFFIXES: Final = (EVENTS_SUFFIX, QUEUE_SUFFIX, WORKERS_SUFFIX)  # tables, not indexes
-SCHEMA_VERSION: Final = 6
+SCHEMA_VERSION: Final = 7
 SCHEMA_COMMENT: Final = f"fsmflow schema_version={SCHEMA_VERSION}"  # as schema.sql sets it
 MAX_NAME_BYTES: Final = 63  # PostgreSQL truncates longer identifiers silently
 _VERSION_COMMENT: Final = re.compile(r"^fsmflow schema_version=(\d+)$")
@@ -59,7 +59,7 @@ REQUIRED_COLUMNS: Final = frozenset(
 )
 # The columns only a table at this version has (added by later migrations).
 CURRENT_COLUMNS: Final = REQUIRED_COLUMNS | {
-    "waiting_since", "wake_at", "event_id", "state_version",
+    "waiting_since", "wake_at", "event_id", "state_version", "trace_parent",
 }  # fmt: skip
 _TABLE_IDENT: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 

@@ -6,15 +6,16 @@
 
 -- name: submit
 -- Submit instance ($1, $2) to the fleet in one statement: seq 0 (state $3, context $4,
--- fingerprint $5, attempt $6, definition $7, trigger 'fsmflow:submit'), its queue row,
--- and a wake-up for the workers (channel $8, payload $9) once it commits. An existing
--- instance fails the history's primary key: nothing is written.
+-- fingerprint $5, attempt $6, definition $7, trigger 'fsmflow:submit', state version
+-- $10, traceparent $11), its queue row, and a wake-up for the workers (channel $8,
+-- payload $9) once it commits. An existing instance fails the history's primary key:
+-- nothing is written.
 WITH started AS (
     INSERT INTO fsmflow_transitions
         (workflow_name, instance_id, seq, trigger, dest_state, context, status, fingerprint,
-         attempt_id, definition, state_version)
+         attempt_id, definition, state_version, trace_parent)
     VALUES ($1, $2, 0, 'fsmflow:submit', $3, $4::json, 'running', $5, $6::uuid, $7::jsonb,
-            $10::integer)
+            $10::integer, $11::text)
     RETURNING workflow_name, instance_id, created_at
 ), queued AS (
     INSERT INTO fsmflow_transitions_queue AS q (workflow_name, instance_id, ready_at, submitted_at)

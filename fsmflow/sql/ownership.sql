@@ -28,3 +28,11 @@ LIMIT 1
 -- Terminate session $1 (allowed for a session of the same role) and wait up to $2 ms
 -- for it to end; false if it is still there (a stalled backend ends when it resumes).
 SELECT pg_terminate_backend($1::int4, $2::int8)
+
+-- name: unlock_if_held
+-- After a failed open statement: give back lock $1 if this session holds it (the lock is
+-- taken first in that statement, and a session lock outlives the statement's failure).
+SELECT pg_advisory_unlock($1::int8)
+FROM pg_locks
+WHERE pid = pg_backend_pid() AND locktype = 'advisory' AND objsubid = 1 AND granted
+  AND ((classid::bigint << 32) | objid::bigint) = $1::int8

@@ -20,12 +20,83 @@ WHERE coalesce(
     (SELECT max(seq) FROM fsmflow_transitions WHERE workflow_name = $1 AND instance_id = $2),
     -1) = $3 - 1;
 
+-- name: append_batch
+-- The group commit: the rows of several instances that append at the same moment on one
+-- owner connection, in one statement and one transaction (one WAL flush). Each row is
+-- appended only if its own instance's last row is its seq - 1, and a row whose seq was
+-- taken meanwhile is skipped (ON CONFLICT DO NOTHING), never failing the others: RETURNING
+-- names the rows that landed. The columns are those of "append" ($1 .. $16), as arrays.
+INSERT INTO fsmflow_transitions
+    (workflow_name, instance_id, seq, trigger, source_state, dest_state, context, status,
+     fingerprint, attempt_id, duration_ms, error, waiting_since, wake_at, event_id,
+     state_version)
+SELECT r.workflow_name, r.instance_id, r.seq, r.trigger, r.source_state, r.dest_state,
+       r.context::json, r.status, r.fingerprint, r.attempt_id::uuid, r.duration_ms,
+       r.error::jsonb, w.since, w.since + make_interval(secs => r.wait_seconds), r.event_id,
+       r.state_version
+FROM unnest($1::text[], $2::text[], $3::integer[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::text[], $10::text[], $11::float8[], $12::text[],
+            $13::timestamptz[], $14::float8[], $15::bigint[], $16::integer[])
+     AS r(workflow_name, instance_id, seq, trigger, source_state, dest_state, context,
+          status, fingerprint, attempt_id, duration_ms, error, waiting_since, wait_seconds,
+          event_id, state_version)
+CROSS JOIN LATERAL (SELECT CASE WHEN r.status = 'waiting'
+                           THEN coalesce(r.waiting_since, clock_timestamp()) END AS since) w
+WHERE coalesce(
+    (SELECT max(t.seq) FROM fsmflow_transitions t
+     WHERE t.workflow_name = r.workflow_name AND t.instance_id = r.instance_id),
+    -1) = r.seq - 1
+ON CONFLICT DO NOTHING
+RETURNING workflow_name, instance_id, seq;
+
 -- name: start
--- Insert seq 0 of a new instance (fails with a unique violation if it already exists).
+-- Insert seq 0 of a new instance (fails with a unique violation if it already exists);
+-- $11 is the W3C traceparent of the span that started it (NULL: none).
 INSERT INTO fsmflow_transitions
     (workflow_name, instance_id, seq, dest_state, context, status, fingerprint, attempt_id,
-     definition, forked_from_instance, forked_from_seq, state_version)
-VALUES ($1, $2, 0, $3, $4::json, 'running', $5, $6::uuid, $7::jsonb, $8, $9, $10::integer);
+     definition, forked_from_instance, forked_from_seq, state_version, trace_parent)
+VALUES ($1, $2, 0, $3, $4::json, 'running', $5, $6::uuid, $7::jsonb, $8, $9, $10::integer,
+        $11::text);
+
+-- name: trace_parent
+-- The traceparent an instance's seq-0 row stored (a later run continues its trace).
+SELECT trace_parent FROM fsmflow_transitions
+WHERE workflow_name = $1 AND instance_id = $2 AND seq = 0;
+
+-- name: open
+-- An instance's start, in one statement and one round trip: take its session advisory
+-- lock ($1), read its last row (as last_record does) and, for a new instance whose seq 0
+-- was given ($9 true), insert that seq 0. The insert commits asynchronously
+-- (synchronous_commit off for this statement's transaction only): it waits for no WAL
+-- flush of its own, and the instance's first transition, a synchronous commit, flushes it
+-- with its own row. A crash of the server before that leaves no instance; any other crash
+-- leaves a resumable start. Nothing is read or written unless the lock was taken; a seq 0
+-- that exists by now (a start racing this one) is left alone: "started" says 0. $11 is
+-- the W3C traceparent of the span that started it (NULL: none).
+WITH lock AS MATERIALIZED (SELECT pg_try_advisory_lock($1::int8) AS got),
+last AS MATERIALIZED (
+    SELECT l.*,
+           (SELECT max(p.seq) FROM fsmflow_transitions p
+            WHERE p.workflow_name = $2 AND p.instance_id = $3 AND p.seq < l.seq) AS prev_seq,
+           (SELECT count(*) FROM fsmflow_transitions c
+            WHERE c.workflow_name = $2 AND c.instance_id = $3) AS row_count
+    FROM lock, fsmflow_transitions l
+    WHERE lock.got AND l.workflow_name = $2 AND l.instance_id = $3
+    ORDER BY l.seq DESC
+    LIMIT 1),
+started AS (
+    INSERT INTO fsmflow_transitions
+        (workflow_name, instance_id, seq, dest_state, context, status, fingerprint,
+         attempt_id, definition, state_version, trace_parent)
+    SELECT $2::text, $3::text, 0, $4::text, $5::json, 'running', $6::text, $7::uuid,
+           $8::jsonb, $10::integer, $11::text
+    FROM lock
+    WHERE lock.got AND $9::boolean AND NOT EXISTS (SELECT FROM last)
+      AND set_config('synchronous_commit', 'off', true) IS NOT NULL
+    ON CONFLICT DO NOTHING
+    RETURNING seq)
+SELECT lock.got, (SELECT count(*) FROM started) AS started, last.*
+FROM lock LEFT JOIN last ON true;
 
 -- name: last_record
 -- The latest row of one instance, the seq before it and how many rows it has (primary-key

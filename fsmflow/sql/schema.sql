@@ -1,4 +1,4 @@
--- fsmflow schema, version 6.
+-- fsmflow schema, version 7.
 --
 -- One append-only table holds the history of every workflow instance: one row per event.
 -- seq 0 starts an instance; each finished step appends the next seq; a terminal row has
@@ -7,6 +7,7 @@
 -- Events sent to instances are appended to a second table, fsmflow_transitions_events; the history
 -- row that delivers one names it in event_id. Rows of neither table are ever updated.
 -- A typed workflow's rows record the state_version their context was written with.
+-- An instance's seq-0 row records the W3C traceparent of the span that started it (NULL: none).
 -- Instances submitted to the worker fleet are queued in fsmflow_transitions_queue until they
 -- end, and live workers are listed in fsmflow_transitions_workers: coordination state only
 -- (updated and deleted as instances are claimed and end), never the truth of an instance.
@@ -41,6 +42,7 @@ CREATE TABLE IF NOT EXISTS fsmflow_transitions (
     wake_at         timestamptz,
     event_id        bigint,
     state_version   integer,
+    trace_parent    text,
     PRIMARY KEY (workflow_name, instance_id, seq)
 );
 
@@ -128,4 +130,4 @@ CREATE TABLE IF NOT EXISTS fsmflow_transitions_workers (
     stopping        boolean     NOT NULL DEFAULT false
 );
 
-COMMENT ON TABLE fsmflow_transitions IS 'fsmflow schema_version=6';
+COMMENT ON TABLE fsmflow_transitions IS 'fsmflow schema_version=7';

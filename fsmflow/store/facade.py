@@ -30,18 +30,18 @@ from fsmflow.store.config import StoreConfig
 from fsmflow.store.database import Database
 from fsmflow.store.deleting import PruneProgress
 from fsmflow.store.events import Events
-from fsmflow.store.faces import ErrorsFace, EventsFace, FleetFace
+from fsmflow.store.faces import ErrorsFace, EventsFace, FleetFace, OwnersFace
 from fsmflow.store.fleet import Fleet
 from fsmflow.store.history import Appender, History
 from fsmflow.store.listening import Listener
 from fsmflow.store.operations import Parts
-from fsmflow.store.ownership import Owners, Ownership
+from fsmflow.store.ownership import Owners
 from fsmflow.store.schema import Schema
 
 T = TypeVar("T")
 
 
-class Store(EventsFace, FleetFace, ErrorsFace):
+class Store(OwnersFace, EventsFace, FleetFace, ErrorsFace):
     """Connections and SQL for one table. Open lazily; ``async with`` closes it.
 
     Every method that writes is a single statement in its own transaction (prune and
@@ -150,6 +150,7 @@ class Store(EventsFace, FleetFace, ErrorsFace):
         Refused with :class:`~fsmflow.errors.ResetRefusedError` while any session holds an
         instance's lock (a live runner would fail on its next append), unless ``force``;
         one transaction, the tables locked first."""
+        await self._owners.settle()  # this process's runs that just ended: locks given back
         await deleting.reset_table(self._parts, force=force)
 
     async def check_health(self, *, workers: bool = False) -> HealthReport:
@@ -157,27 +158,6 @@ class Store(EventsFace, FleetFace, ErrorsFace):
         on it, a writable server, durable commits (``fsmflow check``); with ``workers``,
         what a worker needs too (``fsmflow check --workers``)."""
         return await operations.check_health(self._parts, workers=workers)
-
-    # -- ownership ---------------------------------------------------------------------
-
-    async def acquire(
-        self,
-        workflow: str,
-        instance_id: str,
-        *,
-        wait: bool = False,
-        lock_timeout: float | None = None,
-    ) -> Ownership:
-        """Own an instance: its lock on a dedicated connection, which also carries its
-        appends. :class:`~fsmflow.errors.InstanceLockedError` if another runner owns it
-        (unless ``wait``)."""
-        return await self._owners.acquire(
-            workflow, instance_id, wait=wait, lock_timeout=lock_timeout
-        )
-
-    def owned_here(self, workflow: str, instance_id: str) -> bool:
-        """True if a runner in this process owns or is taking the instance."""
-        return self._owners.owned_here(workflow, instance_id)
 
     # -- writing and reading history ---------------------------------------------------
 
@@ -193,9 +173,10 @@ class Store(EventsFace, FleetFace, ErrorsFace):
         definition_json: str | None,
         forked_from: tuple[str, int] | None = None,
         state_version: int | None = None,
+        trace_parent: str | None = None,
     ) -> None:
         """Record seq 0 of a new instance; :class:`~fsmflow.errors.ConcurrentTransitionError`
-        if it exists."""
+        if it exists. ``trace_parent``: the traceparent of the span that started it."""
         await self._history.start(
             workflow,
             instance_id,
@@ -206,6 +187,7 @@ class Store(EventsFace, FleetFace, ErrorsFace):
             definition_json=definition_json,
             forked_from=forked_from,
             state_version=state_version,
+            trace_parent=trace_parent,
         )
 
     async def append(
@@ -259,6 +241,10 @@ class Store(EventsFace, FleetFace, ErrorsFace):
     async def record_at(self, workflow: str, instance_id: str, seq: int) -> TransitionRecord | None:
         """The row at ``seq`` of an instance, or None."""
         return await self._history.record_at(workflow, instance_id, seq)
+
+    async def trace_parent(self, workflow: str, instance_id: str) -> str | None:
+        """The W3C traceparent stored on the instance's seq-0 row (None: none)."""
+        return await self._history.trace_parent(workflow, instance_id)
 
     async def history(self, workflow: str, instance_id: str) -> list[TransitionRecord]:
         """Every row of an instance, in seq order (empty if it has none)."""
@@ -332,6 +318,7 @@ class Store(EventsFace, FleetFace, ErrorsFace):
     ) -> PruneResult:
         """Delete every row of ended instances last updated before ``older_than`` ago (by
         the server's clock); instances a runner holds are skipped. Irreversible."""
+        await self._owners.settle()
         return await deleting.prune_instances(
             self._parts,
             older_than,

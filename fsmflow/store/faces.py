@@ -1,10 +1,13 @@
-"""Base classes of :class:`~fsmflow.store.facade.Store` for two concepts of its face:
+"""Base classes of :class:`~fsmflow.store.facade.Store`, one per concept of its face:
 
 * :class:`EventsFace`: sending events, reading them, and what a waiting runner needs (a
   look at its instance, wake-ups), delegated to the store's
   :class:`~fsmflow.store.events.Events` and :class:`~fsmflow.store.listening.Listener`;
 * :class:`FleetFace`: submitting instances to the worker fleet and seeing its workers,
   delegated to the store's :class:`~fsmflow.store.fleet.Fleet`;
+* :class:`OwnersFace`: owning an instance (its lock on an owner connection) and opening
+  it (lock, last row and start in one round trip), delegated to
+  :class:`~fsmflow.store.ownership.Owners` and :class:`~fsmflow.store.history.History`;
 * :class:`ErrorsFace`: fsmflow 0.1's error helpers on the store, kept for programs that
   call them, delegated to the gateway and :mod:`~fsmflow.store.dberrors`.
 """
@@ -26,7 +29,10 @@ from fsmflow.store.config import StoreConfig
 from fsmflow.store.database import Database
 from fsmflow.store.events import Events, WaitCheck
 from fsmflow.store.fleet import Fleet, Key
+from fsmflow.store.history import History, Opened, StartRow
 from fsmflow.store.listening import Listener, Subscription
+from fsmflow.store.ownership import Owners, Ownership
+from fsmflow.telemetry import submitting
 
 T = TypeVar("T")
 
@@ -149,7 +155,14 @@ class FleetFace:
             workflow=definition.name,
         )
         summary = json.dumps(definition.summary())
-        return await self._fleet.submit(definition, summary, context_json, instance_id)
+        # The submission's span is the parent of the workers' runs (stored on seq 0).
+        redact = self.config.redact_errors
+        with submitting(definition.name, redact=redact) as start:
+            submitted = await self._fleet.submit(
+                definition, summary, context_json, instance_id, start.trace_parent
+            )
+            start.named(submitted)
+        return submitted
 
     async def list_workers(self) -> list[WorkerInfo]:
         """The live workers of this table's fleet, oldest first (``fsmflow workers``)."""
@@ -163,3 +176,55 @@ class FleetFace:
     async def subscribe_workflows(self, workflows: list[str]) -> Subscription:
         """Wake-ups for any instance of these workflows, on the store's one listener."""
         return await self._listener.subscribe_workflows(workflows)
+
+
+class OwnersFace:
+    """Owning instances; the store sets ``_owners`` and ``_history``."""
+
+    _owners: Owners
+    _history: History
+
+    async def acquire(
+        self,
+        workflow: str,
+        instance_id: str,
+        *,
+        wait: bool = False,
+        lock_timeout: float | None = None,
+    ) -> Ownership:
+        """Own an instance: its lock on a dedicated connection, which also carries its
+        appends. :class:`~fsmflow.errors.InstanceLockedError` if another runner owns it
+        (unless ``wait``)."""
+        return await self._owners.acquire(
+            workflow, instance_id, wait=wait, lock_timeout=lock_timeout
+        )
+
+    async def open_instance(
+        self,
+        workflow: str,
+        instance_id: str,
+        *,
+        start: StartRow | None,
+        wait: bool = False,
+        lock_timeout: float | None = None,
+    ) -> tuple[Ownership, Opened]:
+        """Own an instance as :meth:`acquire` does, reading its last row and, for a new
+        instance, inserting ``start`` (its seq 0) in the same statement: one round trip.
+
+        The row is as of the statement's start, which may precede the moment the lock was
+        granted: a caller that found a row reads it again now that the lock is held.
+        """
+        opening = self._history.open_query(workflow, instance_id, start)
+        owner = await self._owners.acquire(
+            workflow, instance_id, wait=wait, lock_timeout=lock_timeout, opening=opening
+        )
+        try:
+            assert owner.opened is not None
+            return owner, self._history.opened(owner.opened, workflow, instance_id)
+        except BaseException:
+            await owner.release()
+            raise
+
+    def owned_here(self, workflow: str, instance_id: str) -> bool:
+        """True if a runner in this process owns or is taking the instance."""
+        return self._owners.owned_here(workflow, instance_id)

@@ -94,9 +94,10 @@ class Fleet:
 
     async def submit(
         self, definition: WorkflowDefinition, definition_json: str, context_json: str,
-        instance_id: str | None,
+        instance_id: str | None, trace_parent: str | None = None,
     ) -> str:  # fmt: skip
-        """Record seq 0 of a new instance and queue it, in one statement; its id."""
+        """Record seq 0 of a new instance and queue it, in one statement; its id.
+        ``trace_parent``: the W3C traceparent of the span that submitted it (None: none)."""
         name = definition.name
         pinned = instance_id is not None
         instance_id = uuid.uuid4().hex if instance_id is None else instance_id
@@ -106,6 +107,7 @@ class Fleet:
             name, instance_id, definition.initial_state, context_json, definition.fingerprint,
             attempt, definition_json, self.db.wake_channel, wake_payload(name, instance_id),
             None if definition.state_spec is None else definition.state_spec.version,
+            trace_parent,
         )  # fmt: skip
         pool = await self.db.pool()
         query = self.db.queries["submit"]

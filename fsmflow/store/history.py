@@ -7,7 +7,9 @@ append is the fence). Rows are never updated.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -22,8 +24,8 @@ from fsmflow.store.database import INSERTED_ONE, Database
 class Appender(Protocol):
     """An owner of the instance that writes its rows on its own session."""
 
-    async def append(self, seq: int, attempt_id: str, args: tuple[Any, ...], query: str) -> None:
-        """Append row ``seq`` exactly once."""
+    async def append(self, seq: int, attempt_id: str, args: tuple[Any, ...]) -> None:
+        """Append row ``seq`` (the ``append`` query's arguments) exactly once."""
 
 
 def gap_error(workflow: str, instance_id: str, detail: str) -> HistoryCorruptError:
@@ -36,9 +38,48 @@ def gap_error(workflow: str, instance_id: str, detail: str) -> HistoryCorruptErr
     )
 
 
+def checked_last(row: asyncpg.Record, workflow: str, instance_id: str) -> TransitionRecord:
+    """An instance's last row with its ``prev_seq`` and ``row_count`` (the last_record and
+    open queries): :class:`HistoryCorruptError` if a seq before it is missing."""
+    seq = row["seq"]
+    if row["prev_seq"] != (seq - 1 if seq > 0 else None):
+        missing = (-1 if row["prev_seq"] is None else row["prev_seq"]) + 1
+        raise gap_error(workflow, instance_id, f"seq {missing} is missing before seq {seq}")
+    if row["row_count"] != seq + 1:
+        detail = f"{row['row_count']} rows up to seq {seq}: a seq before it is missing"
+        raise gap_error(workflow, instance_id, detail)
+    return to_record(row)
+
+
 def same_attempt(record: TransitionRecord | None, attempt_id: str) -> bool:
     """True if ``record`` is the row written by ``attempt_id`` (stored as a uuid)."""
     return record is not None and (record.attempt_id or "").replace("-", "") == attempt_id
+
+
+@dataclass(frozen=True, slots=True)
+class StartRow:
+    """The seq-0 row of a new instance, for the ``open`` query to insert if it has none."""
+
+    state: str
+    context_json: str
+    fingerprint: str | None
+    attempt_id: str
+    definition_json: str | None
+    state_version: int | None = None
+    trace_parent: str | None = None  # the W3C traceparent of the span that started it
+
+    def traced(self, trace_parent: str | None) -> StartRow:
+        """This row with ``trace_parent``."""
+        return dataclasses.replace(self, trace_parent=trace_parent)
+
+
+@dataclass(frozen=True, slots=True)
+class Opened:
+    """What the ``open`` query found: the instance's last row as of its statement (None:
+    none), and whether it inserted the given seq 0 (``started``)."""
+
+    record: TransitionRecord | None
+    started: bool
 
 
 class History:
@@ -61,15 +102,17 @@ class History:
         definition_json: str | None,
         forked_from: tuple[str, int] | None = None,
         state_version: int | None = None,
+        trace_parent: str | None = None,
     ) -> None:
         """Record seq 0 of a new instance; :class:`ConcurrentTransitionError` if it exists.
-        ``state_version``: the version of a typed workflow's state (None: untyped)."""
+        ``state_version``: the version of a typed workflow's state (None: untyped);
+        ``trace_parent``: the W3C traceparent of the span that started it (None: none)."""
         pool = await self.db.pool()
         query = self.db.queries["start"]
         fork_instance, fork_seq = forked_from or (None, None)
         args = (
             workflow, instance_id, state, context_json, fingerprint, attempt_id,
-            definition_json, fork_instance, fork_seq, state_version,
+            definition_json, fork_instance, fork_seq, state_version, trace_parent,
         )  # fmt: skip
         try:
             await pool.execute(query, *args)
@@ -122,10 +165,10 @@ class History:
             fingerprint, attempt_id, duration_ms, error_json, waiting_since, wait_seconds,
             event_id, state_version,
         )  # fmt: skip
-        query = self.db.queries["append"]
         if owner is not None:
-            await owner.append(seq, attempt_id, args, query)
+            await owner.append(seq, attempt_id, args)
             return
+        query = self.db.queries["append"]
         pool = await self.db.pool()
         try:
             result = await pool.execute(query, *args)
@@ -136,6 +179,25 @@ class History:
         if result != INSERTED_ONE:
             raise ConcurrentTransitionError(workflow, instance_id, seq)
 
+    def open_query(
+        self, workflow: str, instance_id: str, start: StartRow | None
+    ) -> tuple[str, tuple[Any, ...]]:
+        """The ``open`` query and its arguments after the lock key (see
+        :meth:`~fsmflow.store.ownership.Ownership.try_lock`)."""
+        args: tuple[Any, ...] = (workflow, instance_id) + (
+            (None, "{}", None, None, None, False, None, None) if start is None else (
+                start.state, start.context_json, start.fingerprint, start.attempt_id,
+                start.definition_json, True, start.state_version, start.trace_parent,
+            )
+        )  # fmt: skip
+        return self.db.queries["open"], args
+
+    def opened(self, row: asyncpg.Record, workflow: str, instance_id: str) -> Opened:
+        """What the ``open`` query's ``row`` says; :class:`HistoryCorruptError` for a gap."""
+        if row["seq"] is None:
+            return Opened(None, bool(row["started"]))
+        return Opened(checked_last(row, workflow, instance_id), False)
+
     # -- reading -----------------------------------------------------------------------
 
     async def last_record(self, workflow: str, instance_id: str) -> TransitionRecord | None:
@@ -144,21 +206,17 @@ class History:
         :class:`HistoryCorruptError` if a seq before it is missing.
         """
         row = await self.db.fetchrow("last_record", workflow, instance_id)
-        if row is None:
-            return None
-        seq = row["seq"]
-        if row["prev_seq"] != (seq - 1 if seq > 0 else None):
-            missing = (-1 if row["prev_seq"] is None else row["prev_seq"]) + 1
-            raise gap_error(workflow, instance_id, f"seq {missing} is missing before seq {seq}")
-        if row["row_count"] != seq + 1:
-            detail = f"{row['row_count']} rows up to seq {seq}: a seq before it is missing"
-            raise gap_error(workflow, instance_id, detail)
-        return to_record(row)
+        return None if row is None else checked_last(row, workflow, instance_id)
 
     async def record_at(self, workflow: str, instance_id: str, seq: int) -> TransitionRecord | None:
         """The row at ``seq`` of an instance, or None."""
         row = await self.db.fetchrow("record_at", workflow, instance_id, seq)
         return None if row is None else to_record(row)
+
+    async def trace_parent(self, workflow: str, instance_id: str) -> str | None:
+        """The traceparent the instance's seq-0 row stored (None: none, or no such row)."""
+        row = await self.db.fetchrow("trace_parent", workflow, instance_id)
+        return None if row is None else row["trace_parent"]
 
     async def history(self, workflow: str, instance_id: str) -> list[TransitionRecord]:
         """Every row of an instance, in seq order (empty if it has none).

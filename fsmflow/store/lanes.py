@@ -39,6 +39,18 @@ _SESSION_ENDED: Final = ("57P01", "57P02", "57P03")
 _PIDS_KEPT: Final = 3
 
 
+class SessionLost(Exception):
+    """The owning session is gone (and its locks); the last statement's outcome is unknown."""
+
+
+class StatementFailed(Exception):
+    """A statement failed (cancelled, timed out...) but its session lives on."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(type(cause).__name__)
+        self.cause = cause
+
+
 class Connector(Protocol):
     """What a lane needs from the store: connection arguments and the retry loop."""
 
@@ -163,7 +175,15 @@ class Lane:
 
     async def _connect(self) -> asyncpg.Connection:
         kwargs = dict(await self.store.connect_kwargs())
-        kwargs["server_settings"] = {**kwargs.get("server_settings", {}), **LANE_SETTINGS}
+        settings = {**kwargs.get("server_settings", {}), **LANE_SETTINGS}
+        # The time limit of a statement on a lane is the server's statement_timeout, not a
+        # client timer: the same bound (a cancelled statement fails with 57014 and the
+        # session lives on) without a timer per append; the keepalives above bound a
+        # silent network.
+        timeout = kwargs.pop("command_timeout", None)
+        if timeout and "statement_timeout" not in kwargs.get("server_settings", {}):
+            settings["statement_timeout"] = str(max(1, round(timeout * 1000)))
+        kwargs["server_settings"] = settings
         conn: asyncpg.Connection = await asyncpg.connect(**kwargs)
         return conn
 

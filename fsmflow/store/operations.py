@@ -47,6 +47,7 @@ from fsmflow.store.fleet import Fleet
 from fsmflow.store.history import History
 from fsmflow.store.ownership import Owners, Ownership
 from fsmflow.store.schema import Schema, durability_problem
+from fsmflow.telemetry import forking
 
 logger = logging.getLogger("fsmflow.store")
 
@@ -160,20 +161,24 @@ async def fork_instance(
         where=f"fork of instance {instance_id!r} at seq {row.seq}",
     )
     new_id = _new_instance_id(new_instance_id)
-    try:
-        await parts.history.start(
-            workflow,
-            new_id,
-            dest,
-            encoded,
-            fingerprint=fingerprint,
-            attempt_id=uuid.uuid4().hex,
-            definition_json=None if summary is None else json.dumps(summary),
-            forked_from=(instance_id, row.seq),
-            state_version=version,
-        )
-    except ConcurrentTransitionError:
-        raise _exists(workflow, new_id) from None
+    redact = parts.db.config.redact_errors
+    forked = forking(workflow, new_id, source=instance_id, seq=row.seq, redact=redact)
+    with forked as start:  # its span is the parent of the new instance's runs
+        try:
+            await parts.history.start(
+                workflow,
+                new_id,
+                dest,
+                encoded,
+                fingerprint=fingerprint,
+                attempt_id=uuid.uuid4().hex,
+                definition_json=None if summary is None else json.dumps(summary),
+                forked_from=(instance_id, row.seq),
+                state_version=version,
+                trace_parent=start.trace_parent,
+            )
+        except ConcurrentTransitionError:
+            raise _exists(workflow, new_id) from None
     started = await parts.history.record_at(workflow, new_id, 0)
     assert started is not None
     return started
@@ -341,6 +346,11 @@ async def retry_instance(parts: Parts, workflow: str, instance_id: str) -> Trans
     Refused while a runner owns the instance, and for an instance that did not fail.
     Returns the appended row.
     """
+    # Completed and cancelled are final: refused without the lock (a run that has just
+    # completed may still be giving its lock back).
+    last = await _existing(parts, workflow, instance_id, "retry")
+    if last.status in ("completed", "cancelled"):
+        raise InstanceStateError(workflow, instance_id, _not_retryable(last))
     async with _owned(parts, workflow, instance_id, "retry") as owner:
         last = await _existing(parts, workflow, instance_id, "retry")
         if last.status != "failed":

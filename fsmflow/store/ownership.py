@@ -15,28 +15,22 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any, Final
 
 import asyncpg
 
 from fsmflow.errors import (
-    ConcurrentTransitionError,
-    DatabaseUnavailableError,
-    FsmflowError,
     InstanceLockedError,
     LockTableFullError,
     OwnershipLostError,
-    StoreError,
 )
-from fsmflow.model.records import TransitionRecord
-from fsmflow.store.database import INSERTED_ONE, Backoff, Database
-from fsmflow.store.dberrors import is_query_cancelled, is_retriable
+from fsmflow.store.appending import AppendOnce, ReadRow
+from fsmflow.store.batching import AppendBatcher
+from fsmflow.store.database import Backoff, Database
 from fsmflow.store.lanes import QUERIES, Lane, finish, session_gone
 
 __all__ = ["Lane", "Owners", "Ownership", "lock_key"]
-
-ReadRow = Callable[[str, str, int], Awaitable[TransitionRecord | None]]
 
 logger = logging.getLogger("fsmflow.ownership")
 
@@ -55,7 +49,7 @@ def lock_key(table: str, workflow: str, instance_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True)
 
 
-class Ownership:
+class Ownership(AppendOnce):
     """This process's claim on one instance; appends go through it.
 
     ``on_lost`` is called (synchronously) when the session holding the lock dies, so the
@@ -66,6 +60,7 @@ class Ownership:
         self,
         db: Database,
         lane: Lane,
+        batcher: AppendBatcher,
         workflow: str,
         instance_id: str,
         *,
@@ -74,6 +69,7 @@ class Ownership:
     ) -> None:
         self.db = db
         self.lane = lane
+        self.batcher = batcher
         self.workflow = workflow
         self.instance_id = instance_id
         self.key = lock_key(db.resolved_table, workflow, instance_id)
@@ -82,6 +78,8 @@ class Ownership:
         self.generation = -1
         self.is_lost = False
         self.locked = False  # the lock is held on the lane's session (release gives it back)
+        self.opened: asyncpg.Record | None = None  # the open query's row, once locked by it
+        self.releasing: asyncio.Task[None] | None = None  # release_soon's task
         self.on_lost: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
@@ -98,20 +96,22 @@ class Ownership:
         if self.on_lost is not None:
             self.on_lost()
 
-    async def try_lock(self) -> bool:
+    async def try_lock(self, opening: tuple[str, tuple[Any, ...]] | None = None) -> bool:
         """Take the advisory lock on the lane's session (reconnecting within the budget).
 
-        :class:`LockTableFullError` if the server has no room for it. Cancelling the caller
-        never leaves the lock granted on the server: a lock query in flight is let finish
-        and what it got is given back.
+        With ``opening`` (the ``open`` query and its arguments after the lock key) the lock
+        is taken by that query, which also reads the instance's last row (and may start
+        it): its row is kept in :attr:`opened`. :class:`LockTableFullError` if the server
+        has no room for the lock. Cancelling the caller never leaves the lock granted on
+        the server: a lock query in flight is let finish and what it got is given back.
         """
-        return await self.db.retry("lock", self._try_lock_once)
+        return await self.db.retry("lock", lambda: self._try_lock_once(opening))
 
-    async def _try_lock_once(self) -> bool:
+    async def _try_lock_once(self, opening: tuple[str, tuple[Any, ...]] | None) -> bool:
         lane = self.lane
-        query = await lane.start(self._lock_query, connect=True)
+        query = await lane.start(lambda: self._lock_query(opening), connect=True)
         try:
-            got, generation = await asyncio.shield(query)
+            got, generation, row = await asyncio.shield(query)
         except asyncio.CancelledError:
             # The lock may be granted on the server by now: give back what it got.
             await finish(lane.spawn(self._undo_lock(query)))
@@ -123,28 +123,57 @@ class Ownership:
         if got:
             self.generation = generation
             self.locked = True
+            self.opened = row
             # The session may have died since the query answered: then the lock is gone.
             self.is_lost = generation != lane.generation or not lane.alive
             lane.owners.add(self)
         return got
 
-    async def _lock_query(self) -> tuple[bool, int]:
-        """The lock query, on the lane's current session: (granted, session generation)."""
+    async def _lock_query(
+        self, opening: tuple[str, tuple[Any, ...]] | None
+    ) -> tuple[bool, int, asyncpg.Record | None]:
+        """The lock (or open) query on the lane's current session: (granted, session
+        generation, the open query's row)."""
         lane = self.lane
         assert lane.conn is not None
         conn, generation = lane.conn, lane.generation
         try:
-            return bool(await conn.fetchval(QUERIES["lock"], self.key)), generation
+            if opening is None:
+                return bool(await conn.fetchval(QUERIES["lock"], self.key)), generation, None
+            query, args = opening
+            # fetch, not fetchrow: the statement runs to its end (CommandComplete), not
+            # to a suspended portal; it always answers exactly one row.
+            [row] = await conn.fetch(query, self.key, *args)
+            return bool(row["got"]), generation, row
         except Exception as exc:
             # Only a dead session drops the lane: a full lock table fails this one lock.
             if session_gone(exc) or conn.is_closed():
                 lane.lost(f"lock query failed: {type(exc).__name__}")
+            elif opening is not None:
+                await self._unlock_if_held(conn)
             raise
 
-    async def _undo_lock(self, query: asyncio.Task[tuple[bool, int]]) -> None:
+    async def _unlock_if_held(self, conn: asyncpg.Connection) -> None:
+        """The open statement failed after it may have taken the lock (a full lock table
+        met by its insert, a cancelled statement): a session lock outlives the failure, so
+        give it back. No other runner of this process holds this key on this lane: the
+        registry admits one owner per instance, and a release in flight was waited for."""
+        try:
+            await conn.fetch(QUERIES["unlock_if_held"], self.key)
+        except Exception as exc:
+            if session_gone(exc) or conn.is_closed():
+                self.lane.lost(f"unlock after a failed open: {type(exc).__name__}")
+                return
+            logger.error(
+                "workflow %r instance %r: could not check for its lock after a failed open "
+                "(%s); it may stay held until owner connection #%d closes",
+                self.workflow, self.instance_id, type(exc).__name__, self.lane.index,
+            )  # fmt: skip
+
+    async def _undo_lock(self, query: asyncio.Task[tuple[bool, int, Any]]) -> None:
         """The caller was cancelled during the lock query: give back what it got."""
         try:
-            got, generation = await query
+            got, generation, _ = await query
         except (Exception, asyncio.CancelledError):
             return  # no lock was granted
         if got:
@@ -223,97 +252,21 @@ class Ownership:
             "FSMFLOW_DB_RETRY_SECONDS); this runner stopped without writing",
         )
 
-    async def execute(self, query: str, *args: Any) -> str:
-        """Run one statement on the owning session; raise if that session is not ours."""
-        return await self.lane.exclusive(lambda: self._execute(query, args), connect=False)
-
-    async def _execute(self, query: str, args: tuple[Any, ...]) -> str:
-        lane = self.lane
-        if self.is_lost or self.generation != lane.generation or not lane.alive:
-            self.is_lost = True
-            raise _SessionLost()
-        assert lane.conn is not None
-        try:
-            return str(await lane.conn.execute(query, *args))
-        except (asyncpg.UniqueViolationError, FsmflowError):
-            raise
-        except Exception as exc:
-            if session_gone(exc) or not lane.alive:
-                lane.lost(type(exc).__name__)
-                raise _SessionLost() from exc
-            if is_query_cancelled(exc) or is_retriable(exc):
-                raise _StatementFailed(exc) from exc  # the session and its locks stand
-            raise self.db.translate(exc) from None
-
-    async def append(self, seq: int, attempt_id: str, args: tuple[Any, ...], query: str) -> None:
-        """Append row ``seq`` exactly once, resolving an unknown outcome by reading it back."""
-        backoff = Backoff(self.db.config.retry_budget)
-        uncertain = False  # an earlier attempt may have landed: read back before writing
-        while True:
-            try:
-                if self.is_lost:
-                    await self.reacquire()
-                    uncertain = True
-                if uncertain and await self._landed(seq, attempt_id):
-                    return
-                result = await self.execute(query, *args)
-            except asyncpg.UniqueViolationError:
-                raise ConcurrentTransitionError(self.workflow, self.instance_id, seq) from None
-            except (_SessionLost, _StatementFailed, DatabaseUnavailableError) as exc:
-                failure: Exception = exc
-            else:
-                if result != INSERTED_ONE:
-                    raise ConcurrentTransitionError(self.workflow, self.instance_id, seq)
-                return
-            # Outside the handler: a cancellation during the sleep is a plain one.
-            uncertain = True
-            if backoff.spent():
-                raise self._gave_up(seq, failure) from failure
-            logger.warning(
-                "workflow %r instance %r: appending seq %d failed (%s); retrying in %.1fs",
-                self.workflow,
-                self.instance_id,
-                seq,
-                failure,
-                backoff.delay,
-            )
-            await backoff.sleep()
-
-    def _gave_up(self, seq: int, failure: Exception) -> StoreError:
-        cause = failure.__cause__
-        if isinstance(failure, _StatementFailed) and is_query_cancelled(failure.cause):
-            return StoreError(
-                f"workflow {self.workflow!r}, instance {self.instance_id!r}: appending seq "
-                f"{seq} was cancelled by the server on every attempt (SQLSTATE 57014, query "
-                "canceled: statement_timeout or pg_cancel_backend) for the whole retry "
-                f"budget ({self.db.config.retry_budget:g} s, FSMFLOW_DB_RETRY_SECONDS); "
-                "nothing was written for this seq. Raise statement_timeout for the fsmflow "
-                "role or stop what cancels its queries, then run the instance again"
-            )
-        detail = type(cause).__name__ if cause is not None else "retry budget spent"
-        return DatabaseUnavailableError(self.db.target, f"retry budget spent: {detail}")
-
-    async def _landed(self, seq: int, attempt_id: str) -> bool:
-        """After an unknown outcome: did our row land (True), or nothing (False)?"""
-        record = await self._read_row(self.workflow, self.instance_id, seq)
-        if record is None:
-            return False
-        if record.attempt_id is not None and record.attempt_id.replace("-", "") == attempt_id:
-            logger.info(
-                "workflow %r instance %r: seq %d had landed before the connection was lost",
-                self.workflow,
-                self.instance_id,
-                seq,
-            )
-            return True
-        raise ConcurrentTransitionError(self.workflow, self.instance_id, seq)
-
     async def release(self) -> None:
         """Give the lock back (a lost session already released it) and leave the registry.
 
         Runs to the end even if the caller is cancelled meanwhile (it is shielded).
         """
-        await finish(self.lane.spawn(self._release()))
+        await finish(self.release_soon())
+
+    def release_soon(self) -> asyncio.Task[None]:
+        """Start giving the lock back and return at once: no round trip on the caller's
+        path. The lane runs the unlock before its next statement; a runner of this
+        process that takes the instance again first waits for it; closing the store
+        waits for it too."""
+        if self.releasing is None:
+            self.releasing = self.lane.spawn(self._release())
+        return self.releasing
 
     async def _release(self) -> None:
         self.lane.owners.discard(self)
@@ -352,18 +305,6 @@ class Ownership:
                     )
 
 
-class _SessionLost(Exception):
-    """Internal: the owning session is gone; the outcome of the last statement is unknown."""
-
-
-class _StatementFailed(Exception):
-    """Internal: a statement failed (cancelled, timed out...) but its session lives on."""
-
-    def __init__(self, cause: BaseException) -> None:
-        super().__init__(type(cause).__name__)
-        self.cause = cause
-
-
 class Owners:
     """This process's owner connections (lanes) and the registry of instances it owns.
 
@@ -375,23 +316,37 @@ class Owners:
         self.db = db
         self._read_row = read_row
         self.lanes = [Lane(db, i) for i in range(db.config.owner_connections)]
+        self._batchers = {lane.index: self._batcher(lane) for lane in self.lanes}
         self._owners: dict[tuple[str, str], Ownership] = {}
 
     def __repr__(self) -> str:
         return f"Owners(lanes={len(self.lanes)}, owned={len(self._owners)})"
 
+    def _batcher(self, lane: Lane) -> AppendBatcher:
+        return AppendBatcher(lane, self.db.queries, self.db.translate)
+
+    @property
+    def batch_counts(self) -> tuple[int, int]:
+        """(statements, rows) the group commit sent so far, over every lane."""
+        batchers = self._batchers.values()
+        return sum(b.statements for b in batchers), sum(b.rows for b in batchers)
+
     def owned_here(self, workflow: str, instance_id: str) -> bool:
-        """True if a runner in this process owns or is taking the instance."""
-        return (workflow, instance_id) in self._owners
+        """True if a runner in this process owns or is taking the instance (one whose run
+        ended and whose lock is being given back does not count)."""
+        owner = self._owners.get((workflow, instance_id))
+        return owner is not None and owner.releasing is None
 
     def _claim(self, workflow: str, instance_id: str) -> Ownership | None:
         """Register a new ownership (no await: atomic in the loop), or None if taken."""
         if (workflow, instance_id) in self._owners:
             return None
         lane = min(self.lanes, key=lambda ln: (len(ln.owners), ln.index))
+        batcher = self._batchers[lane.index]
         owner = Ownership(
-            self.db, lane, workflow, instance_id, read_row=self._read_row, forget=self._forget
-        )
+            self.db, lane, batcher, workflow, instance_id,
+            read_row=self._read_row, forget=self._forget,
+        )  # fmt: skip
         self._owners[(workflow, instance_id)] = owner
         # Reserve the lane too, so that instances claimed concurrently spread over the
         # lanes instead of all choosing the same least-busy one.
@@ -404,12 +359,19 @@ class Owners:
             del self._owners[key]
 
     async def acquire(
-        self, workflow: str, instance_id: str, *, wait: bool, lock_timeout: float | None
+        self,
+        workflow: str,
+        instance_id: str,
+        *,
+        wait: bool,
+        lock_timeout: float | None,
+        opening: tuple[str, tuple[Any, ...]] | None = None,
     ) -> Ownership:
         """Claim an instance on the least busy lane; :class:`InstanceLockedError` if owned.
 
         The registry is claimed before the lock is taken and given back if the lock is
-        not taken, fails or the caller is cancelled.
+        not taken, fails or the caller is cancelled. With ``opening`` the lock is taken by
+        the ``open`` query (see :meth:`Ownership.try_lock`).
         """
         # The table must be checked first: lock keys use the name the server resolved.
         await self.db.pool()
@@ -417,8 +379,9 @@ class Owners:
         deadline = None if lock_timeout is None else loop.time() + lock_timeout
         delay = 0.05
         while True:
+            await self._released(workflow, instance_id)
             owner = self._claim(workflow, instance_id)
-            if owner is not None and await self._lock_claimed(owner):
+            if owner is not None and await self._lock_claimed(owner, opening):
                 return owner
             if not wait or (deadline is not None and loop.time() + delay > deadline):
                 who = "in this process" if owner is None else "(it holds the instance's lock)"
@@ -431,10 +394,26 @@ class Owners:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
 
-    async def _lock_claimed(self, owner: Ownership) -> bool:
+    async def settle(self) -> None:
+        """Wait for the releases in flight of this process's runs that just ended (what
+        reset and prune judge by the server's lock table)."""
+        pending = [o.releasing for o in self._owners.values() if o.releasing is not None]
+        if pending:
+            await asyncio.wait(pending)
+
+    async def _released(self, workflow: str, instance_id: str) -> None:
+        """Wait for this process's own release of the instance, if one is in flight (a run
+        that just ended gave its lock back without waiting)."""
+        previous = self._owners.get((workflow, instance_id))
+        if previous is not None and previous.releasing is not None:
+            await finish(previous.releasing)
+
+    async def _lock_claimed(
+        self, owner: Ownership, opening: tuple[str, tuple[Any, ...]] | None
+    ) -> bool:
         """Take the claimed owner's lock; undo the claim unless it was taken."""
         try:
-            got = await owner.try_lock()
+            got = await owner.try_lock(opening)
         finally:
             if not owner.locked:
                 owner.lane.owners.discard(owner)

@@ -87,12 +87,16 @@ def transitions_of(summary: dict[str, Any]) -> list[tuple[str, str, str | None]]
     return found
 
 
-def traversals(records: Iterable[TransitionRecord]) -> Counter[tuple[str, str, str | None]]:
-    """How often the history took each ``(trigger, source, dest)`` (seq 0 is a start)."""
+def traversals(
+    records: Iterable[TransitionRecord],
+) -> Counter[tuple[str | None, str, str | None]]:
+    """How often the history took each ``(trigger, source, dest)`` (seq 0 is a start; a
+    completion by a state without transitions has no trigger; failed and cancelled rows
+    take no edge)."""
     return Counter(
         (r.trigger, r.source_state, r.dest_state)
         for r in records
-        if r.seq > 0 and r.trigger is not None and r.source_state is not None
+        if r.seq > 0 and r.source_state is not None and r.status not in ("failed", "cancelled")
     )
 
 
@@ -172,7 +176,7 @@ def _edges(
     arrows: Sequence[tuple[str, str, str | None]],
     nodes: dict[str, Node],
     rows: dict[str, int],
-    counts: Counter[tuple[str, str, str | None]],
+    counts: Counter[tuple[str | None, str, str | None]],
     states: Sequence[str],
     outgoing: set[str],
 ) -> list[Edge]:

@@ -2,7 +2,7 @@
 
 * Every response carries a Content-Security-Policy that allows only the dashboard's own
   script and style files (no inline script, no other origin, no framing), and
-  ``X-Frame-Options: DENY``, ``nosniff``, ``no-referrer``, ``no-store``.
+  ``X-Frame-Options: DENY``, ``nosniff``, ``Referrer-Policy: same-origin``, ``no-store``.
 * An action needs ``FSMFLOW_UI_TOKEN`` in its form, compared in constant time
   (:func:`hmac.compare_digest`): without the setting every action is refused.
 * CSRF: a double-submit token. Each page sets a random cookie (``HttpOnly``,
@@ -36,7 +36,10 @@ HEADERS: Final = (
     (b"content-security-policy", POLICY.encode()),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    # same-origin, not no-referrer: under no-referrer a browser sends "Origin: null" with
+    # a same-origin form POST, which the origin check must refuse; other sites still get
+    # no Referer.
+    (b"referrer-policy", b"same-origin"),
     (b"cross-origin-opener-policy", b"same-origin"),
 )
 

@@ -1,7 +1,6 @@
 """Plumbing of the fault-injection tests: worker processes, the ledger and its invariants,
 superuser SQL that survives server restarts, and held row locks. (The proxy that loses
-replies lives in ``test_connection_faults.py``; stopping the server in
-``test_server_restart.py``.)
+replies lives in ``proxy.py``; stopping the server in ``test_server_restart.py``.)
 
 Nothing here fakes anything: workers are real processes (``tests/faults/worker.py``), the
 database is the session's real server, and faults are real signals, terminated backends,
@@ -176,6 +175,17 @@ class Admin:
             "WHERE d.datname = current_database() AND l.locktype = 'advisory' "
             "AND l.objsubid = 1 AND l.granted",
         )
+
+    async def locks_left(self) -> list[dict[str, Any]]:
+        """fsm_locks() once in-flight releases had their round trip: a run gives its lock
+        back just after run_workflow() returns (no round trip on its path). Polls up to
+        10 s while locks remain, so a lock that is never released still shows."""
+        for _ in range(1000):
+            locks = self.fsm_locks()
+            if not locks:
+                return locks
+            await asyncio.sleep(0.01)
+        return self.fsm_locks()
 
     def terminate(self, pid: int) -> bool:
         """pg_terminate_backend, waiting (up to 10 s) for the backend to be gone."""
@@ -386,6 +396,13 @@ class Scenario:
             loop = asyncio.get_running_loop()
             handle = loop.call_later(settle, self._end_fault, what, detail)
             self._open_faults[(what, detail)] = handle
+
+    def open_fault(self, what: str, detail: str, settle: float = 0.5) -> None:
+        """Record an outside fault that begins now and ends ``settle`` seconds later (one
+        that another coroutine injects, e.g. a proxy cutting a connection)."""
+        self.inject(what, f"begin:{detail}")
+        handle = asyncio.get_running_loop().call_later(settle, self._end_fault, what, detail)
+        self._open_faults[(what, detail)] = handle
 
     def _end_fault(self, what: str, detail: str) -> None:
         self._open_faults.pop((what, detail), None)

@@ -95,6 +95,16 @@ def _instance_locks(admin: Admin, filler: int) -> int:
     return int(rows[0][0])
 
 
+async def _instance_locks_left(admin: Admin, filler: int) -> int:
+    """_instance_locks once the runs' releases had their round trip (a run gives its lock
+    back just after it returns); polls up to 10 s, so a lock never given back counts."""
+    for _ in range(1000):
+        if not (count := _instance_locks(admin, filler)):
+            return count
+        await asyncio.sleep(0.01)
+    return _instance_locks(admin, filler)
+
+
 def _fill_lock_table(admin: Admin) -> int:
     """Take advisory locks (keys far from fsmflow's) until the table is full, then give
     back ``FREE_SLOTS`` of them; returns how many the filler keeps."""
@@ -146,7 +156,7 @@ async def test_full_lock_table_fails_only_the_instances_without_a_lock(
         outcomes = await asyncio.wait_for(
             asyncio.gather(*tasks, return_exceptions=True), SAFETY_TIMEOUT
         )
-        leftover = _instance_locks(admin, filler)
+        leftover = await _instance_locks_left(admin, filler)
     finally:
         await config.close()
         admin.close()

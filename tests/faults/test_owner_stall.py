@@ -82,7 +82,7 @@ async def test_stalled_owner_backend_is_ended_and_the_lock_retaken(
     assert steps.runs[("i1", "fetch")] == 1 and steps.runs[("i1", "report")] == 1
     assert steps.runs[("i1", "think")] in (1, 2)
     assert [seq for seq, _ in admin.history(WORKFLOW, "i1")] == [0, 1, 2, 3]
-    assert admin.fsm_locks() == []
+    assert await admin.locks_left() == []
 
 
 async def test_lock_taken_by_another_session_names_that_session(

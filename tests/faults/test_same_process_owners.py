@@ -57,7 +57,7 @@ async def test_concurrent_runners_of_one_instance_run_each_step_once(
     assert len(completed) == 1 and len(refused) == runners - 1, outcomes
     assert completed[0].completed
     assert admin.history(WORKFLOW, "one") == [(0, "running"), (1, "running"), (2, "completed")]
-    assert admin.fsm_locks() == []
+    assert await admin.locks_left() == []
 
 
 async def test_waiting_runners_of_one_instance_run_each_step_once(
@@ -78,7 +78,7 @@ async def test_waiting_runners_of_one_instance_run_each_step_once(
 
     assert steps.runs == {("waited", "a"): 1, ("waited", "b"): 1}, outcomes
     assert all(isinstance(o, WorkflowState) and o.completed for o in outcomes), outcomes
-    assert admin.fsm_locks() == []
+    assert await admin.locks_left() == []
 
 
 async def _gather(coros: list[Any]) -> list[Any]:

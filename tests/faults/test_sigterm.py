@@ -70,7 +70,7 @@ async def test_sigterm_during_a_step(scenario: Scenario, variant: str, sync: str
     assert not [m for m in UNCLEAN if m in stderr], stderr[-3000:]
     assert summary.get("interrupted") == len(instances), summary
     assert summary.get("locks_at_end") == 0, summary
-    assert left == [] and scenario.admin.fsm_locks() == []
+    assert left == [] and await scenario.admin.locks_left() == []
     assert late == [], f"steps started after SIGTERM: {late}"
     assert recorded == (set(instances) if expected == 1 else set()), recorded
 

@@ -76,7 +76,7 @@ async def test_cancelled_append_is_retried_and_other_instances_are_untouched(
     assert blocked.runs == {(BLOCKED, s): 1 for s in STATES}
     assert again == first, "the owner connection was replaced"
     assert not [r for r in caplog.records if "lost" in r.getMessage()]
-    assert admin.fsm_locks() == []
+    assert await admin.locks_left() == []
 
 
 async def test_append_cancelled_every_time_fails_with_a_clear_error(
@@ -111,4 +111,4 @@ async def test_append_cancelled_every_time_fails_with_a_clear_error(
     assert others.runs == {(i, s): 1 for i in OTHERS for s in STATES}
     assert blocked.runs == {(BLOCKED, "s0"): 1}
     assert not [r for r in caplog.records if "lost" in r.getMessage()]
-    assert admin.fsm_locks() == []
+    assert await admin.locks_left() == []

@@ -311,14 +311,20 @@ async def run_instance(
 
 
 async def held_locks(config: DBConfig) -> int:
-    """fsmflow advisory locks granted in this database right now (any session)."""
+    """fsmflow advisory locks granted in this database (any session), once the releases in
+    flight had their round trip: a run gives its lock back just after it returns. Polls up
+    to 10 s while locks remain, so a lock that is never given back still counts."""
     conn = await config.store.connect()
     try:
-        count = await conn.fetchval(
-            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
-            "WHERE d.datname = current_database() AND l.locktype = 'advisory' "
-            "AND l.objsubid = 1 AND l.granted",
-        )
+        for _ in range(1000):
+            count = await conn.fetchval(
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database "
+                "WHERE d.datname = current_database() AND l.locktype = 'advisory' "
+                "AND l.objsubid = 1 AND l.granted",
+            )
+            if not count:
+                break
+            await asyncio.sleep(0.01)
     finally:
         await conn.close()
     return int(count)

@@ -265,7 +265,7 @@ async def test_privilege_revoked_while_running_stops_without_writing(
             await finish(task)
 
     assert [r["seq"] for r in h.rows(WORKFLOW, "e2")] == [0]
-    assert h.fsm_locks() == []
+    assert await h.locks_left() == []
     assert_no_secret(logs, raised.value, config)
 
 

@@ -274,13 +274,13 @@ async def test_migrate_drops_an_invalid_index_an_interrupted_build_left_and_rebu
     pending = await store.migrate(dry_run=True)
     assert [m.name for m in pending] == [
         "0003_list_by_status.sql", "0004_durable_waits.sql", "0005_worker_fleet.sql",
-        "0006_state_version.sql",
+        "0006_state_version.sql", "0007_trace_context.sql",
     ]  # fmt: skip
-    # 5 adds tables only, 6 one nullable column
-    assert [m.in_transaction for m in pending] == [False, False, True, True]
+    # 5 adds tables only, 6 and 7 one nullable column each
+    assert [m.in_transaction for m in pending] == [False, False, True, True, True]
     applied = await store.migrate()
 
-    assert [m.version for m in applied] == [3, 4, 5, 6]
+    assert [m.version for m in applied] == [3, 4, 5, 6, 7]
     h.sql(fsql.schema_ddl(None, "canonical"))
     assert shape(h, "interrupted") == shape(h, "canonical")
     assert all(valid for _, valid, _ in index_facts(h, "interrupted"))
@@ -306,7 +306,7 @@ async def test_two_migrators_never_run_at_once(h: Harness) -> None:
     finally:
         holder.execute("SELECT pg_advisory_unlock(%s)", (0x0F5A1,))
     applied = await asyncio.wait_for(migrating, 60)
-    assert [m.version for m in applied] == [2, 3, 4, 5, 6]
+    assert [m.version for m in applied] == [2, 3, 4, 5, 6, 7]
 
 
 async def test_a_pending_migration_under_a_role_that_may_not_alter_names_the_way_out(
@@ -339,7 +339,7 @@ async def test_migration_4_interrupted_half_way_resumes(h: Harness) -> None:
         h.sql(statement)
     assert fsql.schema_version(shape(h, "halfway")["comment"][0][0]) == 3
     applied = await h.config(table="halfway").store.migrate()
-    assert [m.version for m in applied] == [4, 5, 6]
+    assert [m.version for m in applied] == [4, 5, 6, 7]
     h.sql(fsql.schema_ddl(None, "canonical"))
     assert shape(h, "halfway") == shape(h, "canonical")
     assert shape(h, "halfway_events") == shape(h, "canonical_events")

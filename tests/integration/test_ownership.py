@@ -89,7 +89,7 @@ async def test_second_runner_in_same_process_is_refused_while_first_runs(
     assert result.completed
     assert tracker.runs == {"fetch": 1, "think": 1, "report": 1}
     assert_gap_free(h.rows(WORKFLOW, "i1"))
-    assert h.fsm_locks() == []
+    assert await h.locks_left() == []
 
 
 CHILD_RUNNER = textwrap.dedent(
@@ -169,7 +169,7 @@ async def test_wait_true_waits_then_returns_the_completed_instance(h: Harness) -
     assert waiter_result.seq == holder_result.seq == len(STATES)
     assert waiter_tracker.runs == {}  # nothing ran twice
     assert_gap_free(h.rows(WORKFLOW, "i3"))
-    assert h.fsm_locks() == []
+    assert await h.locks_left() == []
 
 
 async def test_wait_true_resumes_after_the_holder_stops(h: Harness) -> None:
@@ -257,7 +257,7 @@ async def test_lock_key_is_stable_across_processes_and_is_the_held_lock(
         assert [pid for pid, _ in locks] == h.owner_pids()  # held by the owner connection
         release.set()
         await finish(task)
-    assert h.fsm_locks() == []
+    assert await h.locks_left() == []
 
 
 # -- release -----------------------------------------------------------------------------
@@ -314,7 +314,7 @@ async def test_lock_is_released_however_the_run_ends(h: Harness, ending: str) ->
 
     # Released explicitly: the owner connection is still open, but holds nothing.
     assert h.owner_pids() != []
-    assert h.fsm_locks() == []
+    assert await h.locks_left() == []
     # And another runner can take the instance now (not InstanceLockedError).
     again = h.runner(h.config(), DEFINITION, Tracker().steps(DEFINITION), instance_id="i7")
     if ending not in ("completed", "interrupted (shutdown)"):  # each is recorded as failed
@@ -375,7 +375,7 @@ async def test_terminated_owner_connection_mid_step_reruns_the_step_once(h: Harn
     for seq in (2, 3):  # written by the new session, which had retaken the lock
         assert audit[seq]["pid"] != killed_pid
         assert audit[seq]["fsm_locks"] == [key_of("i9")]
-    assert h.fsm_locks() == []
+    assert await h.locks_left() == []
 
 
 # -- what counts as a lost session; cancelling a waiting runner ----------------------------
@@ -424,4 +424,4 @@ async def test_cancelling_a_runner_waiting_for_the_lock_leaves_nothing_behind(
 
     assert not config.store.owned_here(WORKFLOW, "i10")
     assert tracker.runs == {"fetch": 1, "think": 1, "report": 1}
-    assert h.fsm_locks() == []
+    assert await h.locks_left() == []

@@ -293,7 +293,7 @@ async def test_exhausted_step_records_failure_and_never_its_context(h: Harness) 
     assert runner.state == "think"
     assert runner.context.data == {"visited": ["fetch"]}
     assert (runner.status, runner.seq) == ("failed", 2)
-    assert h.fsm_locks() == []
+    assert await h.locks_left() == []
 
 
 async def test_failed_instance_is_reported_until_retried_explicitly(h: Harness) -> None:

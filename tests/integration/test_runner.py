@@ -839,7 +839,7 @@ async def test_runner_that_lost_its_session_loses_to_the_runner_that_took_over(
     rows = h.rows(WORKFLOW, "w2")
     assert_chain(rows)
     assert rows[-1]["context"]["visited"] == list(STATES)
-    assert h.fsm_locks() == []
+    assert await h.locks_left() == []
 
 
 async def test_one_table_spelled_two_ways_is_still_one_lock(h: Harness) -> None:

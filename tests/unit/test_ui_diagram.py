@@ -71,3 +71,17 @@ def test_no_or_malformed_summary() -> None:
     drawn = diagram.build(summary, [], "a")
     assert drawn is not None and [n.name for n in drawn.nodes] == ["a"]
     assert drawn.edges == ()  # an edge to a state the summary lacks is not drawn
+
+
+def test_a_completion_by_a_state_without_transitions_counts_on_its_end_edge() -> None:
+    # A state with no outgoing transition completes when its step returns: that row has
+    # no trigger, and it is the implicit edge's traversal; a failed row in it is none.
+    summary = {"states": ["a", "lonely"], "initial": "a",
+               "transitions": [{"trigger": "go", "source": ["a"], "dest": "lonely"}]}  # fmt: skip
+    failed = TransitionRecord("flow", "i", 2, None, "lonely", "lonely", {}, "failed", NOW)
+    completed = TransitionRecord("flow", "i", 3, None, "lonely", None, {}, "completed", NOW)
+    records = [row(0, None, None, "a"), row(1, "go", "a", "lonely"), failed, completed]
+    drawn = diagram.build(summary, records, "lonely")
+    assert drawn is not None
+    counts = {(e.trigger, e.source, e.dest): e.count for e in drawn.edges}
+    assert counts == {("go", "a", "lonely"): 1, ("", "lonely", None): 1}

@@ -1,0 +1,217 @@
+"""Group commit: the appends of the instances that share an owner connection, batched.
+
+Part of the store layer (it knows asyncpg). When several instances pinned to one lane
+append at the same moment, their rows go in one statement (one transaction, one WAL
+flush) instead of queueing for one commit each. The batch forms by itself: the first
+append on an idle lane is sent at once, alone (no timer, no added latency); the appends
+that arrive while a statement is in flight are sent together as soon as it returns.
+
+Every row stays conditional on its own instance's last seq, and the statement reports
+which rows landed, so a conflict fails only the instance it belongs to. A batch that
+fails as a whole for a reason that is not the session's (a constraint, a bad value) is
+sent again row by row, so that only the row at fault gets the error. A lost session fails
+every row in flight with :class:`SessionLost`: each instance then resolves its unknown
+outcome by itself (its own read-back, by attempt id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import asyncpg
+
+from fsmflow.errors import FsmflowError
+from fsmflow.store.database import INSERTED_ONE
+from fsmflow.store.dberrors import is_query_cancelled, is_retriable
+from fsmflow.store.lanes import Lane, SessionLost, StatementFailed, session_gone
+
+logger = logging.getLogger("fsmflow.ownership")
+
+MAX_BATCH: Final = 200  # rows per statement: bounds the statement's size, not its wait
+_COLUMNS: Final = 16  # the append's parameters ($1 .. $16), one array each when batched
+
+
+class BatchOwner(Protocol):
+    """What the batcher needs of an instance's ownership."""
+
+    generation: int
+    is_lost: bool
+
+
+@dataclass(slots=True)
+class _Pending:
+    owner: BatchOwner
+    key: tuple[str, str, int]  # workflow, instance, seq: how RETURNING names the row
+    args: tuple[Any, ...]
+    future: asyncio.Future[bool] = field(repr=False)
+    sent: bool = False
+
+
+class AppendBatcher:
+    """The group commit of one lane: ``append`` resolves once the row's statement has
+    committed (True: it landed; False: the instance's last row was not ``seq - 1``)."""
+
+    def __init__(
+        self,
+        lane: Lane,
+        queries: dict[str, str],
+        translate: Callable[[BaseException], FsmflowError],
+    ) -> None:
+        self.lane = lane
+        self._one = queries["append"]
+        self._many = queries["append_batch"]
+        self._translate = translate
+        self._queue: list[_Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._inflight: list[_Pending] = []
+        self.statements = 0  # sent, and the rows they carried: for the bench and the tests
+        self.rows = 0
+
+    def __repr__(self) -> str:
+        return f"AppendBatcher(lane={self.lane.index}, queued={len(self._queue)})"
+
+    async def append(self, owner: BatchOwner, args: tuple[Any, ...]) -> bool:
+        """Append one row (the ``append`` query's arguments) with whatever else is due on
+        this lane. Raises what the single append raises: :class:`SessionLost`,
+        :class:`StatementFailed`, ``asyncpg.UniqueViolationError`` or a translated error.
+
+        A caller cancelled before its row was sent takes it out (nothing is written); one
+        cancelled after waits for the statement to end first, as any shared-connection
+        statement does, so the connection is never left half-way.
+        """
+        pending = _Pending(owner, (args[0], args[1], args[2]), args, self._new_future())
+        if self._flusher is None and not self._queue and not self.lane.lock.locked():
+            return await self._lead(pending)
+        self._queue.append(pending)
+        if self._flusher is None:
+            self._flusher = self.lane.spawn(self._flush())
+        try:
+            return await asyncio.shield(pending.future)
+        except asyncio.CancelledError:
+            if not pending.sent:
+                with contextlib.suppress(ValueError):
+                    self._queue.remove(pending)
+            else:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait({pending.future})
+            raise
+
+    async def _lead(self, pending: _Pending) -> bool:
+        """An idle lane: the row is sent at once, from the caller's own task (no task, no
+        hand-over: a lone instance pays nothing for the batching). Rows that arrive
+        meanwhile queue up; their flusher waits for the lane's lock. A caller cancelled
+        here cancels its statement (asyncpg cancels it on the server and holds the next
+        statement until that is done): its outcome is unknown, as after a lost session."""
+        async with self.lane.lock:
+            pending.sent = True
+            await self._send([pending])
+        return pending.future.result()
+
+    @staticmethod
+    def _new_future() -> asyncio.Future[bool]:
+        return asyncio.get_running_loop().create_future()
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                async with self.lane.lock:
+                    self._inflight = self._take()
+                    await self._send(self._inflight)
+                    self._inflight = []
+        finally:
+            self._flusher = None
+            # Only if the flusher itself was cancelled or broke: never leave a waiter.
+            for pending in [*self._inflight, *self._queue]:
+                if not pending.future.done():
+                    pending.future.set_exception(SessionLost())
+            self._inflight, self._queue = [], []
+
+    def _take(self) -> list[_Pending]:
+        """The next batch: one row per instance (a second row of one instance must see the
+        first committed), at most MAX_BATCH; the rest waits for the next statement."""
+        batch: list[_Pending] = []
+        seen: set[tuple[str, str]] = set()
+        rest: list[_Pending] = []
+        for pending in self._queue:
+            instance = pending.key[:2]
+            if len(batch) >= MAX_BATCH or instance in seen:
+                rest.append(pending)
+                continue
+            seen.add(instance)
+            pending.sent = True
+            batch.append(pending)
+        self._queue = rest
+        return batch
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        lane, live = self.lane, []
+        for pending in batch:
+            owner = pending.owner
+            if owner.is_lost or owner.generation != lane.generation or not lane.alive:
+                owner.is_lost = True  # the fence: never write on a session that is not ours
+                pending.future.set_exception(SessionLost())
+            else:
+                live.append(pending)
+        if len(live) == 1:
+            await self._send_one(live[0])
+        elif live:
+            await self._send_many(live)
+
+    async def _send_one(self, pending: _Pending) -> None:
+        self.rows += 1
+        try:
+            result = await self._run(lambda conn: conn.execute(self._one, *pending.args))
+        except Exception as exc:  # a cancellation is the caller's (or close's): it goes on
+            pending.future.set_exception(exc)
+            return
+        pending.future.set_result(str(result) == INSERTED_ONE)
+
+    async def _send_many(self, batch: list[_Pending]) -> None:
+        columns = [[p.args[i] for p in batch] for i in range(_COLUMNS)]
+        self.rows += len(batch)
+        try:
+            rows = await self._run(lambda conn: conn.fetch(self._many, *columns))
+        except SessionLost:
+            for pending in batch:
+                pending.future.set_exception(SessionLost())
+            return
+        except StatementFailed as exc:  # cancelled or timed out: nothing of it was written
+            for pending in batch:
+                pending.future.set_exception(StatementFailed(exc.cause))
+            return
+        except Exception:
+            # The batch failed as a whole (a constraint, a value): row by row, so only the
+            # row at fault gets the error. Nothing of the batch was written.
+            logger.warning("group commit of %d rows failed; sending them one by one", len(batch))
+            for pending in batch:
+                await self._send_one(pending)
+            return
+        landed = {(r["workflow_name"], r["instance_id"], r["seq"]) for r in rows}
+        for pending in batch:
+            pending.future.set_result(pending.key in landed)
+
+    async def _run(self, statement: Callable[[asyncpg.Connection], Any]) -> Any:
+        """Run one statement on the lane's session (caller holds the lane's lock)."""
+        lane = self.lane
+        conn = lane.conn
+        if conn is None or not lane.alive:
+            raise SessionLost()
+        self.statements += 1
+        try:
+            return await statement(conn)
+        except asyncpg.UniqueViolationError:
+            raise
+        except FsmflowError:
+            raise
+        except Exception as exc:
+            if session_gone(exc) or not lane.alive:
+                lane.lost(type(exc).__name__)
+                raise SessionLost() from exc
+            if is_query_cancelled(exc) or is_retriable(exc):
+                raise StatementFailed(exc) from exc  # the session and its locks stand
+            raise self._translate(exc) from None
