@@ -19,14 +19,6 @@ from tests.browser.workflows import HOSTILE_PAYLOAD, INSTANCES, populate_now
 
 TOKEN: Final = "ui-token-for-the-browser-tests-5b1e"
 ACTIONS: Final = ("retry", "cancel", "event", "fork")
-# A known bug of the dashboard, found by these tests: its `Referrer-Policy: no-referrer` makes
-# Chromium send `Origin: null` with a same-origin form POST, which fsmflow/ui/security.py
-# takes for another site, so every action from a real browser is refused. Strict: once
-# fixed (`Referrer-Policy: same-origin`) these pass and the marker must go.
-ORIGIN_NULL_REFUSED: Final = pytest.mark.xfail(
-    strict=True,
-    reason="the dashboard refuses a browser's own form POST (Origin: null under no-referrer)",
-)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +61,6 @@ def act(page: Any, action: str, token: str | None, **fields: str) -> str:
     return str(answer[0].get_attribute("id")) + ": " + str(answer[0].text)
 
 
-@ORIGIN_NULL_REFUSED
 def test_retry_with_the_token_appends_the_retry_row(
     page: Any, ui: Dashboard, data: Database
 ) -> None:
@@ -84,7 +75,6 @@ def test_retry_with_the_token_appends_the_retry_row(
     assert by_css(page, "#timeline li.row")[-1].get_attribute("data-status") == "running"
 
 
-@ORIGIN_NULL_REFUSED
 @pytest.mark.parametrize("token", ["not-the-token", ""], ids=["wrong", "empty"])
 def test_a_wrong_or_missing_token_is_refused_with_nothing_written(
     page: Any, ui: Dashboard, data: Database, token: str
@@ -97,7 +87,6 @@ def test_a_wrong_or_missing_token_is_refused_with_nothing_written(
     assert TOKEN not in page.page_source
 
 
-@ORIGIN_NULL_REFUSED
 def test_cancel_with_the_token_cancels(page: Any, ui: Dashboard, data: Database) -> None:
     open_instance(page, ui, "shop_orders", "order-1004")
     answer = act(page, "cancel", TOKEN)
@@ -106,7 +95,6 @@ def test_cancel_with_the_token_cancels(page: Any, ui: Dashboard, data: Database)
     assert (last.trigger, last.status) == (CANCEL_TRIGGER, "cancelled")
 
 
-@ORIGIN_NULL_REFUSED
 def test_an_event_with_the_token_is_stored_and_its_payload_stays_text(
     page: Any, ui: Dashboard, data: Database
 ) -> None:
@@ -119,7 +107,6 @@ def test_an_event_with_the_token_is_stored_and_its_payload_stays_text(
     assert [(e.event, e.payload) for e in sent] == [("approval", payload)]
 
 
-@ORIGIN_NULL_REFUSED
 def test_fork_with_the_token_starts_a_new_instance(
     page: Any, ui: Dashboard, data: Database
 ) -> None:
