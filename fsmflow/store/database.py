@@ -81,6 +81,7 @@ class Database:
         self._pool: asyncpg.Pool | None = None
         self._connect_kwargs: dict[str, Any] | None = None
         self._open_lock = asyncio.Lock()
+        self._check_lock = asyncio.Lock()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open" if self._pool else "not opened"
@@ -109,7 +110,9 @@ class Database:
                 if self._pool is None:
                     self._pool = await self.retry("connect", self._create_pool)
         if checked and not self.checked and self.ready is not None:
-            await self.ready()
+            async with self._check_lock:  # once, not once per instance arriving meanwhile
+                if not self.checked:
+                    await self.ready()
         return self._pool
 
     async def close(self) -> None:
