@@ -10,8 +10,8 @@ instance stands in its stored history; the recorder advances it after each commi
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +31,14 @@ from fsmflow.store.ownership import Ownership
 from fsmflow.telemetry import NO_TRACE, RunTrace
 
 logger = logging.getLogger("fsmflow")
+
+
+def new_attempt_id() -> str:
+    """A random 128-bit attempt id as 32 hex digits (stored in a uuid column): what an
+    unknown outcome is resolved by. (uuid4() costs ~5 us, this ~1 us, on every append.)"""
+    return os.urandom(16).hex()
+
+
 T = TypeVar("T")
 
 
@@ -315,12 +323,12 @@ class Recorder:
         row = (source, dest, encoded, status, trigger, duration_ms, error_json, wait, event_id)
         started = time.perf_counter()
         try:
-            await self._guard.guarded("append", source, self._appending(seq, uuid.uuid4().hex, row))
+            await self._guard.guarded("append", source, self._appending(seq, new_attempt_id(), row))
         except ConcurrentTransitionError:
             if not await self._lost_start(seq):
                 await self.check_not_deleted(seq)
                 raise
-            await self._guard.guarded("append", source, self._appending(seq, uuid.uuid4().hex, row))
+            await self._guard.guarded("append", source, self._appending(seq, new_attempt_id(), row))
         position = self.position
         position.seq, position.status, position.context_json = seq, status, encoded
         seconds = time.perf_counter() - started
