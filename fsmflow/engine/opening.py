@@ -24,7 +24,7 @@ from fsmflow.engine.resuming import (
 from fsmflow.errors import ConcurrentTransitionError
 from fsmflow.model.definition import WorkflowDefinition
 from fsmflow.model.records import SUBMIT_TRIGGER, TransitionRecord
-from fsmflow.store.history import Opened, StartRow
+from fsmflow.store.history import Opened, StartRow, same_attempt
 from fsmflow.store.ownership import Ownership
 from fsmflow.telemetry import NO_TRACE, RunTrace, run_trace
 
@@ -163,6 +163,8 @@ class Opening:
             if seed_error is not None:
                 raise seed_error
             raise ConcurrentTransitionError(name, instance_id, 0)  # its seq 0 went meanwhile
+        if start is not None and last.seq == 0 and same_attempt(last, start.attempt_id):
+            self._started = (instance_id, start)  # ours: its answer was lost, then retried
         self.resumed = True
         if given_context:
             # Programs pass their seed context on every start, not knowing whether they
