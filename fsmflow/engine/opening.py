@@ -88,6 +88,8 @@ class Opening:
         self._definition_json = definition_json
         self.resumed = False
         self._started: tuple[str, StartRow] | None = None  # the seq 0 this run inserted
+        self._owner: Ownership | None = None  # and the session it was inserted on
+        self._started_generation = -1
         self._trace: RunTrace = NO_TRACE
 
     def trace_run(self, redact: bool, status: Callable[[], str]) -> RunTrace:
@@ -136,10 +138,12 @@ class Opening:
             definition.name, instance_id, start=start, wait=wait, lock_timeout=lock_timeout
         )
         try:
-            return owner, await self._found(instance_id, start, opened, seed_error, given_context)
+            found = await self._found(instance_id, start, opened, seed_error, given_context)
         except BaseException:
             await owner.release()
             raise
+        self._owner, self._started_generation = owner, owner.generation
+        return owner, found
 
     async def _found(
         self, instance_id: str, start: StartRow | None, opened: Opened,
@@ -180,9 +184,11 @@ class Opening:
     async def start_again(self) -> bool:
         """Write again the seq 0 this run inserted, if the server lost it: that insert
         committed asynchronously, so a server crash before the first transition's commit
-        may have taken it. False (nothing written) if this run started no instance."""
-        if self._started is None:
-            return False
+        may have taken it. False (nothing written) if this run started no instance, or if
+        the session it was inserted on still lives (then the rows were deleted)."""
+        owner = self._owner
+        if self._started is None or owner is None or owner.generation == self._started_generation:
+            return False  # not ours, or its session never died: no crash took it
         instance_id, start = self._started
         logger.warning(
             "workflow %r instance %r: its start (seq 0) was lost with a server crash before "

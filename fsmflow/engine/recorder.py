@@ -285,6 +285,8 @@ class Recorder:
         moved the instance on meanwhile, :class:`HistoryDeletedError` if it is gone."""
         instance, seq = self._instance, self.position.seq
         last = await self._history.last_record(instance.workflow_name, instance.instance_id)
+        if last is None and await self._lost_start(seq + 1):
+            return  # this run's seq 0 was lost with the server and is written again
         if last is None or last.seq < seq:
             await self.check_not_deleted(seq + 1)
         if last is None or last.seq != seq:
@@ -336,9 +338,10 @@ class Recorder:
         return seq
 
     async def _lost_start(self, seq: int) -> bool:
-        """After a refused append of seq 1: if the instance has no row at all, the seq 0
-        this run wrote (committed asynchronously) was lost with a server crash: write it
-        again (True), so the refused row can follow it."""
+        """Before seq 1, with the owning session lost since the start: if the instance has
+        no row at all, the seq 0 this run wrote (committed asynchronously) was lost with a
+        server crash: write it again (True), so seq 1 can follow it. (Rows deleted while
+        the session lived are a deletion: :class:`HistoryDeletedError`, as before.)"""
         if seq != 1 or self._start_again is None:
             return False
         instance = self._instance

@@ -224,6 +224,46 @@ async def test_a_runner_whose_history_was_deleted_says_so(h: Harness) -> None:
     assert h.rows(WORKFLOW, "v1") == []  # nothing was written after the deletion
 
 
+async def test_a_history_deleted_during_the_first_step_is_a_deletion_too(h: Harness) -> None:
+    # seq 0 commits asynchronously; a deletion while the session lives is still a deletion
+    # (only a lost session, i.e. a server crash, makes the run write its seq 0 again).
+    tracker = Tracker()
+    release = tracker.hold_first("fetch")
+    runner = h.runner(h.config(), LINEAR, tracker.steps(LINEAR), instance_id="v0")
+    async with running(runner.run_workflow()) as task:
+        await tracker.started("fetch")
+        h.sql("DELETE FROM fsmflow_transitions WHERE instance_id = 'v0'")
+        release.set()
+        with pytest.raises(HistoryDeletedError, match="history was deleted"):
+            await finish(task)
+    assert h.rows(WORKFLOW, "v0") == []
+
+
+async def test_a_start_lost_with_the_server_is_written_again(h: Harness) -> None:
+    # What a server crash right after a start leaves: the owner session gone and the
+    # asynchronously committed seq 0 with it. The run retakes the lock, writes its seq 0
+    # again (same attempt id) and goes on.
+    tracker = Tracker()
+    release = tracker.hold_first("fetch")
+    runner = h.runner(h.config(), LINEAR, tracker.steps(LINEAR), instance_id="v2")
+    async with running(runner.run_workflow()) as task:
+        await tracker.started("fetch")
+        [(first,)] = h.sql("SELECT attempt_id FROM fsmflow_transitions WHERE instance_id = 'v2'")
+        h.sql("DELETE FROM fsmflow_transitions WHERE instance_id = 'v2'")
+        [(pid, _)] = h.fsm_locks()
+        h.sql("SELECT pg_terminate_backend(%s, 5000)", (pid,))
+        release.set()
+        state = await finish(task)
+    assert state.completed
+    rows = h.rows(WORKFLOW, "v2")
+    assert [r["seq"] for r in rows] == list(range(len(STATES) + 1))
+    [(again,)] = h.sql("SELECT attempt_id FROM fsmflow_transitions WHERE seq = 0")
+    assert again == first  # the same start, written again
+    # The first step ran again if the loss was seen while it ran (its session's end is
+    # noticed asynchronously); else its append met the loss and wrote seq 0 first.
+    assert tracker.runs["fetch"] in (1, 2) and tracker.runs["report"] == 1
+
+
 async def test_a_gap_anywhere_in_history_is_found_on_resume(h: Harness) -> None:
     five = linear_definition(WORKFLOW, ["a", "b", "c", "d", "e"])
     tracker = Tracker()
