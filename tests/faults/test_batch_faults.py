@@ -14,7 +14,7 @@ import pytest
 from .proxy import FaultProxy, Fired, _cstrings
 from .support import Event, Scenario, instance_ids
 
-STATES = 10
+STATES = 12
 INSTANCES = 12  # all on one owner connection, in step: their appends meet in batches
 
 
@@ -41,9 +41,16 @@ class BatchFaultProxy(FaultProxy):
         mode = self.batch_plan.pop(nth, None)
         if mode is not None:
             self.fired.append(Fired(f"batch-{nth}", nth, mode))
-            self.members[nth] = [n for n in self._names if n.encode() in bind]
+            # An array element is its 4-byte length, then its bytes (binary format): a
+            # name matched with its length never matches inside a random attempt id.
+            self.members[nth] = [n for n in self._names if _element(n) in bind]
             self.scenario.open_fault("owner", f"batch-{nth}", settle=1.0)
         return mode
+
+
+def _element(name: str) -> bytes:
+    raw = name.encode()
+    return len(raw).to_bytes(4, "big") + raw
 
 
 def steps_run_again_after_returning(events: list[Event]) -> list[tuple[str, int]]:
@@ -66,7 +73,7 @@ async def test_a_batch_whose_request_or_reply_is_lost_resolves_every_instance_in
     instances = instance_ids("b", INSTANCES)
     # Early batches (the first transitions) and later ones: a reply lost after the commit,
     # a request lost before it, twice each.
-    plan = {1: "lose_reply", 3: "lose_request", 5: "lose_reply", 7: "lose_request"}
+    plan = {1: "lose_reply", 2: "lose_request", 4: "lose_reply", 6: "lose_request"}
     proxy = BatchFaultProxy(scenario, plan, instances)
     port = await proxy.start()
     env = {
