@@ -42,6 +42,7 @@ import psycopg
 import psycopg.rows
 
 from tests.conftest import ROOT, TEST_URL_ENV
+from tests.polling import once_released
 
 from .worker import WORKFLOW, Ledger, oracle_context, state_names
 
@@ -177,15 +178,8 @@ class Admin:
         )
 
     async def locks_left(self) -> list[dict[str, Any]]:
-        """fsm_locks() once in-flight releases had their round trip: a run gives its lock
-        back just after run_workflow() returns (no round trip on its path). Polls up to
-        10 s while locks remain, so a lock that is never released still shows."""
-        for _ in range(1000):
-            locks = self.fsm_locks()
-            if not locks:
-                return locks
-            await asyncio.sleep(0.01)
-        return self.fsm_locks()
+        """fsm_locks() once this process's releases in flight had their round trip."""
+        return await once_released(self.fsm_locks)
 
     def terminate(self, pid: int) -> bool:
         """pg_terminate_backend, waiting (up to 10 s) for the backend to be gone."""

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from fsmflow import DBConfig, LockTableFullError, WorkflowState
+from tests.polling import once_released
 
 from .ownership_support import SAFETY_TIMEOUT, Admin, Steps, linear, runner, wait_until
 from .support import external_server
@@ -96,13 +97,8 @@ def _instance_locks(admin: Admin, filler: int) -> int:
 
 
 async def _instance_locks_left(admin: Admin, filler: int) -> int:
-    """_instance_locks once the runs' releases had their round trip (a run gives its lock
-    back just after it returns); polls up to 10 s, so a lock never given back counts."""
-    for _ in range(1000):
-        if not (count := _instance_locks(admin, filler)):
-            return count
-        await asyncio.sleep(0.01)
-    return _instance_locks(admin, filler)
+    """_instance_locks once the runs' releases had their round trip."""
+    return await once_released(lambda: _instance_locks(admin, filler))
 
 
 def _fill_lock_table(admin: Admin) -> int:

@@ -32,6 +32,7 @@ from fsmflow import (
     WorkflowDefinition,
 )
 from tests.conftest import config_for
+from tests.polling import once_released
 
 OWNER_APPLICATION_NAME = "fsmflow-owner"
 SAFETY_TIMEOUT = 60.0  # only ever bounds a hang; no test asserts how long anything took
@@ -179,15 +180,8 @@ class Harness:
         return sorted((int(pid), int(key)) for pid, key in rows)
 
     async def locks_left(self) -> list[tuple[int, int]]:
-        """fsm_locks() once in-flight releases had their round trip: a run gives its lock
-        back just after run_workflow() returns (no round trip on its path). Polls up to
-        10 s while locks remain, so a lock that is never released still shows."""
-        for _ in range(1000):
-            locks = self.fsm_locks()
-            if not locks:
-                return locks
-            await asyncio.sleep(0.01)
-        return self.fsm_locks()
+        """fsm_locks() once this process's releases in flight had their round trip."""
+        return await once_released(self.fsm_locks)
 
     def owner_pids(self) -> list[int]:
         """Backends of this database that fsmflow opened as lock/append connections."""
