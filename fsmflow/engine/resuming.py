@@ -76,7 +76,9 @@ async def same_definition(
     with ``definition``'s, canonically. A row without a fingerprint is never judged.
     """
     stored = record.fingerprint
-    if stored is None or stored in (definition.fingerprint, legacy_fingerprint(definition)):
+    if stored is None or stored == definition.fingerprint:
+        return True
+    if stored == legacy_fingerprint(definition):
         return True
     first = record if record.seq == 0 else await record_at(definition.name, record.instance_id, 0)
     return first is not None and summaries_match(first.definition, definition)

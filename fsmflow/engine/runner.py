@@ -14,10 +14,9 @@ import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fsmflow.engine.attempts import Attempts
-from fsmflow.engine.choosing import declared_transition
 from fsmflow.engine.interrupts import Interrupts
 from fsmflow.engine.machine import WorkflowMachine
 from fsmflow.engine.opening import Opening
@@ -34,11 +33,7 @@ from fsmflow.engine.turns import Turns
 from fsmflow.engine.typed import Seed, TypedState
 from fsmflow.engine.waiting import Waiter
 from fsmflow.errors import WorkflowError
-from fsmflow.model.context import (
-    WorkflowContext,
-    decode_context,
-    encode_context,
-)
+from fsmflow.model.context import WorkflowContext
 from fsmflow.model.definition import WorkflowDefinition, WorkflowStep, check_identifier
 from fsmflow.model.records import Status, TransitionRecord, WorkflowState
 from fsmflow.settings import DBConfig
@@ -129,6 +124,15 @@ class PersistentWorkflowStateMachine:
         self._listeners = tuple(listeners)
         if steps is not None:
             self.steps = steps
+
+    if not TYPE_CHECKING:  # a type checker still flags a misspelt attribute
+
+        def __getattr__(self, name: str) -> Any:
+            # Only names not found: the triggers, may_ and is_ methods transitions binds.
+            machine = self.__dict__.get("_machine")
+            if machine is None:
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            return machine.bind(self, name, running=self._recorder is not None)
 
     def __repr__(self) -> str:
         return (
@@ -228,7 +232,7 @@ class PersistentWorkflowStateMachine:
             self._restore(record)
             state = await opening.check_resumable(record, allow_change=self.allow_definition_change)
             self._collaborators(owner)
-            self._machine.attach(self, state)
+            self.state = state  # the machine's model only once a bound method is used
             try:
                 result = await self._run_loop(suspend)
             finally:
@@ -333,8 +337,8 @@ class PersistentWorkflowStateMachine:
         Fired from inside a step, the row carries the step's context as it is at that
         moment, and the step's own return value no longer chooses a transition.
         """
-        recorder = self._recorder
-        if recorder is None or self.status != "running":
+        turns = self._turns
+        if turns is None or self.status != "running":
             assert self.instance_id is not None
             raise WorkflowError(
                 self.workflow_name,
@@ -343,16 +347,8 @@ class PersistentWorkflowStateMachine:
                 f"(status {self.status}); fire triggers only while run_workflow() runs, "
                 "e.g. from a step — or return the trigger's name from the step",
             )
-        context = self.condition_context
-        encoded = encode_context(context.data, max_bytes=self._max_bytes, where="manual trigger")
-        chosen = declared_transition(self.definition, source, trigger, dest)
-        phase = self._interrupts.phase
-        wait = None if self._turns is None else self._turns.waiter.entering(dest)
-        try:
-            await recorder.record(chosen, source, dest, encoded, 0.0, wait=wait)
-        finally:
-            self._interrupts.phase = phase  # the append ran inside the step's attempt
-        self.context = WorkflowContext(data=decode_context(encoded))
+        by_hand = turns.by_hand(trigger, source, dest, self.condition_context, self._interrupts)
+        self.context, chosen = await by_hand
         await run_after(chosen, self.context)
 
     # -- seed API compatibility --

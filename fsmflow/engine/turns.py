@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from fsmflow.engine.attempts import Attempts
-from fsmflow.engine.choosing import WaitHere, choose_transition
+from fsmflow.engine.choosing import WaitHere, choose_transition, declared_transition
+from fsmflow.engine.interrupts import Interrupts
 from fsmflow.engine.recorder import Recorder, Wait
 from fsmflow.engine.steps import step_outcome
 from fsmflow.engine.typed import typed_result, typed_steps
 from fsmflow.engine.waiting import Waiter, first_deadline
-from fsmflow.model.context import WorkflowContext, encode_context
+from fsmflow.model.context import WorkflowContext, decode_context, encode_context
 from fsmflow.model.definition import Transition, WorkflowDefinition, WorkflowStep
 from fsmflow.model.records import WAIT_TRIGGER
 
@@ -122,6 +123,26 @@ class Turns:
         encoded = encode_context(context.data, max_bytes=self._max_bytes, where=where)
         chosen = await choose_transition(definition, instance_id, state, trigger, context)
         return context, encoded, chosen
+
+    async def by_hand(
+        self,
+        trigger: str,
+        source: str,
+        dest: str | None,
+        context: WorkflowContext,
+        interrupts: Interrupts,
+    ) -> tuple[WorkflowContext, Transition | None]:
+        """Record ``trigger`` fired by hand from ``source`` (``await runner.go()``), with
+        ``context`` as it is at that moment; what the row stored, and the transition."""
+        encoded = encode_context(context.data, max_bytes=self._max_bytes, where="manual trigger")
+        chosen = declared_transition(self._definition, source, trigger, dest)
+        phase = interrupts.phase
+        try:
+            wait = self.waiter.entering(dest)
+            await self._recorder.record(chosen, source, dest, encoded, 0.0, wait=wait)
+        finally:
+            interrupts.phase = phase  # the append ran inside the step's attempt
+        return WorkflowContext(data=decode_context(encoded)), chosen
 
     async def record_wait(self, state: str, encoded: str, duration_ms: float) -> None:
         """Record that the instance waits in ``state`` from now on (server clock)."""

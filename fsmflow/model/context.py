@@ -90,23 +90,34 @@ def _problem(value: Any, surrogates: bool, depth: int = 1) -> _Problem | None:
 
     Lone surrogates are looked for only with ``surrogates`` (encode_context finds them
     far more cheaply in the JSON text, and walks again only if there is one). Dicts and
-    lists are walked here, not in helpers: one frame per level of nesting.
+    lists are walked here, not in helpers: one frame per level of nesting; their plain
+    items (None, bools, small ints, strs without NUL) are passed over in the loop, without
+    a call (this walk runs on every transition's context).
     """
     kind = type(value)
-    reason: str | None = None
-    if kind is str:
-        if surrogates or "\x00" in value:  # the common case calls nothing
-            reason = _str_problem(value, surrogates=surrogates)
-    elif kind is dict or kind is list:
+    if kind is dict or kind is list:
         if depth > MAX_DEPTH:
             return [], f"nested more than {MAX_DEPTH} levels deep (or it contains itself)"
-        for key, item in value.items() if kind is dict else enumerate(value):
-            if kind is dict and (bad_key := _key_problem(key, surrogates)) is not None:
+        is_dict = kind is dict
+        for key, item in value.items() if is_dict else enumerate(value):
+            odd_key = is_dict and (type(key) is not str or surrogates or "\x00" in key)
+            if odd_key and (bad_key := _key_problem(key, surrogates)) is not None:
                 return bad_key
+            plain = type(item)
+            if plain is str:
+                if not surrogates and "\x00" not in item:
+                    continue
+            elif item is None or plain is bool or (plain is int and item.bit_length() <= 64):
+                continue
             found = _problem(item, surrogates, depth + 1)
             if found is not None:
                 found[0].append(f"[{key!r}]")
                 return found
+        return None
+    reason: str | None = None
+    if kind is str:
+        if surrogates or "\x00" in value:
+            reason = _str_problem(value, surrogates=surrogates)
     elif kind is float:
         reason = _float_problem(value)
     elif kind is int:
