@@ -341,7 +341,10 @@ class Owners:
         """Register a new ownership (no await: atomic in the loop), or None if taken."""
         if (workflow, instance_id) in self._owners:
             return None
-        lane = min(self.lanes, key=lambda ln: (len(ln.owners), ln.index))
+        # Least busy: fewest owners, then one whose session is free (a run that just
+        # ended may be giving its lock back on its lane: the next start goes elsewhere
+        # rather than wait a round trip for that unlock).
+        lane = min(self.lanes, key=lambda ln: (len(ln.owners), ln.lock.locked(), ln.index))
         batcher = self._batchers[lane.index]
         owner = Ownership(
             self.db, lane, batcher, workflow, instance_id,

@@ -103,7 +103,7 @@ def test_good_table_names(table: str, parts: tuple[str | None, str]) -> None:
 def test_defaults() -> None:
     config = settings()
     assert config.table == "fsmflow_transitions"
-    assert (config.port, config.pool_size, config.owner_connections) == (5432, 10, 10)
+    assert (config.port, config.pool_size, config.owner_connections) == (5432, 10, 4)
     assert config.max_context_bytes == 16 * 1024 * 1024
     assert config.strict_durability is False
     assert not config.configured
