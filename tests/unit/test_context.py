@@ -21,6 +21,7 @@ from fsmflow import ContextError, ContextSerializationError, ContextTooLargeErro
 from fsmflow.model.context import (
     MAX_DEPTH,
     check_json_value,
+    compact_json,
     decode_context,
     encode_context,
     seed_json,
@@ -111,6 +112,12 @@ def test_json_values_round_trip_through_the_codec(data: dict[str, Any]) -> None:
     assert json.dumps(back, sort_keys=True) == json.dumps(data, sort_keys=True)
     for key in data:  # floats stay floats, ints stay ints
         assert type(back[key]) is type(data[key])
+
+
+@pytest.mark.parametrize("data", GOOD, ids=range(len(GOOD)))
+def test_the_stored_text_is_what_json_dumps_writes(data: dict[str, Any]) -> None:
+    # encode_context uses a C encoder built once; the text must not change with that
+    assert encode_context(data) == compact_json(data, allow_nan=False)
 
 
 def test_encoding_is_compact_utf8_json() -> None:
