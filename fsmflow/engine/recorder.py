@@ -45,7 +45,7 @@ T = TypeVar("T")
 class History(Protocol):
     """What the recorder needs of the store (:class:`~fsmflow.store.facade.Store`)."""
 
-    async def append(
+    def append(
         self,
         workflow: str,
         instance_id: str,
@@ -65,7 +65,7 @@ class History(Protocol):
         wait_seconds: float | None = None,
         event_id: int | None = None,
         state_version: int | None = None,
-    ) -> None:
+    ) -> Awaitable[None]:
         """Append row ``seq``; :class:`ConcurrentTransitionError` if it is not the next."""
 
     async def last_record(self, workflow: str, instance_id: str) -> TransitionRecord | None:

@@ -50,6 +50,17 @@ class _Pending:
     args: tuple[Any, ...]
     future: asyncio.Future[bool] = field(repr=False)
     sent: bool = False
+    ended: asyncio.Future[None] | None = field(default=None, repr=False)  # its statement's
+
+    def settle(self, landed: bool | None = None, error: BaseException | None = None) -> None:
+        """Resolve the row (``error`` else ``landed``), unless its caller went away (a
+        cancelled caller cancels the future it awaits)."""
+        if self.future.done():
+            return
+        if error is not None:
+            self.future.set_exception(error)
+        else:
+            self.future.set_result(bool(landed))
 
 
 class AppendBatcher:
@@ -91,14 +102,16 @@ class AppendBatcher:
         if self._flusher is None:
             self._flusher = self.lane.spawn(self._flush())
         try:
-            return await asyncio.shield(pending.future)
+            # Not shielded (a shield per row costs two callbacks and a future): a
+            # cancellation cancels the row's future, which the flusher then leaves alone.
+            return await pending.future
         except asyncio.CancelledError:
             if not pending.sent:
                 with contextlib.suppress(ValueError):
                     self._queue.remove(pending)
-            else:
+            elif pending.ended is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await asyncio.wait({pending.future})
+                    await asyncio.wait({pending.ended})
             raise
 
     async def _lead(self, pending: _Pending) -> bool:
@@ -120,15 +133,20 @@ class AppendBatcher:
         try:
             while self._queue:
                 async with self.lane.lock:
-                    self._inflight = self._take()
-                    await self._send(self._inflight)
+                    self._inflight = batch = self._take()
+                    ended = asyncio.get_running_loop().create_future()
+                    for pending in batch:
+                        pending.ended = ended
+                    try:
+                        await self._send(batch)
+                    finally:
+                        ended.set_result(None)
                     self._inflight = []
         finally:
             self._flusher = None
             # Only if the flusher itself was cancelled or broke: never leave a waiter.
             for pending in [*self._inflight, *self._queue]:
-                if not pending.future.done():
-                    pending.future.set_exception(SessionLost())
+                pending.settle(error=SessionLost())
             self._inflight, self._queue = [], []
 
     def _take(self) -> list[_Pending]:
@@ -154,7 +172,7 @@ class AppendBatcher:
             owner = pending.owner
             if owner.is_lost or owner.generation != lane.generation or not lane.alive:
                 owner.is_lost = True  # the fence: never write on a session that is not ours
-                pending.future.set_exception(SessionLost())
+                pending.settle(error=SessionLost())
             else:
                 live.append(pending)
         if len(live) == 1:
@@ -167,9 +185,9 @@ class AppendBatcher:
         try:
             result = await self._run(lambda conn: conn.execute(self._one, *pending.args))
         except Exception as exc:  # a cancellation is the caller's (or close's): it goes on
-            pending.future.set_exception(exc)
+            pending.settle(error=exc)
             return
-        pending.future.set_result(str(result) == INSERTED_ONE)
+        pending.settle(str(result) == INSERTED_ONE)
 
     async def _send_many(self, batch: list[_Pending]) -> None:
         columns = [[p.args[i] for p in batch] for i in range(_COLUMNS)]
@@ -178,11 +196,11 @@ class AppendBatcher:
             rows = await self._run(lambda conn: conn.fetch(self._many, *columns))
         except SessionLost:
             for pending in batch:
-                pending.future.set_exception(SessionLost())
+                pending.settle(error=SessionLost())
             return
         except StatementFailed as exc:  # cancelled or timed out: nothing of it was written
             for pending in batch:
-                pending.future.set_exception(StatementFailed(exc.cause))
+                pending.settle(error=StatementFailed(exc.cause))
             return
         except Exception:
             # The batch failed as a whole (a constraint, a value): row by row, so only the
@@ -193,7 +211,7 @@ class AppendBatcher:
             return
         landed = {(r["workflow_name"], r["instance_id"], r["seq"]) for r in rows}
         for pending in batch:
-            pending.future.set_result(pending.key in landed)
+            pending.settle(pending.key in landed)
 
     async def _run(self, statement: Callable[[asyncpg.Connection], Any]) -> Any:
         """Run one statement on the lane's session (caller holds the lane's lock)."""

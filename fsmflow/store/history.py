@@ -8,7 +8,7 @@ append is the fence). Rows are never updated.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -129,7 +129,7 @@ class History:
         elif not same_attempt(first, attempt_id):
             raise ConcurrentTransitionError(workflow, instance_id, 0)
 
-    async def append(
+    def append(
         self,
         workflow: str,
         instance_id: str,
@@ -149,7 +149,7 @@ class History:
         wait_seconds: float | None = None,
         event_id: int | None = None,
         state_version: int | None = None,
-    ) -> None:
+    ) -> Awaitable[None]:
         """Append ``seq`` if the instance's last row is ``seq - 1`` — one statement, one
         round trip. :class:`ConcurrentTransitionError` if another writer got there first.
 
@@ -166,8 +166,11 @@ class History:
             event_id, state_version,
         )  # fmt: skip
         if owner is not None:
-            await owner.append(seq, attempt_id, args)
-            return
+            return owner.append(seq, attempt_id, args)
+        return self._append_pooled(args)
+
+    async def _append_pooled(self, args: tuple[Any, ...]) -> None:
+        workflow, instance_id, seq = args[0], args[1], args[2]
         query = self.db.queries["append"]
         pool = await self.db.pool()
         try:
