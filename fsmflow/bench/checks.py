@@ -252,7 +252,7 @@ async def memory_check(
         )
         for i in range(instances)
     ]
-    machine = WorkflowMachine.of(definition).machine  # the one every instance joins
+    machine = WorkflowMachine.of(definition).machine  # shared (joined on a trigger's use)
     try:
         while not all_in.is_set():
             with contextlib.suppress(TimeoutError):

@@ -25,7 +25,9 @@ WHERE coalesce(
 -- owner connection, in one statement and one transaction (one WAL flush). Each row is
 -- appended only if its own instance's last row is its seq - 1, and a row whose seq was
 -- taken meanwhile is skipped (ON CONFLICT DO NOTHING), never failing the others: RETURNING
--- names the rows that landed. The columns are those of "append" ($1 .. $16), as arrays.
+-- names the rows that landed. $1 is a JSON array of rows, each the arguments of "append"
+-- ($1 .. $16) as a JSON array (strings, numbers, null; a timestamp as ISO 8601 text): one
+-- value to encode on the client instead of 16 arrays of typed elements.
 INSERT INTO fsmflow_transitions
     (workflow_name, instance_id, seq, trigger, source_state, dest_state, context, status,
      fingerprint, attempt_id, duration_ms, error, waiting_since, wake_at, event_id,
@@ -34,12 +36,14 @@ SELECT r.workflow_name, r.instance_id, r.seq, r.trigger, r.source_state, r.dest_
        r.context::json, r.status, r.fingerprint, r.attempt_id::uuid, r.duration_ms,
        r.error::jsonb, w.since, w.since + make_interval(secs => r.wait_seconds), r.event_id,
        r.state_version
-FROM unnest($1::text[], $2::text[], $3::integer[], $4::text[], $5::text[], $6::text[],
-            $7::text[], $8::text[], $9::text[], $10::text[], $11::float8[], $12::text[],
-            $13::timestamptz[], $14::float8[], $15::bigint[], $16::integer[])
-     AS r(workflow_name, instance_id, seq, trigger, source_state, dest_state, context,
-          status, fingerprint, attempt_id, duration_ms, error, waiting_since, wait_seconds,
-          event_id, state_version)
+FROM jsonb_array_elements($1::jsonb) AS e(a)
+CROSS JOIN LATERAL (
+    SELECT a->>0 AS workflow_name, a->>1 AS instance_id, (a->>2)::integer AS seq,
+           a->>3 AS trigger, a->>4 AS source_state, a->>5 AS dest_state, a->>6 AS context,
+           a->>7 AS status, a->>8 AS fingerprint, a->>9 AS attempt_id,
+           (a->>10)::float8 AS duration_ms, a->>11 AS error,
+           (a->>12)::timestamptz AS waiting_since, (a->>13)::float8 AS wait_seconds,
+           (a->>14)::bigint AS event_id, (a->>15)::integer AS state_version) r
 CROSS JOIN LATERAL (SELECT CASE WHEN r.status = 'waiting'
                            THEN coalesce(r.waiting_since, clock_timestamp()) END AS since) w
 WHERE coalesce(

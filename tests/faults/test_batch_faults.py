@@ -20,7 +20,8 @@ INSTANCES = 12  # all on one owner connection, in step: their appends meet in ba
 
 class BatchFaultProxy(FaultProxy):
     """Loses the request or the reply of the planned group commits (the nth statement
-    that appends several rows: ``INSERT ... FROM unnest(...)``), counted from 0.
+    that appends several rows: ``INSERT ... FROM jsonb_array_elements($1)``), counted
+    from 0.
 
     Each fault is recorded in the scenario's ledger as a lost owner session (the proxy
     cuts the connection), so the steps in flight on that connection may run again."""
@@ -35,22 +36,21 @@ class BatchFaultProxy(FaultProxy):
 
     def _target(self, bind: bytes, statements: dict[bytes, str]) -> str | None:
         _, statement = _cstrings(bind[5:], 2)
-        if "unnest(" not in statements.get(statement, ""):
+        if "jsonb_array_elements(" not in statements.get(statement, ""):
             return None
         nth, self.batches = self.batches, self.batches + 1
         mode = self.batch_plan.pop(nth, None)
         if mode is not None:
             self.fired.append(Fired(f"batch-{nth}", nth, mode))
-            # An array element is its 4-byte length, then its bytes (binary format): a
-            # name matched with its length never matches inside a random attempt id.
+            # The rows are one JSON text: a name matched with its quotes is an element of
+            # a row (an attempt id is hex; a quote inside the context text is escaped).
             self.members[nth] = [n for n in self._names if _element(n) in bind]
             self.scenario.open_fault("owner", f"batch-{nth}", settle=1.0)
         return mode
 
 
 def _element(name: str) -> bytes:
-    raw = name.encode()
-    return len(raw).to_bytes(4, "big") + raw
+    return f'"{name}"'.encode()
 
 
 def steps_run_again_after_returning(events: list[Event]) -> list[tuple[str, int]]:
