@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NoReturn, Protocol, TypeVar
@@ -65,7 +65,7 @@ class History(Protocol):
         wait_seconds: float | None = None,
         event_id: int | None = None,
         state_version: int | None = None,
-    ) -> Awaitable[None]:
+    ) -> Coroutine[Any, Any, None]:
         """Append row ``seq``; :class:`ConcurrentTransitionError` if it is not the next."""
 
     async def last_record(self, workflow: str, instance_id: str) -> TransitionRecord | None:

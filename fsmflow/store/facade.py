@@ -9,7 +9,7 @@ one table check, creation, upgrades), :class:`History` (appends and reads),
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -210,7 +210,7 @@ class Store(OwnersFace, EventsFace, FleetFace, ErrorsFace):
         wait_seconds: float | None = None,
         event_id: int | None = None,
         state_version: int | None = None,
-    ) -> Awaitable[None]:
+    ) -> Coroutine[Any, Any, None]:
         """Append ``seq`` if the instance's last row is ``seq - 1`` (one statement); with
         ``owner``, on the owning session, an unknown outcome settled by reading it back.
         (Not a coroutine itself: the append's own, one frame fewer on every transition.)"""

@@ -8,7 +8,7 @@ append is the fence). Rows are never updated.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -149,7 +149,7 @@ class History:
         wait_seconds: float | None = None,
         event_id: int | None = None,
         state_version: int | None = None,
-    ) -> Awaitable[None]:
+    ) -> Coroutine[Any, Any, None]:
         """Append ``seq`` if the instance's last row is ``seq - 1`` — one statement, one
         round trip. :class:`ConcurrentTransitionError` if another writer got there first.
 
