@@ -211,32 +211,33 @@ async def test_an_exception_after_a_trigger_fired_by_hand_never_rewinds_history(
 # -- history that vanished or has a hole -------------------------------------------------
 
 
-async def test_a_runner_whose_history_was_deleted_says_so(h: Harness) -> None:
+@pytest.mark.parametrize(
+    ("state", "delete"),
+    [
+        pytest.param("think", "DELETE FROM fsmflow_transitions", id="later-step-reset-db"),
+        # seq 0 commits asynchronously; a deletion while the session lives is still a
+        # deletion (only a lost session, i.e. a server crash, makes the run write its seq
+        # 0 again).
+        pytest.param(
+            "fetch",
+            "DELETE FROM fsmflow_transitions WHERE instance_id = 'v1'",
+            id="first-step-by-hand",
+        ),
+    ],
+)
+async def test_a_runner_whose_history_was_deleted_during_a_step_says_so(
+    h: Harness, state: str, delete: str
+) -> None:
     tracker = Tracker()
-    release = tracker.hold_first("think")
+    release = tracker.hold_first(state)
     runner = h.runner(h.config(), LINEAR, tracker.steps(LINEAR), instance_id="v1")
     async with running(runner.run_workflow()) as task:
-        await tracker.started("think")
-        h.sql("DELETE FROM fsmflow_transitions")  # what reset-db --force would do
+        await tracker.started(state)
+        h.sql(delete)  # the first: what reset-db --force would do
         release.set()
         with pytest.raises(HistoryDeletedError, match="history was deleted"):
             await finish(task)
     assert h.rows(WORKFLOW, "v1") == []  # nothing was written after the deletion
-
-
-async def test_a_history_deleted_during_the_first_step_is_a_deletion_too(h: Harness) -> None:
-    # seq 0 commits asynchronously; a deletion while the session lives is still a deletion
-    # (only a lost session, i.e. a server crash, makes the run write its seq 0 again).
-    tracker = Tracker()
-    release = tracker.hold_first("fetch")
-    runner = h.runner(h.config(), LINEAR, tracker.steps(LINEAR), instance_id="v0")
-    async with running(runner.run_workflow()) as task:
-        await tracker.started("fetch")
-        h.sql("DELETE FROM fsmflow_transitions WHERE instance_id = 'v0'")
-        release.set()
-        with pytest.raises(HistoryDeletedError, match="history was deleted"):
-            await finish(task)
-    assert h.rows(WORKFLOW, "v0") == []
 
 
 async def test_a_start_lost_with_the_server_is_written_again(h: Harness) -> None:
