@@ -2,8 +2,8 @@
 same moment on one owner connection go in one statement, each stored exactly as a lone
 append would store it, each conditional on its own instance.
 
-``Store.append`` is driven directly with owners (no runner): the first append of the
-burst is sent at once, the others queue behind it and go together in the next statement.
+``Store.append`` is driven directly with owners (no runner): the appends of a burst on a
+shared lane go together in one statement; a lane's only instance sends at once.
 The lost-connection cases of batches are in ``tests/faults/test_batch_faults.py``.
 """
 
@@ -129,8 +129,8 @@ async def test_rows_appended_at_once_share_one_statement_and_are_stored_exactly(
         statements, sent = (a - b for a, b in zip(store._owners.batch_counts, before, strict=True))
         for owner in owned.values():
             await owner.release()
-    # The first was sent alone at once; the other six queued behind it and went together.
-    assert (statements, sent) == (2, len(rows))
+    # Appended in one pass of the event loop on a shared lane: all seven in one statement.
+    assert (statements, sent) == (1, len(rows))
     for instance_id, values in rows.items():
         got = stored(h, instance_id)
         assert got == expected(values), instance_id
@@ -150,7 +150,7 @@ async def test_a_conflict_in_a_batch_fails_only_its_own_instance(h: Harness) -> 
         statements = store._owners.batch_counts[0] - before[0]
         for owner in owned.values():
             await owner.release()
-    assert statements == 2  # the lead, then one batch of three
+    assert statements == 1  # one batch of four
     assert [type(r).__name__ if r else None for r in results] == [
         None,
         None,
@@ -163,3 +163,40 @@ async def test_a_conflict_in_a_batch_fails_only_its_own_instance(h: Harness) -> 
         "SELECT instance_id FROM fsmflow_transitions WHERE workflow_name = %s ORDER BY 1",
         (WORKFLOW,),
     ) == [("lead",), ("ok-1",), ("ok-2",)]
+
+
+async def test_a_lanes_only_instance_sends_at_once_from_its_own_task(h: Harness) -> None:
+    config = h.config(owner_connections=1)
+    async with config.store as store:
+        owner = await store.acquire(WORKFLOW, "alone")
+        before = store._owners.batch_counts
+        values = row("alone")
+        del values["seq"]
+        append = asyncio.create_task(store.append(WORKFLOW, "alone", 0, owner=owner, **values))
+        await asyncio.sleep(0)  # the append has run up to its statement
+        # No flusher task: the caller's own task holds the lane, its statement is out.
+        assert owner.batcher._flusher is None and owner.batcher.lane.lock.locked()
+        await append
+        assert diff(store._owners.batch_counts, before) == (1, 1)
+        await owner.release()
+
+
+async def test_a_row_on_a_shared_lane_waits_for_no_co_owner(h: Harness) -> None:
+    """The co-owner never appends: the row goes alone once the loop has run what was
+    ready (no timer, no waiting for an instance that is busy elsewhere)."""
+    config = h.config(owner_connections=1)
+    async with config.store as store:
+        owned = await owners(store, ["busy", "idle"])
+        before = store._owners.batch_counts
+        busy = {"busy": owned["busy"]}
+        results = await asyncio.wait_for(append_all(store, busy, {"busy": row("busy")}), 30)
+        assert results == [None]
+        assert diff(store._owners.batch_counts, before) == (1, 1)
+        for owner in owned.values():
+            await owner.release()
+    count = "SELECT count(*) FROM fsmflow_transitions WHERE workflow_name = %s"
+    assert h.sql(count, (WORKFLOW,)) == [(1,)]
+
+
+def diff(after: tuple[int, int], before: tuple[int, int]) -> tuple[int, int]:
+    return after[0] - before[0], after[1] - before[1]
