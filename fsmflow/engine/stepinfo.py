@@ -66,7 +66,7 @@ def _escaped(name: str) -> str:
 
 # One variable for the whole process, but its value belongs to a context: each task (and
 # each sync step's thread, which runs in a copy) sees only the step it is running.
-_CURRENT: Final[ContextVar[StepInfo | None]] = ContextVar("fsmflow_step_info", default=None)
+_CURRENT: Final[ContextVar[running_step | None]] = ContextVar("fsmflow_step_info", default=None)
 
 
 def step_info() -> StepInfo:
@@ -78,27 +78,37 @@ def step_info() -> StepInfo:
     (``asyncio.create_task`` and ``asyncio.to_thread`` do; a bare ``threading.Thread``
     does not).
     """
-    info = _CURRENT.get()
-    if info is None:
+    running = _CURRENT.get()
+    if running is None:
         raise NotInStepError()
-    return info
+    return running.info
 
 
-class running_step:  # lower case: used like a function, ``with running_step(info):``
-    """Make ``info`` what :func:`step_info` returns while the block runs (one attempt).
+class running_step:  # lower case: used like a function, ``with running_step(...):``
+    """Make the attempt (``workflow_name`` .. ``attempt``, :class:`StepInfo`'s fields) what
+    :func:`step_info` returns while the block runs.
 
-    A class, not a generator-based context manager: it runs on every attempt, and this
-    costs a fraction of ``contextlib.contextmanager``'s machinery.
+    A class, not a generator-based context manager, and the :class:`StepInfo` is built only
+    if the step asks for it: this runs on every attempt, most steps never ask, and the
+    key alone costs more than setting the variable.
     """
 
-    __slots__ = ("_info", "_token")
-    _token: Token[StepInfo | None]
+    __slots__ = ("_fields", "_info", "_token")
+    _token: Token[running_step | None]
 
-    def __init__(self, info: StepInfo) -> None:
-        self._info = info
+    def __init__(self, workflow_name: str, instance_id: str, state: str, seq: int, attempt: int):
+        self._fields = (workflow_name, instance_id, state, seq, attempt)
+        self._info: StepInfo | None = None
+
+    @property
+    def info(self) -> StepInfo:
+        """The attempt's :class:`StepInfo` (one object, also in a sync step's thread)."""
+        if self._info is None:  # two threads racing here build equal objects
+            self._info = StepInfo(*self._fields)
+        return self._info
 
     def __enter__(self) -> None:
-        self._token = _CURRENT.set(self._info)
+        self._token = _CURRENT.set(self)
 
     def __exit__(self, *exc: object) -> None:
         _CURRENT.reset(self._token)

@@ -12,7 +12,7 @@ import _json
 import json
 import math
 from collections.abc import Mapping
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from pydantic import BaseModel, Field
 
@@ -211,9 +211,19 @@ def seed_json(
     return encode_context(data, max_bytes=max_bytes, where=where)
 
 
+# The C scanner of json.loads, called directly: loads wraps it in three Python calls,
+# which cost more than scanning a small context, and this runs at every attempt.
+_scan: Final = _json.make_scanner(cast(Any, json.JSONDecoder()))  # as JSONDecoder builds it
+
+
 def decode_context(text: str) -> dict[str, Any]:
     """Parse context JSON text read from the database."""
-    data = json.loads(text)
+    try:
+        data, end = _scan(text, 0)
+    except (StopIteration, ValueError):
+        end = -1
+    if end != len(text):  # not one bare JSON value (spaces around it?): json.loads decides
+        data = json.loads(text)
     if not isinstance(data, dict):
         raise ValueError("stored context is not a JSON object")
     return data

@@ -120,6 +120,38 @@ def test_the_stored_text_is_what_json_dumps_writes(data: dict[str, Any]) -> None
     assert encode_context(data) == compact_json(data, allow_nan=False)
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"a": 1, "b": [1, 2]}',
+        ' {"a":1} ',
+        '{"a":1}\n',
+        '{"a":1}{"b":2}',
+        '{"a":',
+        "\ufeff{}",
+        "[1]",
+        '"s"',
+        "",
+        "{} x",
+    ],
+)
+def test_decoding_gives_what_json_loads_gives_or_its_error(text: str) -> None:
+    # decode_context calls json's C scanner itself; anything but one bare value falls
+    # back to json.loads, which decides (a value, or its error)
+    try:
+        expected: Any = json.loads(text)
+    except ValueError as exc:
+        with pytest.raises(ValueError) as raised:
+            decode_context(text)
+        assert str(raised.value) == str(exc)
+        return
+    if isinstance(expected, dict):
+        assert decode_context(text) == expected
+    else:
+        with pytest.raises(ValueError, match="not a JSON object"):
+            decode_context(text)
+
+
 def test_encoding_is_compact_utf8_json() -> None:
     assert encode_context({"a": [1, 2], "é": "ü"}) == '{"a":[1,2],"é":"ü"}'
 

@@ -49,8 +49,9 @@ def test_outside_a_step_step_info_raises_a_fsmflow_error() -> None:
 
 
 async def test_the_running_step_is_reset_afterwards_even_when_it_raises() -> None:
-    info = StepInfo("w", "i", "s", 0, 1)
-    with pytest.raises(RuntimeError), running_step(info):
+    with pytest.raises(RuntimeError), running_step("w", "i", "s", 0, 1):
+        info = fsmflow.step_info()  # built when first asked for, then the same object
+        assert info == StepInfo("w", "i", "s", 0, 1) and info.idempotency_key == "w:i:0"
         assert fsmflow.step_info() is info
         assert await asyncio.to_thread(fsmflow.step_info) is info  # copied into the thread
         raise RuntimeError
