@@ -20,7 +20,7 @@ from fsmflow.engine.failures import traceback_text
 from fsmflow.engine.interrupts import Interrupts
 from fsmflow.engine.recorder import Instance
 from fsmflow.engine.stepinfo import running_step
-from fsmflow.engine.steps import StepCall, backoff_delay, should_retry
+from fsmflow.engine.steps import StepCall, backoff_delay, is_async_callable, should_retry
 from fsmflow.errors import (
     ConcurrentTransitionError,
     HistoryDeletedError,
@@ -84,6 +84,7 @@ class Attempts:
         self._current_state = current_state
         self._instance = instance
         self.call: StepCall | None = None
+        self._async_steps: dict[str, bool] = {}  # by state: a run's steps never change
 
     def __repr__(self) -> str:
         return f"Attempts({self._instance.workflow_name!r}, {self._instance.instance_id!r})"
@@ -102,7 +103,7 @@ class Attempts:
             # resumed process would see, whatever an earlier attempt mutated. (Validated:
             # pydantic's model_construct is plain Python and costs twice as much.)
             context = WorkflowContext(data=decode_context(self._recording.context_json))
-            call = StepCall(step.execute, context)
+            call = StepCall(step.execute, context, self._is_async(state, step))
             seq_before = self._recording.seq
             running = running_step(
                 self._instance.workflow_name, self._instance.instance_id, state, seq_before, attempt
@@ -129,6 +130,12 @@ class Attempts:
             # the pause must reach the handlers above, not escape from a handler.
             await guarded("wait", state, self._pause(call, state, attempt, policy, exc))
             attempt += 1
+
+    def _is_async(self, state: str, step: WorkflowStep) -> bool:
+        is_async = self._async_steps.get(state)
+        if is_async is None:  # inspecting the callable costs more than a trivial step
+            is_async = self._async_steps[state] = is_async_callable(step.execute)
+        return is_async
 
     async def _attempt(self, call: StepCall, policy: RetryPolicy, state: str) -> Any:
         """One attempt: the step's result, a :class:`_Failed`, or ``_LOST``."""

@@ -50,11 +50,18 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
 
 
 class StepCall:
-    """One attempt of one step; ``thread`` is set for sync steps."""
+    """One attempt of one step; ``thread`` is set for sync steps. ``is_async`` is
+    :func:`is_async_callable` of ``execute``, if the caller knows it already."""
 
-    def __init__(self, execute: Callable[[WorkflowContext], Any], context: WorkflowContext) -> None:
+    def __init__(
+        self,
+        execute: Callable[[WorkflowContext], Any],
+        context: WorkflowContext,
+        is_async: bool | None = None,
+    ) -> None:
         self.execute = execute
         self.context = context
+        self.is_async = is_async_callable(execute) if is_async is None else is_async
         self.thread: threading.Thread | None = None
         self._thread_done: asyncio.Event | None = None
 
@@ -78,7 +85,7 @@ class StepCall:
             ) from None
 
     async def _attempt(self) -> Any:
-        if is_async_callable(self.execute):
+        if self.is_async:
             result = await self.execute(self.context)
         else:
             result = await self._in_thread()
