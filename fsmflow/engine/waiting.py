@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Set
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Final, Protocol
@@ -83,7 +83,7 @@ class Waiter:
         is_lost: Callable[[], bool],
         regain: Callable[[], Awaitable[None]],
         max_bytes: int,
-        stepped: frozenset[str],
+        stepped: Set[str],
     ) -> None:
         self._store = store
         self._interrupts = interrupts
