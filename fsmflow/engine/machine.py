@@ -164,6 +164,16 @@ class WorkflowMachine:
             self.detach(model)
         return object.__getattribute__(model, name)
 
+    def enter(self, model: Any, state: str) -> None:
+        """Stand ``model`` (a run that holds the lock) in ``state``. Methods an earlier run
+        of it (or a use outside a run) bound are taken back, so that this run's first use
+        binds them again and the model joins the machine, as in its first run."""
+        attributes = model.__dict__
+        if "trigger" in attributes:  # bound before: every name add_model gave it
+            for name in self.bound_names & attributes.keys():
+                del attributes[name]
+        model.state = state
+
     def detach(self, model: Any) -> None:
         """Remove ``model`` (when its run ends) if it joined; the methods it was given
         stay bound."""

@@ -232,7 +232,7 @@ class PersistentWorkflowStateMachine:
             self._restore(record)
             state = await opening.check_resumable(record, allow_change=self.allow_definition_change)
             self._collaborators(owner)
-            self.state = state  # the machine's model only once a bound method is used
+            self._machine.enter(self, state)  # its model only once a bound method is used
             try:
                 result = await self._run_loop(suspend)
             finally:

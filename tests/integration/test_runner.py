@@ -31,6 +31,7 @@ from fsmflow import (
     NoTransitionError,
     PersistentWorkflowStateMachine,
     RunnerEvent,
+    StepFailedError,
     Transition,
     UnknownStateError,
     WorkflowContext,
@@ -997,6 +998,27 @@ async def test_the_runner_is_a_transitions_model_while_it_runs(h: Harness) -> No
     assert runner.state == "c"
     assert runner not in runner.machine.models  # detached once the run ended
     assert [r["trigger"] for r in h.rows(WORKFLOW, "t")] == [None, "go", "fin", None]
+
+
+async def test_a_second_run_of_one_runner_joins_the_machine_again(h: Harness) -> None:
+    runner: Any = None
+    joined: list[tuple[str, bool]] = []  # (run, the runner on the machine after is_<state>)
+    run = "first"
+
+    async def fetch(ctx: WorkflowContext) -> tuple[WorkflowContext, None]:
+        joined.append((run, runner.is_fetch() and runner in runner.machine.models))
+        if run == "first":
+            raise RuntimeError("the first run fails here")
+        return ctx, None
+
+    steps = {"fetch": fetch, "think": Recorder().step("think"), "report": Recorder().step("report")}
+    runner = h.runner(h.config(), LINEAR, steps, instance_id="again", retry_failed=True)
+    with pytest.raises(StepFailedError):
+        await runner.run_workflow(context={})
+    assert runner not in runner.machine.models and callable(runner.is_fetch)  # still bound
+    run = "second"
+    assert (await runner.run_workflow()).completed
+    assert joined[0] == ("first", True) and joined[-1] == ("second", True)
 
 
 async def test_a_trigger_fired_by_hand_is_recorded_once(h: Harness) -> None:
