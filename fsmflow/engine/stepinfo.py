@@ -96,7 +96,9 @@ class running_step:  # lower case: used like a function, ``with running_step(...
     __slots__ = ("_fields", "_info", "_token")
     _token: Token[running_step | None]
 
-    def __init__(self, workflow_name: str, instance_id: str, state: str, seq: int, attempt: int):
+    def __init__(
+        self, workflow_name: str, instance_id: str, state: str, seq: int, attempt: int
+    ) -> None:
         self._fields = (workflow_name, instance_id, state, seq, attempt)
         self._info: StepInfo | None = None
 
