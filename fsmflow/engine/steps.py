@@ -51,17 +51,14 @@ def is_async_callable(fn: Callable[..., Any]) -> bool:
 
 class StepCall:
     """One attempt of one step; ``thread`` is set for sync steps. ``is_async`` is
-    :func:`is_async_callable` of ``execute``, if the caller knows it already."""
+    :func:`is_async_callable` of ``execute`` (the caller asks it once per run)."""
 
     def __init__(
-        self,
-        execute: Callable[[WorkflowContext], Any],
-        context: WorkflowContext,
-        is_async: bool | None = None,
+        self, execute: Callable[[WorkflowContext], Any], context: WorkflowContext, is_async: bool
     ) -> None:
         self.execute = execute
         self.context = context
-        self.is_async = is_async_callable(execute) if is_async is None else is_async
+        self.is_async = is_async
         self.thread: threading.Thread | None = None
         self._thread_done: asyncio.Event | None = None
 

@@ -126,7 +126,7 @@ async def test_rows_appended_at_once_share_one_statement_and_are_stored_exactly(
         owned = await owners(store, list(rows))
         before = store._owners.batch_counts
         assert await append_all(store, owned, rows) == [None] * len(rows)
-        statements, sent = (a - b for a, b in zip(store._owners.batch_counts, before, strict=True))
+        statements, sent = diff(store._owners.batch_counts, before)
         for owner in owned.values():
             await owner.release()
     # Appended in one pass of the event loop on a shared lane: all seven in one statement.
@@ -181,16 +181,23 @@ async def test_a_lanes_only_instance_sends_at_once_from_its_own_task(h: Harness)
         await owner.release()
 
 
-async def test_a_row_on_a_shared_lane_waits_for_no_co_owner(h: Harness) -> None:
-    """The co-owner never appends: the row goes alone once the loop has run what was
-    ready (no timer, no waiting for an instance that is busy elsewhere)."""
+async def test_a_row_on_a_shared_lane_goes_by_the_flusher_and_waits_for_no_co_owner(
+    h: Harness,
+) -> None:
+    """The co-owner never appends: the row is handed to the flusher, and goes alone once
+    the loop has run what was ready (no timer, no waiting for an instance busy elsewhere)."""
     config = h.config(owner_connections=1)
     async with config.store as store:
         owned = await owners(store, ["busy", "idle"])
         before = store._owners.batch_counts
-        busy = {"busy": owned["busy"]}
-        results = await asyncio.wait_for(append_all(store, busy, {"busy": row("busy")}), 30)
-        assert results == [None]
+        values = row("busy")
+        del values["seq"]
+        append = asyncio.create_task(
+            store.append(WORKFLOW, "busy", 0, owner=owned["busy"], **values)
+        )
+        await asyncio.sleep(0)  # the append has queued its row
+        assert owned["busy"].batcher._flusher is not None  # not sent from the caller's task
+        await asyncio.wait_for(append, 30)
         assert diff(store._owners.batch_counts, before) == (1, 1)
         for owner in owned.values():
             await owner.release()
